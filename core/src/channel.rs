@@ -1,0 +1,260 @@
+//! The three traits every backend implements: [`Channel`], [`Producer`] and [`Consumer`].
+
+use crate::delivery::Delivery;
+use crate::error::{Error, Result};
+use crate::message::Message;
+use async_trait::async_trait;
+use std::fmt::Debug;
+
+/// What a backend can do; the conformance suite checks exactly what is claimed here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Messages with the same key are delivered in the order they were sent.
+    pub ordering_by_key: bool,
+    /// A group keeps the messages published while none of its consumers runs.
+    pub durable_groups: bool,
+    /// The largest message accepted, as counted by [`Message::encoded_len`]; `None` for no limit.
+    pub max_message_size: Option<usize>,
+}
+
+impl Capabilities {
+    /// A backend with no ordering, no durable groups and no size limit; set what it has.
+    ///
+    /// ```
+    /// use event_binder_core::Capabilities;
+    ///
+    /// let caps = Capabilities::new().ordering_by_key(true).max_message_size(1024);
+    /// assert!(caps.ordering_by_key && !caps.durable_groups);
+    /// ```
+    pub fn new() -> Self {
+        Capabilities {
+            ordering_by_key: false,
+            durable_groups: false,
+            max_message_size: None,
+        }
+    }
+
+    /// Declares ordering by key.
+    pub fn ordering_by_key(mut self, yes: bool) -> Self {
+        self.ordering_by_key = yes;
+        self
+    }
+
+    /// Declares durable groups.
+    pub fn durable_groups(mut self, yes: bool) -> Self {
+        self.durable_groups = yes;
+        self
+    }
+
+    /// Declares the largest message accepted.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// Refuses a message larger than [`max_message_size`](Self::max_message_size) with
+    /// [`Error::PayloadTooLarge`], before it reaches the broker.
+    pub fn check_size(&self, message: &Message) -> Result<()> {
+        match self.max_message_size {
+            Some(limit) if message.encoded_len() > limit => Err(Error::PayloadTooLarge {
+                actual: message.encoded_len(),
+                limit,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a consumer reads: a destination, and the group it joins (none for an anonymous,
+/// non-durable subscription that sees only what is published after it starts).
+///
+/// ```
+/// use event_binder_core::Subscription;
+///
+/// let subscription = Subscription::new("orders").group("billing").prefetch(32);
+/// assert_eq!(subscription.destination(), "orders");
+/// assert_eq!(subscription.group_name(), Some("billing"));
+/// assert_eq!(subscription.prefetch_count(), 32);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    destination: String,
+    group: Option<String>,
+    prefetch: u16,
+}
+
+impl Subscription {
+    /// The default number of deliveries a consumer may hold unacknowledged.
+    pub const DEFAULT_PREFETCH: u16 = 16;
+
+    /// An anonymous subscription to a destination; add a group with [`group`](Self::group).
+    pub fn new(destination: impl Into<String>) -> Self {
+        Subscription {
+            destination: destination.into(),
+            group: None,
+            prefetch: Self::DEFAULT_PREFETCH,
+        }
+    }
+
+    /// Joins a group: durable, every group gets every message, members share the work.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Joins a group, or stays anonymous with `None`.
+    pub fn optional_group(mut self, group: Option<String>) -> Self {
+        self.group = group;
+        self
+    }
+
+    /// How many deliveries the broker may hand over before they are acknowledged
+    /// (AMQP prefetch, SQS batch size); at least 1.
+    pub fn prefetch(mut self, count: u16) -> Self {
+        self.prefetch = count.max(1);
+        self
+    }
+
+    /// The destination.
+    pub fn destination(&self) -> &str {
+        &self.destination
+    }
+
+    /// The group, if any.
+    pub fn group_name(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// The prefetch count.
+    pub fn prefetch_count(&self) -> u16 {
+        self.prefetch
+    }
+
+    /// Validates the destination and group names.
+    pub fn validate(&self) -> Result<()> {
+        crate::validate_destination(&self.destination)?;
+        if let Some(group) = &self.group {
+            crate::validate_group(group)?;
+        }
+        Ok(())
+    }
+}
+
+/// One connection to one broker: provisions destinations and groups and opens producers
+/// and consumers. Object safe, so a backend can be chosen at run time.
+///
+/// Names given to a channel are logical names (see [`validate_destination`](crate::validate_destination));
+/// each backend maps them to physical names by a documented rule.
+///
+/// ```
+/// # async fn demo(channel: &dyn event_binder_core::Channel) -> event_binder_core::Result<()> {
+/// use event_binder_core::{Message, Subscription};
+///
+/// let mut consumer = channel.consumer(&Subscription::new("orders").group("billing")).await?;
+/// channel.producer("orders").await?.send(Message::new("{}")).await?;
+/// let delivery = consumer.receive().await?;
+/// delivery.ack().await?;
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait Channel: Send + Sync + Debug + 'static {
+    /// The backend's name: `memory`, `rabbitmq`, `kafka`, `sns-sqs`.
+    fn backend(&self) -> &'static str;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates the destination and, if given, the group (idempotent). Consumers and
+    /// producers provision what they need themselves; call this to create a durable group
+    /// before its first consumer runs, so it keeps what is published meanwhile.
+    async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()>;
+
+    /// Opens a producer for a destination, provisioning the destination.
+    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>>;
+
+    /// Opens a consumer, provisioning the destination and group. The subscription is
+    /// active when this returns: an anonymous one sees everything published from then on.
+    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>>;
+
+    /// Opens a consumer on the dead letters of a destination and group (the anonymous
+    /// subscriptions' share one place per destination).
+    async fn dead_letters(&self, destination: &str, group: Option<&str>)
+        -> Result<Box<dyn Consumer>>;
+
+    /// Closes the connection; producers and consumers opened from it stop working.
+    async fn close(&self) -> Result<()>;
+}
+
+#[async_trait]
+impl<C: Channel + ?Sized> Channel for std::sync::Arc<C> {
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+
+    async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {
+        (**self).provision(destination, group).await
+    }
+
+    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>> {
+        (**self).producer(destination).await
+    }
+
+    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>> {
+        (**self).consumer(subscription).await
+    }
+
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+    ) -> Result<Box<dyn Consumer>> {
+        (**self).dead_letters(destination, group).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+/// Sends messages to one destination.
+#[async_trait]
+pub trait Producer: Send + Sync + Debug {
+    /// The destination this producer sends to.
+    fn destination(&self) -> &str;
+
+    /// Sends one message; returns once the broker has accepted it durably (publisher
+    /// confirm, acks=all, SNS Publish response). A refused message is an error, never a
+    /// silent loss; an oversized one is refused before it reaches the broker.
+    async fn send(&self, message: Message) -> Result<()>;
+
+    /// Sends several messages; returns once the broker has accepted all of them. On an
+    /// error, the messages before the failing one may have been sent.
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
+        for message in messages {
+            self.send(message).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Yields deliveries for one subscription.
+#[async_trait]
+pub trait Consumer: Send + Debug {
+    /// The subscription this consumer reads.
+    fn subscription(&self) -> &Subscription;
+
+    /// Waits for the next delivery. Cancel safe: a `receive` future dropped before it
+    /// completes loses no message. Fails with [`Error::ShutDown`] once the channel is closed.
+    async fn receive(&mut self) -> Result<Delivery>;
+}

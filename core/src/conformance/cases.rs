@@ -1,0 +1,810 @@
+//! The cases. Each makes its own names, asserts real outcomes and bounds every wait.
+
+use super::support::{expect_nothing, receive, unique, within, Recorder, SuiteConfig};
+use crate::channel::{Channel, Consumer, Subscription};
+use crate::error::{Error, Result};
+use crate::idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
+use crate::message::{header, Message};
+use crate::runtime::{App, Context, Handler, HandlerSpec, RetryPolicy};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One behaviour every backend shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Case {
+    /// 100 messages arrive with payload, headers, key, content type and id intact.
+    PublishSubscribeKeepsEverythingIntact,
+    /// [`SuiteConfig::message_count`] messages from 4 concurrent publishers reach 4
+    /// concurrent consumers of one group; none is lost.
+    ConcurrentPublishersAndConsumersLoseNothing,
+    /// A consumer of one destination never sees another destination's messages.
+    DestinationsAreIsolated,
+    /// A nacked delivery comes back with a higher attempt count.
+    NackRedelivers,
+    /// Consumers that take messages and fail (drop or nack) lose none: a fresh consumer of
+    /// the group then gets every message.
+    FreshConsumerGetsEverythingAfterFailingOnes,
+    /// Two groups of one destination each get every message.
+    EveryGroupGetsEveryMessage,
+    /// Three consumers of one group share the messages: each is handled by one of them.
+    CompetingConsumersShareWithoutDuplicates,
+    /// A provisioned group keeps what is published while none of its consumers runs
+    /// (when the backend claims durable groups).
+    DurableGroupKeepsMessagesWhileNoConsumerRuns,
+    /// An anonymous subscription sees only what is published after it starts, and leaves
+    /// nothing behind when dropped.
+    AnonymousSubscriptionSeesOnlyLaterMessages,
+    /// A delivery neither acked nor nacked comes back when its consumer is dropped.
+    UnsettledDeliveryReturnsAfterConsumerDrop,
+    /// `Delivery::dead_letter` moves the message, intact, to the group's dead letters with
+    /// headers saying why, and removes it from the group.
+    DeadLetterKeepsTheMessage,
+    /// The runtime retries a failing handler `max_attempts` times, then dead-letters the
+    /// message with the error and attempt count, and moves on.
+    RetriesThenDeadLettersWithHeaders,
+    /// A payload that cannot be decoded is dead-lettered at once; the handler never runs.
+    UndecodablePayloadIsDeadLetteredWithoutRetries,
+    /// Messages with the same key arrive in the order sent (when the backend claims it).
+    OrderIsKeptPerKey,
+    /// Shutdown finishes and acknowledges what is in flight; a new app then handles the
+    /// rest; every message is handled exactly once.
+    GracefulShutdownLosesNothingAndHandlesNothingTwice,
+    /// A message over the declared limit is refused with `PayloadTooLarge` and nothing is
+    /// delivered; without a declared limit, a 1 MiB message arrives intact.
+    OversizedMessageIsRefused,
+    /// Invalid destination and group names are refused with `InvalidName`.
+    InvalidNamesAreRefused,
+    /// Two deliveries of one message id run the handler once.
+    DuplicateMessageIdIsHandledOnce,
+}
+
+impl Case {
+    /// Every case, in the order the suite lists them.
+    pub const ALL: [Case; 18] = [
+        Case::PublishSubscribeKeepsEverythingIntact,
+        Case::ConcurrentPublishersAndConsumersLoseNothing,
+        Case::DestinationsAreIsolated,
+        Case::NackRedelivers,
+        Case::FreshConsumerGetsEverythingAfterFailingOnes,
+        Case::EveryGroupGetsEveryMessage,
+        Case::CompetingConsumersShareWithoutDuplicates,
+        Case::DurableGroupKeepsMessagesWhileNoConsumerRuns,
+        Case::AnonymousSubscriptionSeesOnlyLaterMessages,
+        Case::UnsettledDeliveryReturnsAfterConsumerDrop,
+        Case::DeadLetterKeepsTheMessage,
+        Case::RetriesThenDeadLettersWithHeaders,
+        Case::UndecodablePayloadIsDeadLetteredWithoutRetries,
+        Case::OrderIsKeptPerKey,
+        Case::GracefulShutdownLosesNothingAndHandlesNothingTwice,
+        Case::OversizedMessageIsRefused,
+        Case::InvalidNamesAreRefused,
+        Case::DuplicateMessageIdIsHandledOnce,
+    ];
+}
+
+pub(super) async fn run(case: Case, channel: Arc<dyn Channel>, config: SuiteConfig) {
+    let suite = Suite { channel, config };
+    match case {
+        Case::PublishSubscribeKeepsEverythingIntact => suite.publish_subscribe_intact().await,
+        Case::ConcurrentPublishersAndConsumersLoseNothing => suite.concurrent_lose_nothing().await,
+        Case::DestinationsAreIsolated => suite.destinations_isolated().await,
+        Case::NackRedelivers => suite.nack_redelivers().await,
+        Case::FreshConsumerGetsEverythingAfterFailingOnes => suite.fresh_consumer_gets_all().await,
+        Case::EveryGroupGetsEveryMessage => suite.every_group_gets_all().await,
+        Case::CompetingConsumersShareWithoutDuplicates => suite.competing_consumers().await,
+        Case::DurableGroupKeepsMessagesWhileNoConsumerRuns => suite.durable_group().await,
+        Case::AnonymousSubscriptionSeesOnlyLaterMessages => suite.anonymous_subscription().await,
+        Case::UnsettledDeliveryReturnsAfterConsumerDrop => suite.unsettled_returns().await,
+        Case::DeadLetterKeepsTheMessage => suite.dead_letter_keeps_message().await,
+        Case::RetriesThenDeadLettersWithHeaders => suite.retries_then_dead_letter().await,
+        Case::UndecodablePayloadIsDeadLetteredWithoutRetries => suite.undecodable().await,
+        Case::OrderIsKeptPerKey => suite.order_per_key().await,
+        Case::GracefulShutdownLosesNothingAndHandlesNothingTwice => suite.graceful_shutdown().await,
+        Case::OversizedMessageIsRefused => suite.oversized().await,
+        Case::InvalidNamesAreRefused => suite.invalid_names().await,
+        Case::DuplicateMessageIdIsHandledOnce => suite.duplicate_id().await,
+    }
+}
+
+/// The event the runtime cases publish.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Probe {
+    n: u64,
+    fail: bool,
+}
+
+fn probe(n: u64) -> Message {
+    Message::new(format!(r#"{{"n":{n},"fail":false}}"#)).with_content_type("application/json")
+}
+
+fn fast_retries(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy::new(max_attempts).backoff(Duration::from_millis(10), Duration::from_millis(50))
+}
+
+fn expect<T>(result: Result<T>, what: &str) -> T {
+    result.unwrap_or_else(|err| panic!("{what} failed: {err}"))
+}
+
+struct Suite {
+    channel: Arc<dyn Channel>,
+    config: SuiteConfig,
+}
+
+impl Suite {
+    async fn consumer(&self, destination: &str, group: Option<&str>) -> Box<dyn Consumer> {
+        let subscription =
+            Subscription::new(destination).optional_group(group.map(str::to_owned));
+        expect(
+            self.channel.consumer(&subscription).await,
+            &format!("opening a consumer on {destination} / {group:?}"),
+        )
+    }
+
+    async fn send_all(&self, destination: &str, messages: &[Message]) {
+        let producer = expect(self.channel.producer(destination).await, "opening a producer");
+        for message in messages {
+            expect(producer.send(message.clone()).await, "send");
+        }
+    }
+
+    /// Receives and acks `count` deliveries, returning their ids in arrival order.
+    async fn receive_ids(&self, consumer: &mut dyn Consumer, count: usize, what: &str) -> Vec<String> {
+        let mut ids = Vec::with_capacity(count);
+        for _ in 0..count {
+            let delivery = receive(consumer, self.config.timeout, what).await;
+            ids.push(delivery.message().id().to_owned());
+            expect(delivery.ack().await, "ack");
+        }
+        ids
+    }
+
+    fn dead_letter_consumer(&self, destination: &str, group: &str) -> impl std::future::Future<Output = Box<dyn Consumer>> + '_ {
+        let destination = destination.to_owned();
+        let group = group.to_owned();
+        async move {
+            expect(
+                self.channel.dead_letters(&destination, Some(&group)).await,
+                "opening the dead letters",
+            )
+        }
+    }
+
+    async fn publish_subscribe_intact(&self) {
+        let (destination, group) = (unique("intact"), unique("g"));
+        let mut consumer = self.consumer(&destination, Some(&group)).await;
+        let sent: Vec<Message> = (0..100)
+            .map(|i| {
+                Message::new(format!(r#"{{"n":{i}}}"#))
+                    .with_key(format!("key-{}", i % 7))
+                    .with_header("index", i.to_string())
+                    .with_header("tenant", "acme")
+                    .with_content_type("application/json")
+            })
+            .collect();
+        self.send_all(&destination, &sent).await;
+        let mut expected: HashMap<String, Message> =
+            sent.into_iter().map(|m| (m.id().to_owned(), m)).collect();
+        for _ in 0..100 {
+            let delivery = receive(&mut *consumer, self.config.timeout, "100 messages").await;
+            let got = delivery.message();
+            let want = expected
+                .remove(got.id())
+                .unwrap_or_else(|| panic!("unknown or repeated message id {:?}", got.id()));
+            assert_eq!(got.payload(), want.payload(), "payload of {}", got.id());
+            assert_eq!(got.key(), want.key(), "key of {}", got.id());
+            assert_eq!(got.content_type(), Some("application/json"), "content type of {}", got.id());
+            for (name, value) in want.headers().iter() {
+                assert_eq!(got.headers().get(name), Some(value), "header {name} of {}", got.id());
+            }
+            assert_eq!(delivery.destination(), destination);
+            assert_eq!(delivery.group(), Some(group.as_str()));
+            expect(delivery.ack().await, "ack");
+        }
+        assert!(expected.is_empty(), "never delivered: {:?}", expected.keys());
+        expect_nothing(&mut *consumer, self.config.quiet_period, "no more messages").await;
+    }
+
+    async fn concurrent_lose_nothing(&self) {
+        let (destination, group) = (unique("load"), unique("g"));
+        let total = self.config.message_count;
+        let received = Recorder::<String>::new();
+        let mut consumers = Vec::new();
+        for _ in 0..4 {
+            let mut consumer = self.consumer(&destination, Some(&group)).await;
+            let received = received.clone();
+            consumers.push(tokio::spawn(async move {
+                loop {
+                    let delivery = match consumer.receive().await {
+                        Ok(delivery) => delivery,
+                        Err(err) => panic!("receive failed: {err}"),
+                    };
+                    received.record(delivery.message().id().to_owned());
+                    if let Err(err) = delivery.ack().await {
+                        panic!("ack failed: {err}");
+                    }
+                }
+            }));
+        }
+        let messages: Vec<Message> = (0..total as u64).map(probe).collect();
+        let ids: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+        let chunk = total.div_ceil(4);
+        let mut publishers = Vec::new();
+        for (index, part) in messages.chunks(chunk).enumerate() {
+            let producer = expect(self.channel.producer(&destination).await, "opening a producer");
+            let part = part.to_vec();
+            publishers.push(tokio::spawn(async move {
+                if index % 2 == 0 {
+                    for message in part {
+                        producer.send(message).await?;
+                    }
+                } else {
+                    for batch in part.chunks(50) {
+                        producer.send_batch(batch.to_vec()).await?;
+                    }
+                }
+                Ok::<(), Error>(())
+            }));
+        }
+        for publisher in publishers {
+            let sent = within(self.config.timeout, "the publishers", publisher).await;
+            expect(sent.expect("a publisher task panicked"), "publishing");
+        }
+        received
+            .wait_for(self.config.timeout, &format!("{total} messages"), |seen| {
+                ids.iter().all(|id| seen.contains_key(id))
+            })
+            .await;
+        for consumer in &consumers {
+            assert!(!consumer.is_finished(), "a consumer task stopped early");
+            consumer.abort();
+        }
+        let unknown: Vec<_> = received.snapshot().into_keys().filter(|id| !ids.contains(id)).collect();
+        assert!(unknown.is_empty(), "received messages never sent: {unknown:?}");
+    }
+
+    async fn destinations_isolated(&self) {
+        let (first, second, group) = (unique("iso-a"), unique("iso-b"), unique("g"));
+        let mut first_consumer = self.consumer(&first, Some(&group)).await;
+        let mut second_consumer = self.consumer(&second, Some(&group)).await;
+        let first_sent: Vec<Message> = (0..10).map(probe).collect();
+        let second_sent: Vec<Message> = (10..20).map(probe).collect();
+        self.send_all(&first, &first_sent).await;
+        self.send_all(&second, &second_sent).await;
+        for (consumer, sent, name) in [
+            (&mut first_consumer, &first_sent, &first),
+            (&mut second_consumer, &second_sent, &second),
+        ] {
+            let ids: HashSet<String> = self
+                .receive_ids(&mut **consumer, 10, &format!("10 messages on {name}"))
+                .await
+                .into_iter()
+                .collect();
+            let want: HashSet<String> = sent.iter().map(|m| m.id().to_owned()).collect();
+            assert_eq!(ids, want, "{name} received another destination's messages");
+            expect_nothing(&mut **consumer, self.config.quiet_period, "no more messages").await;
+        }
+    }
+
+    async fn nack_redelivers(&self) {
+        let (destination, group) = (unique("nack"), unique("g"));
+        let mut consumer = self.consumer(&destination, Some(&group)).await;
+        let message = probe(1);
+        self.send_all(&destination, std::slice::from_ref(&message)).await;
+        let first = receive(&mut *consumer, self.config.timeout, "the message").await;
+        assert_eq!(first.message().id(), message.id());
+        let first_attempt = first.attempt();
+        expect(first.nack(None).await, "nack");
+        let second = receive(&mut *consumer, self.config.timeout, "the redelivery").await;
+        assert_eq!(second.message().id(), message.id(), "another message came instead of the redelivery");
+        assert!(
+            second.attempt() > first_attempt,
+            "the redelivery has attempt {} after {first_attempt}",
+            second.attempt()
+        );
+        expect(second.nack(Some(Duration::from_millis(100))).await, "nack with a delay");
+        let third = receive(&mut *consumer, self.config.timeout, "the delayed redelivery").await;
+        assert_eq!(third.message().id(), message.id());
+        expect(third.ack().await, "ack");
+        expect_nothing(&mut *consumer, self.config.quiet_period, "nothing after the ack").await;
+    }
+
+    async fn fresh_consumer_gets_all(&self) {
+        let (destination, group) = (unique("fail"), unique("g"));
+        expect(self.channel.provision(&destination, Some(&group)).await, "provision");
+        let messages: Vec<Message> = (0..20).map(probe).collect();
+        self.send_all(&destination, &messages).await;
+        for round in 0..3 {
+            let mut consumer = self.consumer(&destination, Some(&group)).await;
+            let mut taken = Vec::new();
+            for _ in 0..5 {
+                taken.push(receive(&mut *consumer, self.config.timeout, "a message to fail").await);
+            }
+            if round % 2 == 0 {
+                drop(taken);
+            } else {
+                for delivery in taken {
+                    expect(delivery.nack(None).await, "nack");
+                }
+            }
+            drop(consumer);
+        }
+        let mut fresh = self.consumer(&destination, Some(&group)).await;
+        let ids: HashSet<String> = self
+            .receive_ids(&mut *fresh, messages.len(), "every message after the failures")
+            .await
+            .into_iter()
+            .collect();
+        let want: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+        assert_eq!(ids, want, "messages were lost or duplicated after failing consumers");
+        expect_nothing(&mut *fresh, self.config.quiet_period, "no more messages").await;
+    }
+
+    async fn every_group_gets_all(&self) {
+        let destination = unique("fanout");
+        let groups = [unique("billing"), unique("shipping")];
+        let mut consumers = Vec::new();
+        for group in &groups {
+            consumers.push(self.consumer(&destination, Some(group)).await);
+        }
+        let messages: Vec<Message> = (0..30).map(probe).collect();
+        self.send_all(&destination, &messages).await;
+        let want: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+        for (consumer, group) in consumers.iter_mut().zip(&groups) {
+            let ids: HashSet<String> = self
+                .receive_ids(&mut **consumer, 30, &format!("30 messages in group {group}"))
+                .await
+                .into_iter()
+                .collect();
+            assert_eq!(ids, want, "group {group} did not get every message");
+        }
+    }
+
+    async fn competing_consumers(&self) {
+        let (destination, group) = (unique("compete"), unique("g"));
+        let total = 300;
+        let received = Recorder::<String>::new();
+        let per_consumer = Recorder::<usize>::new();
+        let mut tasks = Vec::new();
+        for member in 0..3 {
+            let mut consumer = self.consumer(&destination, Some(&group)).await;
+            let (received, per_consumer) = (received.clone(), per_consumer.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let delivery = consumer.receive().await.unwrap_or_else(|e| panic!("receive: {e}"));
+                    received.record(delivery.message().id().to_owned());
+                    per_consumer.record(member);
+                    delivery.ack().await.unwrap_or_else(|e| panic!("ack: {e}"));
+                }
+            }));
+        }
+        let messages: Vec<Message> = (0..total).map(probe).collect();
+        self.send_all(&destination, &messages).await;
+        received
+            .wait_for(self.config.timeout, "300 messages across the group", |seen| {
+                seen.len() == messages.len()
+            })
+            .await;
+        tokio::time::sleep(self.config.quiet_period).await;
+        for task in &tasks {
+            task.abort();
+        }
+        let duplicates: Vec<_> = received.snapshot().into_iter().filter(|(_, n)| *n > 1).collect();
+        assert!(duplicates.is_empty(), "handled by more than one member: {duplicates:?}");
+        assert_eq!(per_consumer.total(), messages.len());
+    }
+
+    async fn durable_group(&self) {
+        if !self.channel.capabilities().durable_groups {
+            return;
+        }
+        let (destination, group) = (unique("durable"), unique("g"));
+        expect(self.channel.provision(&destination, Some(&group)).await, "provision");
+        let messages: Vec<Message> = (0..20).map(probe).collect();
+        self.send_all(&destination, &messages).await;
+        let mut consumer = self.consumer(&destination, Some(&group)).await;
+        let ids: HashSet<String> = self
+            .receive_ids(&mut *consumer, 20, "the messages kept while no consumer ran")
+            .await
+            .into_iter()
+            .collect();
+        let want: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+        assert_eq!(ids, want);
+    }
+
+    async fn anonymous_subscription(&self) {
+        let destination = unique("anon");
+        let before: Vec<Message> = (0..5).map(probe).collect();
+        self.send_all(&destination, &before).await;
+        let mut consumer = self.consumer(&destination, None).await;
+        let after: Vec<Message> = (5..10).map(probe).collect();
+        self.send_all(&destination, &after).await;
+        let ids: HashSet<String> = self
+            .receive_ids(&mut *consumer, 5, "the 5 messages published after subscribing")
+            .await
+            .into_iter()
+            .collect();
+        let want: HashSet<String> = after.iter().map(|m| m.id().to_owned()).collect();
+        assert_eq!(ids, want, "an anonymous subscription saw messages from before it started");
+        expect_nothing(&mut *consumer, self.config.quiet_period, "nothing from before").await;
+        drop(consumer);
+
+        let between = probe(10);
+        self.send_all(&destination, std::slice::from_ref(&between)).await;
+        let mut second = self.consumer(&destination, None).await;
+        let last = probe(11);
+        self.send_all(&destination, std::slice::from_ref(&last)).await;
+        let delivery = receive(&mut *second, self.config.timeout, "the message after resubscribing").await;
+        assert_eq!(delivery.message().id(), last.id(), "a dropped anonymous subscription left messages behind");
+        expect(delivery.ack().await, "ack");
+        expect_nothing(&mut *second, self.config.quiet_period, "nothing left behind").await;
+    }
+
+    async fn unsettled_returns(&self) {
+        let (destination, group) = (unique("unsettled"), unique("g"));
+        let mut consumer = self.consumer(&destination, Some(&group)).await;
+        let message = probe(1);
+        self.send_all(&destination, std::slice::from_ref(&message)).await;
+        let delivery = receive(&mut *consumer, self.config.timeout, "the message").await;
+        assert_eq!(delivery.message().id(), message.id());
+        drop(delivery);
+        drop(consumer);
+        let mut next = self.consumer(&destination, Some(&group)).await;
+        let again = receive(&mut *next, self.config.timeout, "the unsettled message to come back").await;
+        assert_eq!(again.message().id(), message.id());
+        assert_eq!(again.message().payload(), message.payload());
+        expect(again.ack().await, "ack");
+        expect_nothing(&mut *next, self.config.quiet_period, "nothing after the ack").await;
+    }
+
+    async fn dead_letter_keeps_message(&self) {
+        let (destination, group) = (unique("dlq"), unique("g"));
+        let mut consumer = self.consumer(&destination, Some(&group)).await;
+        let mut dead_letters = self.dead_letter_consumer(&destination, &group).await;
+        let message = probe(1).with_key("k-1").with_header("tenant", "acme");
+        self.send_all(&destination, std::slice::from_ref(&message)).await;
+        let delivery = receive(&mut *consumer, self.config.timeout, "the message").await;
+        expect(delivery.dead_letter("rejected by the test", 2).await, "dead_letter");
+        let dead = receive(&mut *dead_letters, self.config.timeout, "the dead letter").await;
+        let got = dead.message();
+        assert_eq!(got.id(), message.id());
+        assert_eq!(got.payload(), message.payload());
+        assert_eq!(got.key(), Some("k-1"));
+        let headers = got.headers();
+        assert_eq!(headers.get("tenant"), Some("acme"));
+        assert_eq!(headers.get(header::DEAD_LETTER_ERROR), Some("rejected by the test"));
+        assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("2"));
+        assert_eq!(headers.get(header::DEAD_LETTER_DESTINATION), Some(destination.as_str()));
+        assert_eq!(headers.get(header::DEAD_LETTER_GROUP), Some(group.as_str()));
+        let time = headers.get(header::DEAD_LETTER_TIME).unwrap_or_default();
+        assert!(time.parse::<u64>().is_ok(), "dead-letter time {time:?} is not milliseconds");
+        expect(dead.ack().await, "ack of the dead letter");
+        expect_nothing(&mut *consumer, self.config.quiet_period, "the dead-lettered message to stay gone").await;
+    }
+
+    async fn retries_then_dead_letter(&self) {
+        let (destination, group) = (unique("retry"), unique("g"));
+        let calls = Recorder::<u64>::new();
+        let handled = Recorder::<u64>::new();
+        let handler = {
+            let (calls, handled) = (calls.clone(), handled.clone());
+            Handler::from_fn(
+                HandlerSpec::new("always-fails", destination.as_str())
+                    .group(group.as_str())
+                    .max_attempts(3),
+                move |event: Probe, _ctx: Context| {
+                    let (calls, handled) = (calls.clone(), handled.clone());
+                    async move {
+                        calls.record(event.n);
+                        if event.fail {
+                            return Err(format!("probe {} always fails", event.n));
+                        }
+                        handled.record(event.n);
+                        Ok(())
+                    }
+                },
+            )
+        };
+        let mut dead_letters = self.dead_letter_consumer(&destination, &group).await;
+        let running = expect(
+            App::new(self.channel.clone()).retry(fast_retries(5)).handler(handler).start().await,
+            "starting the app",
+        );
+        let publisher = running.publisher().clone();
+        let failing_id = expect(publisher.publish(&destination, &Probe { n: 1, fail: true }).await, "publish");
+        let dead = receive(&mut *dead_letters, self.config.timeout, "the dead letter").await;
+        let headers = dead.message().headers();
+        assert_eq!(dead.message().id(), failing_id);
+        assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("3"), "headers: {headers:?}");
+        let error = headers.get(header::DEAD_LETTER_ERROR).unwrap_or_default();
+        assert!(error.contains("probe 1 always fails"), "dead-letter error {error:?}");
+        assert_eq!(headers.get(header::DEAD_LETTER_DESTINATION), Some(destination.as_str()));
+        assert_eq!(headers.get(header::DEAD_LETTER_GROUP), Some(group.as_str()));
+        expect(dead.ack().await, "ack of the dead letter");
+        assert_eq!(calls.count(&1), 3, "the handler's spec says 3 attempts");
+
+        expect(publisher.publish(&destination, &Probe { n: 2, fail: false }).await, "publish");
+        handled
+            .wait_for(self.config.timeout, "the next message to be handled", |seen| seen.contains_key(&2))
+            .await;
+        expect(running.shutdown().await, "shutdown");
+        assert_eq!(calls.count(&1), 3, "the dead-lettered message was handled again");
+        expect_nothing(&mut *dead_letters, self.config.quiet_period, "a single dead letter").await;
+    }
+
+    async fn undecodable(&self) {
+        let (destination, group) = (unique("poison"), unique("g"));
+        let calls = Recorder::<u64>::new();
+        let handler = {
+            let calls = calls.clone();
+            Handler::from_fn(
+                HandlerSpec::new("strict", destination.as_str()).group(group.as_str()),
+                move |event: Probe, _ctx: Context| {
+                    let calls = calls.clone();
+                    async move {
+                        calls.record(event.n);
+                        Ok::<(), std::io::Error>(())
+                    }
+                },
+            )
+        };
+        let mut dead_letters = self.dead_letter_consumer(&destination, &group).await;
+        let running = expect(
+            App::new(self.channel.clone()).retry(fast_retries(5)).handler(handler).start().await,
+            "starting the app",
+        );
+        let poison = Message::new("{this is not json");
+        expect(running.publisher().send(&destination, poison.clone()).await, "send");
+        let dead = receive(&mut *dead_letters, self.config.timeout, "the undecodable message's dead letter").await;
+        assert_eq!(dead.message().id(), poison.id());
+        assert_eq!(dead.message().payload(), poison.payload(), "the payload must be kept as it was");
+        let headers = dead.message().headers();
+        assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("0"), "headers: {headers:?}");
+        let error = headers.get(header::DEAD_LETTER_ERROR).unwrap_or_default();
+        assert!(error.contains("decode"), "dead-letter error {error:?}");
+        expect(dead.ack().await, "ack of the dead letter");
+
+        expect(running.publisher().send(&destination, probe(7)).await, "send");
+        calls
+            .wait_for(self.config.timeout, "the next message to be handled", |seen| seen.contains_key(&7))
+            .await;
+        expect(running.shutdown().await, "shutdown");
+        assert_eq!(calls.total(), 1, "only the valid message reaches the handler");
+    }
+
+    async fn order_per_key(&self) {
+        if !self.channel.capabilities().ordering_by_key {
+            return;
+        }
+        let (destination, group) = (unique("order"), unique("g"));
+        let mut consumer = self.consumer(&destination, Some(&group)).await;
+        let keys = ["alpha", "beta", "gamma"];
+        let per_key = 50u64;
+        let messages: Vec<Message> = (0..per_key)
+            .flat_map(|seq| keys.iter().map(move |key| probe(seq).with_key(*key)))
+            .collect();
+        self.send_all(&destination, &messages).await;
+        let mut last: HashMap<String, u64> = HashMap::new();
+        for _ in 0..messages.len() {
+            let delivery = receive(&mut *consumer, self.config.timeout, "keyed messages").await;
+            let key = delivery.message().key().unwrap_or_default().to_owned();
+            let probe: Probe = serde_json::from_slice(delivery.message().payload())
+                .unwrap_or_else(|err| panic!("payload changed in transit: {err}"));
+            if let Some(previous) = last.get(&key) {
+                assert!(probe.n > *previous, "key {key}: {} arrived after {previous}", probe.n);
+            }
+            last.insert(key, probe.n);
+            expect(delivery.ack().await, "ack");
+        }
+        assert!(last.values().all(|n| *n == per_key - 1), "last per key: {last:?}");
+    }
+
+    async fn graceful_shutdown(&self) {
+        let (destination, group) = (unique("shutdown"), unique("g"));
+        let started = Recorder::<u64>::new();
+        let finished = Recorder::<u64>::new();
+        let (gate, gate_rx) = tokio::sync::watch::channel(false);
+        let make_handler = |gate: tokio::sync::watch::Receiver<bool>| {
+            let (started, finished) = (started.clone(), finished.clone());
+            Handler::from_fn(
+                HandlerSpec::new("slow", destination.as_str()).group(group.as_str()),
+                move |event: Probe, _ctx: Context| {
+                    let (started, finished, mut gate) = (started.clone(), finished.clone(), gate.clone());
+                    async move {
+                        started.record(event.n);
+                        gate.wait_for(|open| *open)
+                            .await
+                            .map_err(|_| "the test dropped the gate".to_owned())?;
+                        finished.record(event.n);
+                        Ok::<(), String>(())
+                    }
+                },
+            )
+        };
+        let concurrency = 4;
+        let first = expect(
+            App::new(self.channel.clone())
+                .concurrency(concurrency)
+                .shutdown_timeout(self.config.timeout)
+                .handler(make_handler(gate_rx.clone()))
+                .start()
+                .await,
+            "starting the first app",
+        );
+        let total = 20u64;
+        for n in 0..total {
+            expect(first.publisher().send(&destination, probe(n)).await, "send");
+        }
+        started
+            .wait_for(self.config.timeout, "the first app to fill its concurrency", |seen| {
+                seen.len() >= concurrency
+            })
+            .await;
+        let shutting_down = tokio::spawn(first.shutdown());
+        gate.send_replace(true);
+        let shut = within(self.config.timeout, "the first app's shutdown", shutting_down).await;
+        expect(shut.expect("shutdown task panicked"), "graceful shutdown");
+        let started_first = started.snapshot();
+        let finished_first = finished.snapshot();
+        assert_eq!(
+            started_first, finished_first,
+            "shutdown returned before in-flight handlers finished"
+        );
+
+        let second = expect(
+            App::new(self.channel.clone())
+                .concurrency(concurrency)
+                .handler(make_handler(gate_rx))
+                .start()
+                .await,
+            "starting the second app",
+        );
+        finished
+            .wait_for(self.config.timeout, "every message to be handled", |seen| {
+                seen.len() == total as usize
+            })
+            .await;
+        tokio::time::sleep(self.config.quiet_period).await;
+        expect(second.shutdown().await, "second shutdown");
+        let twice: Vec<_> = finished.snapshot().into_iter().filter(|(_, n)| *n > 1).collect();
+        assert!(twice.is_empty(), "handled twice across the shutdown: {twice:?}");
+    }
+
+    async fn oversized(&self) {
+        let (destination, group) = (unique("size"), unique("g"));
+        let mut consumer = self.consumer(&destination, Some(&group)).await;
+        let producer = expect(self.channel.producer(&destination).await, "opening a producer");
+        let Some(limit) = self.channel.capabilities().max_message_size else {
+            let big = Message::new(vec![7u8; 1 << 20]);
+            expect(producer.send(big.clone()).await, "sending 1 MiB to a backend without a limit");
+            let delivery = receive(&mut *consumer, self.config.timeout, "the 1 MiB message").await;
+            assert_eq!(delivery.message().payload(), big.payload(), "the payload was changed");
+            expect(delivery.ack().await, "ack");
+            return;
+        };
+        let oversized = Message::new(vec![b'x'; limit + 1]);
+        match producer.send(oversized).await {
+            Err(Error::PayloadTooLarge { actual, limit: reported }) => {
+                assert_eq!(reported, limit);
+                assert!(actual > limit);
+            }
+            other => panic!("expected PayloadTooLarge for {} bytes, got {other:?}", limit + 1),
+        }
+        let small = probe(1);
+        let batch = vec![small.clone(), Message::new(vec![b'x'; limit + 1])];
+        assert!(
+            matches!(producer.send_batch(batch).await, Err(Error::PayloadTooLarge { .. })),
+            "a batch holding an oversized message must be refused"
+        );
+        let fits = probe(2);
+        expect(producer.send(fits.clone()).await, "sending a message that fits");
+        let delivery = receive(&mut *consumer, self.config.timeout, "the message that fits").await;
+        assert_eq!(delivery.message().id(), fits.id(), "a refused message was delivered");
+        expect(delivery.ack().await, "ack");
+        expect_nothing(&mut *consumer, self.config.quiet_period, "nothing from refused sends").await;
+    }
+
+    async fn invalid_names(&self) {
+        let valid = unique("valid");
+        let too_long = "x".repeat(crate::MAX_NAME_LEN + 1);
+        let is_invalid_name = |result: Result<()>, what: &str| match result {
+            Err(Error::InvalidName { .. }) => {}
+            other => panic!("{what}: expected InvalidName, got {other:?}"),
+        };
+        for bad in ["orders.eu", "", "a b", "a/b", too_long.as_str()] {
+            is_invalid_name(self.channel.producer(bad).await.map(drop), &format!("producer({bad:?})"));
+            is_invalid_name(
+                self.channel.consumer(&Subscription::new(bad)).await.map(drop),
+                &format!("consumer({bad:?})"),
+            );
+            is_invalid_name(
+                self.channel.consumer(&Subscription::new(&valid).group(bad)).await.map(drop),
+                &format!("consumer group {bad:?}"),
+            );
+            is_invalid_name(self.channel.provision(bad, None).await, &format!("provision({bad:?})"));
+            is_invalid_name(
+                self.channel.dead_letters(&valid, Some(bad)).await.map(drop),
+                &format!("dead_letters group {bad:?}"),
+            );
+        }
+        let handler = Handler::from_fn(
+            HandlerSpec::new("bad", "not a name"),
+            |_: Probe, _: Context| async { Ok::<(), std::io::Error>(()) },
+        );
+        is_invalid_name(
+            App::new(self.channel.clone()).handler(handler).start().await.map(drop),
+            "an app with an invalid destination",
+        );
+    }
+
+    async fn duplicate_id(&self) {
+        let (destination, group) = (unique("dup"), unique("g"));
+        let calls = Recorder::<String>::new();
+        let claims = Arc::new(RecordingStore {
+            inner: MemoryIdempotencyStore::new(),
+            begun: Recorder::new(),
+        });
+        let handler = {
+            let calls = calls.clone();
+            Handler::from_fn(
+                HandlerSpec::new("once", destination.as_str()).group(group.as_str()),
+                move |_: Probe, ctx: Context| {
+                    let calls = calls.clone();
+                    async move {
+                        calls.record(ctx.id().to_owned());
+                        Ok::<(), std::io::Error>(())
+                    }
+                },
+            )
+        };
+        let running = expect(
+            App::new(self.channel.clone())
+                .concurrency(4)
+                .idempotency(claims.clone())
+                .handler(handler)
+                .start()
+                .await,
+            "starting the app",
+        );
+        let original = probe(1);
+        let copy = probe(1).with_id(original.id());
+        expect(running.publisher().send(&destination, original.clone()).await, "send");
+        expect(running.publisher().send(&destination, copy).await, "send the copy");
+        claims
+            .begun
+            .wait_for(self.config.timeout, "both copies to be claimed", |seen| {
+                seen.get(original.id()).copied().unwrap_or_default() >= 2
+            })
+            .await;
+        expect(running.shutdown().await, "shutdown");
+        assert_eq!(calls.count(&original.id().to_owned()), 1, "a duplicated id was handled twice");
+    }
+}
+
+/// An idempotency store that records every completed `begin`, so a case can wait for both
+/// copies of a message to have been looked at.
+#[derive(Debug)]
+struct RecordingStore {
+    inner: MemoryIdempotencyStore,
+    begun: Arc<Recorder<String>>,
+}
+
+#[async_trait]
+impl IdempotencyStore for RecordingStore {
+    async fn begin(&self, scope: &str, id: &str) -> Result<Claim> {
+        let claim = self.inner.begin(scope, id).await;
+        self.begun.record(id.to_owned());
+        claim
+    }
+
+    async fn complete(&self, scope: &str, id: &str) -> Result<()> {
+        self.inner.complete(scope, id).await
+    }
+
+    async fn abandon(&self, scope: &str, id: &str) -> Result<()> {
+        self.inner.abandon(scope, id).await
+    }
+}

@@ -1,0 +1,108 @@
+//! The conformance suite: the behaviour every backend shares, written once against the
+//! traits and run against each backend (cargo feature `conformance`).
+//!
+//! A backend's test file calls [`conformance_tests!`](crate::conformance_tests) with a
+//! factory that connects a fresh channel; it expands to one `#[test]` per [`Case`]. The
+//! suite reads what the backend claims from [`Channel::capabilities`] and checks exactly
+//! that: a case whose capability is not claimed passes after checking that the backend
+//! refuses or lacks it honestly, never by doing nothing. Every case makes its own
+//! randomly named destinations and groups, so cases can share a broker.
+//!
+//! ```no_run
+//! // tests/conformance.rs of a backend crate
+//! use event_binder_core::conformance::SuiteConfig;
+//!
+//! async fn connect() -> event_binder_core::Result<std::sync::Arc<dyn event_binder_core::Channel>> {
+//!     # unimplemented!()
+//!     // Ok(std::sync::Arc::new(MyChannel::connect("my://127.0.0.1").await?))
+//! }
+//!
+//! event_binder_core::conformance_tests!(connect, SuiteConfig::default().message_count(1_000));
+//! # fn main() {}
+//! ```
+
+mod cases;
+mod support;
+
+pub use cases::Case;
+pub use support::SuiteConfig;
+
+use crate::channel::Channel;
+use crate::error::Result;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Runs one case against a channel from `connect`, on a runtime of its own. Panics (fails
+/// the test) with a message saying what was expected and what happened.
+pub fn run<F, Fut>(connect: F, config: SuiteConfig, case: Case)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Channel>>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the conformance suite");
+    runtime.block_on(async move {
+        let channel = connect()
+            .await
+            .unwrap_or_else(|err| panic!("the channel factory failed: {err}"));
+        cases::run(case, channel.clone(), config).await;
+        if let Err(err) = channel.close().await {
+            panic!("closing the channel after {case:?} failed: {err}");
+        }
+    });
+}
+
+/// Expands to one `#[test]` per conformance [`Case`](crate::conformance::Case), each calling
+/// [`run`](crate::conformance::run) with the given async factory (a function or closure
+/// returning `Result<Arc<dyn Channel>>`) and an optional
+/// [`SuiteConfig`](crate::conformance::SuiteConfig).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($connect:expr) => {
+        $crate::conformance_tests!($connect, $crate::conformance::SuiteConfig::default());
+    };
+    ($connect:expr, $config:expr) => {
+        $crate::__conformance_cases!(
+            $connect,
+            $config,
+            publish_subscribe_keeps_everything_intact => PublishSubscribeKeepsEverythingIntact,
+            concurrent_publishers_and_consumers_lose_nothing => ConcurrentPublishersAndConsumersLoseNothing,
+            destinations_are_isolated => DestinationsAreIsolated,
+            nack_redelivers => NackRedelivers,
+            fresh_consumer_gets_everything_after_failing_ones => FreshConsumerGetsEverythingAfterFailingOnes,
+            every_group_gets_every_message => EveryGroupGetsEveryMessage,
+            competing_consumers_share_without_duplicates => CompetingConsumersShareWithoutDuplicates,
+            durable_group_keeps_messages_while_no_consumer_runs => DurableGroupKeepsMessagesWhileNoConsumerRuns,
+            anonymous_subscription_sees_only_later_messages => AnonymousSubscriptionSeesOnlyLaterMessages,
+            unsettled_delivery_returns_after_consumer_drop => UnsettledDeliveryReturnsAfterConsumerDrop,
+            dead_letter_keeps_the_message => DeadLetterKeepsTheMessage,
+            retries_then_dead_letters_with_headers => RetriesThenDeadLettersWithHeaders,
+            undecodable_payload_is_dead_lettered_without_retries => UndecodablePayloadIsDeadLetteredWithoutRetries,
+            order_is_kept_per_key => OrderIsKeptPerKey,
+            graceful_shutdown_loses_nothing_and_handles_nothing_twice => GracefulShutdownLosesNothingAndHandlesNothingTwice,
+            oversized_message_is_refused => OversizedMessageIsRefused,
+            invalid_names_are_refused => InvalidNamesAreRefused,
+            duplicate_message_id_is_handled_once => DuplicateMessageIdIsHandledOnce,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($connect:expr, $config:expr, $($name:ident => $case:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::conformance::run(
+                    $connect,
+                    $config,
+                    $crate::conformance::Case::$case,
+                );
+            }
+        )*
+    };
+}

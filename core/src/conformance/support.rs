@@ -1,0 +1,148 @@
+//! What the cases share: configuration, unique names, bounded waits, recorders.
+
+use crate::channel::Consumer;
+use crate::delivery::Delivery;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How the suite runs against one backend. Cases are never skipped; a slow emulator gets a
+/// smaller message count for the heavy cases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuiteConfig {
+    /// Messages in the heavy cases (concurrent publishers and consumers). Default 5,000.
+    pub message_count: usize,
+    /// The longest wait for anything expected to happen. Default 30 s.
+    pub timeout: Duration,
+    /// How long a case watches for something that must not happen (a leaked or duplicated
+    /// message) after everything expected has arrived. Default 300 ms.
+    pub quiet_period: Duration,
+}
+
+impl SuiteConfig {
+    /// Sets [`message_count`](Self::message_count).
+    pub fn message_count(mut self, count: usize) -> Self {
+        self.message_count = count.max(1);
+        self
+    }
+
+    /// Sets [`timeout`](Self::timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`quiet_period`](Self::quiet_period).
+    pub fn quiet_period(mut self, quiet_period: Duration) -> Self {
+        self.quiet_period = quiet_period;
+        self
+    }
+}
+
+impl Default for SuiteConfig {
+    fn default() -> Self {
+        SuiteConfig {
+            message_count: 5_000,
+            timeout: Duration::from_secs(30),
+            quiet_period: Duration::from_millis(300),
+        }
+    }
+}
+
+/// A name no other case or run uses: `base` plus 12 random hex digits.
+pub(crate) fn unique(base: &str) -> String {
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    format!("{base}-{}", &random[random.len() - 12..])
+}
+
+/// Awaits `future`, failing the test if it takes longer than `limit`.
+pub(crate) async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Receives one delivery within `limit`, failing the test on an error or a timeout.
+pub(crate) async fn receive(consumer: &mut dyn Consumer, limit: Duration, what: &str) -> Delivery {
+    within(limit, what, consumer.receive())
+        .await
+        .unwrap_or_else(|err| panic!("receive failed while waiting for {what}: {err}"))
+}
+
+/// Fails the test if a delivery arrives within `quiet`.
+pub(crate) async fn expect_nothing(consumer: &mut dyn Consumer, quiet: Duration, what: &str) {
+    if let Ok(received) = tokio::time::timeout(quiet, consumer.receive()).await {
+        match received {
+            Ok(delivery) => panic!("expected {what}, but received {delivery:?}"),
+            Err(err) => panic!("expected {what}, but receive failed: {err}"),
+        }
+    }
+}
+
+/// Counts events per key and wakes waiters on every change.
+#[derive(Debug, Default)]
+pub(crate) struct Recorder<K> {
+    counts: Mutex<HashMap<K, usize>>,
+    changed: Notify,
+}
+
+impl<K: std::hash::Hash + Eq + Clone + Debug> Recorder<K> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Recorder {
+            counts: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    pub(crate) fn record(&self, key: K) {
+        *self.lock().entry(key).or_default() += 1;
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn count(&self, key: &K) -> usize {
+        self.lock().get(key).copied().unwrap_or_default()
+    }
+
+    pub(crate) fn total(&self) -> usize {
+        self.lock().values().sum()
+    }
+
+    pub(crate) fn snapshot(&self) -> HashMap<K, usize> {
+        self.lock().clone()
+    }
+
+    /// Waits until `done` holds for the counts, failing the test after `limit`.
+    pub(crate) async fn wait_for(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&HashMap<K, usize>) -> bool,
+    ) {
+        let waiting = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if done(&self.lock()) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        if tokio::time::timeout(limit, waiting).await.is_err() {
+            panic!(
+                "timed out after {limit:?} waiting for {what}; recorded so far: {:?}",
+                self.snapshot()
+            );
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, usize>> {
+        // A test that panicked while recording has failed already; the counts stay readable.
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,152 @@
+//! Deliveries: a received message, its attempt count, and the means to settle it.
+
+use crate::error::Result;
+use crate::message::{header, millis_since_epoch, Message};
+use async_trait::async_trait;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How a backend settles one delivery. Implemented by backends, called through [`Delivery`].
+///
+/// Each method consumes the acknowledger, so a delivery is settled at most once. A
+/// backend must make an acknowledger that is dropped unsettled return its message to the
+/// group (at the latest when its consumer or connection closes): nothing is lost.
+#[async_trait]
+pub trait Acknowledger: Send + Sync + fmt::Debug {
+    /// The message was handled: remove it for good.
+    async fn ack(self: Box<Self>) -> Result<()>;
+
+    /// The message was not handled: deliver it again, after `delay` if given.
+    async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<()>;
+
+    /// Move `dead_letter` (the message with its dead-letter headers) to the dead letters of
+    /// this destination and group, then remove the original. Nothing may be lost between
+    /// the two: store the dead letter first.
+    async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<()>;
+}
+
+/// The destination and group a delivery came from, shared by all deliveries of a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The destination.
+    pub destination: Arc<str>,
+    /// The group, `None` for an anonymous subscription.
+    pub group: Option<Arc<str>>,
+}
+
+impl Origin {
+    /// The origin of deliveries for this destination and group.
+    pub fn new(destination: &str, group: Option<&str>) -> Arc<Self> {
+        Arc::new(Origin {
+            destination: destination.into(),
+            group: group.map(Into::into),
+        })
+    }
+}
+
+/// A received message plus its attempt count and the means to settle it.
+///
+/// Settle every delivery exactly once: [`ack`](Self::ack), [`nack`](Self::nack) or
+/// [`dead_letter`](Self::dead_letter). Each consumes the delivery, so settling twice does
+/// not compile. A delivery dropped unsettled comes back to the group.
+pub struct Delivery {
+    message: Arc<Message>,
+    attempt: u32,
+    origin: Arc<Origin>,
+    acknowledger: Box<dyn Acknowledger>,
+}
+
+impl Delivery {
+    /// Made by backends: the message, the how-many-th delivery of it this is (1 for the
+    /// first), where it came from, and how to settle it.
+    pub fn new(
+        message: Message,
+        attempt: u32,
+        origin: Arc<Origin>,
+        acknowledger: Box<dyn Acknowledger>,
+    ) -> Self {
+        Delivery {
+            message: Arc::new(message),
+            attempt: attempt.max(1),
+            origin,
+            acknowledger,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The message, shared (handed to handlers without a copy).
+    pub fn shared_message(&self) -> &Arc<Message> {
+        &self.message
+    }
+
+    /// How many times the broker has delivered this message, this time included (1 for the
+    /// first delivery). Backends that only know "redelivered or not" say 1 or 2.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The destination the message was consumed from.
+    pub fn destination(&self) -> &str {
+        &self.origin.destination
+    }
+
+    /// The group that consumed it, `None` for an anonymous subscription.
+    pub fn group(&self) -> Option<&str> {
+        self.origin.group.as_deref()
+    }
+
+    /// The destination and group together, cheap to clone.
+    pub fn origin(&self) -> &Arc<Origin> {
+        &self.origin
+    }
+
+    /// Acknowledges the message: it was handled and is removed.
+    pub async fn ack(self) -> Result<()> {
+        self.acknowledger.ack().await
+    }
+
+    /// Rejects the message for now: it is delivered again, after `delay` if given.
+    pub async fn nack(self, delay: Option<Duration>) -> Result<()> {
+        self.acknowledger.nack(delay).await
+    }
+
+    /// Moves the message to the dead letters of its destination and group, with headers
+    /// saying why ([`header::DEAD_LETTER_ERROR`] and the others), then removes it.
+    pub async fn dead_letter(self, reason: &str, attempts: u32) -> Result<()> {
+        let Delivery {
+            message,
+            origin,
+            acknowledger,
+            ..
+        } = self;
+        let dead_letter = Arc::unwrap_or_clone(message)
+            .with_header(header::DEAD_LETTER_ERROR, reason)
+            .with_header(header::DEAD_LETTER_ATTEMPTS, attempts.to_string())
+            .with_header(header::DEAD_LETTER_DESTINATION, &*origin.destination)
+            .with_header(
+                header::DEAD_LETTER_GROUP,
+                origin.group.as_deref().unwrap_or_default(),
+            )
+            .with_header(
+                header::DEAD_LETTER_TIME,
+                millis_since_epoch(SystemTime::now()).to_string(),
+            );
+        acknowledger.dead_letter(dead_letter).await
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.message.id())
+            .field("destination", &self.origin.destination)
+            .field("group", &self.origin.group)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}

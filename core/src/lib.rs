@@ -1,0 +1,47 @@
+//! The core of event-binder: what every backend and every handler shares.
+//!
+//! - [`Message`], [`Headers`] and [`Delivery`]: what travels, and how it is settled.
+//! - [`Channel`], [`Producer`], [`Consumer`]: the traits each backend implements.
+//! - [`Decode`] / [`Encode`]: plain JSON for serde types, [`Raw`] bytes otherwise.
+//! - [`App`]: the handler runtime (bounded concurrency, idempotency, retry with backoff,
+//!   dead letters, graceful shutdown) over any [`Channel`].
+//! - [`Publisher`]: typed publishing to destinations named at compile or run time.
+//! - `conformance` (cargo feature `conformance`): the suite every backend must pass.
+//!
+//! Backend authors depend on this crate alone; applications use the `event-binder` facade.
+
+mod channel;
+mod codec;
+mod delivery;
+mod error;
+mod idempotency;
+mod message;
+mod name;
+mod publisher;
+mod runtime;
+mod url;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use channel::{Capabilities, Channel, Consumer, Producer, Subscription};
+pub use codec::{Decode, Encode, Encoded, Raw};
+pub use delivery::{Acknowledger, Delivery, Origin};
+pub use error::{BoxError, Error, Result};
+pub use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
+pub use message::{
+    content_type, header, millis_since_epoch, new_message_id, time_from_millis, Headers, Message,
+};
+pub use name::{validate_destination, validate_group, validate_prefix, MAX_NAME_LEN};
+pub use publisher::Publisher;
+pub use runtime::{
+    App, Context, Events, Handler, HandlerSpec, IntoHandler, OutputPolicy, Processor,
+    RetryPolicy, RunningApp, Sink,
+};
+pub use url::{redact_url, ChannelUrl};
+
+/// Used by the code the `#[handler]` macro generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::runtime::{Route, Routed};
+}

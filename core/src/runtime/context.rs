@@ -1,0 +1,146 @@
+//! What a handler may know besides its event: the message, the attempt, shared state.
+
+use crate::delivery::Origin;
+use crate::error::{Error, Result};
+use crate::message::{Headers, Message};
+use crate::publisher::Publisher;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Values shared with every handler of an [`App`](crate::App), looked up by type.
+#[derive(Clone, Default)]
+pub(crate) struct Extensions(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl Extensions {
+    pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.0.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.0.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+}
+
+/// What the runtime shares with every call of every handler of one app.
+#[derive(Clone, Default)]
+pub(crate) struct Shared {
+    pub(crate) publisher: Option<Publisher>,
+    pub(crate) extensions: Extensions,
+}
+
+/// The second, optional argument of a handler: the message behind the event, which attempt
+/// this is, a [`Publisher`] and the app's shared values.
+///
+/// In a unit test, make one with [`Context::detached`]:
+///
+/// ```
+/// use event_binder_core::{Context, Message};
+///
+/// struct Tax(u32);
+/// let ctx = Context::detached(Message::new("{}").with_key("customer-7")).with_extension(Tax(20));
+/// assert_eq!(ctx.key(), Some("customer-7"));
+/// assert_eq!(ctx.attempt(), 1);
+/// assert_eq!(ctx.extension::<Tax>().map(|t| t.0), Some(20));
+/// assert!(ctx.publisher().is_err());
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    message: Arc<Message>,
+    attempt: u32,
+    origin: Arc<Origin>,
+    shared: Arc<Shared>,
+}
+
+impl Context {
+    pub(crate) fn new(
+        message: Arc<Message>,
+        attempt: u32,
+        origin: Arc<Origin>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Context {
+            message,
+            attempt,
+            origin,
+            shared,
+        }
+    }
+
+    /// A context for calling a handler directly, as a unit test does: attempt 1, destination
+    /// `detached`, no publisher, no shared values (add them with
+    /// [`with_extension`](Self::with_extension)).
+    pub fn detached(message: Message) -> Self {
+        Context::new(
+            Arc::new(message),
+            1,
+            Origin::new("detached", None),
+            Arc::default(),
+        )
+    }
+
+    /// Adds a shared value, as [`App::extension`](crate::App::extension) does.
+    pub fn with_extension<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        Arc::make_mut(&mut self.shared).extensions.insert(value);
+        self
+    }
+
+    /// The message the event was decoded from.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The message id.
+    pub fn id(&self) -> &str {
+        self.message.id()
+    }
+
+    /// The message headers.
+    pub fn headers(&self) -> &Headers {
+        self.message.headers()
+    }
+
+    /// The message key, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.message.key()
+    }
+
+    /// Which call of the handler for this message this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The destination the message came from.
+    pub fn destination(&self) -> &str {
+        &self.origin.destination
+    }
+
+    /// The group handling it, `None` for an anonymous subscription.
+    pub fn group(&self) -> Option<&str> {
+        self.origin.group.as_deref()
+    }
+
+    /// A value shared through [`App::extension`](crate::App::extension).
+    pub fn extension<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.shared.extensions.get()
+    }
+
+    /// The app's publisher, to send further events. A detached context has none.
+    pub fn publisher(&self) -> Result<&Publisher> {
+        self.shared.publisher.as_ref().ok_or_else(|| {
+            Error::Unsupported("a detached Context has no publisher; run the handler in an App".into())
+        })
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("id", &self.message.id())
+            .field("attempt", &self.attempt)
+            .field("destination", &self.origin.destination)
+            .field("group", &self.origin.group)
+            .finish_non_exhaustive()
+    }
+}

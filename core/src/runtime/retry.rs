@@ -1,0 +1,82 @@
+//! How often and how fast a failing handler is tried again.
+
+use std::time::Duration;
+
+/// Retry in process with exponential backoff, then dead-letter.
+///
+/// Attempt `n` (from 1) that fails waits `initial_backoff * multiplier^(n-1)`, at most
+/// `max_backoff`, before attempt `n + 1`. After `max_attempts` failures the message goes to
+/// the dead letters.
+///
+/// ```
+/// use event_binder_core::RetryPolicy;
+/// use std::time::Duration;
+///
+/// let policy = RetryPolicy::new(4).backoff(Duration::from_millis(100), Duration::from_secs(1));
+/// assert_eq!(policy.delay_after(1), Duration::from_millis(100));
+/// assert_eq!(policy.delay_after(2), Duration::from_millis(200));
+/// assert_eq!(policy.delay_after(9), Duration::from_secs(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// How many times the handler is called for one message, at least 1.
+    pub max_attempts: u32,
+    /// The wait after the first failure.
+    pub initial_backoff: Duration,
+    /// The longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// How much each wait grows over the one before.
+    pub multiplier: f64,
+    /// How many times the broker may deliver one message before it is dead-lettered
+    /// without calling the handler again: a message that crashes the process each time
+    /// must not loop forever. Backends that only know "redelivered or not" count 1 or 2.
+    pub max_deliveries: u32,
+}
+
+impl RetryPolicy {
+    /// `max_attempts` attempts with the default backoff (100 ms, doubling, at most 10 s).
+    pub fn new(max_attempts: u32) -> Self {
+        RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the first and the longest wait.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max.max(initial);
+        self
+    }
+
+    /// Sets how much each wait grows (at least 1.0).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier.max(1.0);
+        self
+    }
+
+    /// The wait after failed attempt `attempt` (from 1).
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let factor = self.multiplier.powi(exponent);
+        let secs = self.initial_backoff.as_secs_f64() * factor;
+        if secs.is_finite() && secs < self.max_backoff.as_secs_f64() {
+            Duration::from_secs_f64(secs)
+        } else {
+            self.max_backoff
+        }
+    }
+}
+
+impl Default for RetryPolicy {
+    /// 3 attempts, waiting 100 ms then 200 ms (doubling, at most 10 s); at most 10 deliveries.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            multiplier: 2.0,
+            max_deliveries: 10,
+        }
+    }
+}
