@@ -5,15 +5,76 @@
 //!
 //! | cargo feature | default | what it adds |
 //! |---|---|---|
-//! | `memory` | yes | [`memory::MemoryChannel`], `memory://` URLs: the in-process bus |
+//! | `memory` | yes | `memory::MemoryChannel`, `memory://` URLs: the in-process bus |
 //! | `macros` | yes | the [`handler`] attribute macro |
 //! | `rabbitmq` | no | `amqp://` and `amqps://` URLs (not available yet) |
 //! | `kafka` | no | `kafka://` URLs (not available yet) |
 //! | `sns-sqs` | no | `sns-sqs://` URLs (not available yet) |
 
+mod any;
+
+pub use any::AnyChannel;
 #[doc(inline)]
 pub use event_binder_core::*;
 
+/// Makes an `async fn` an event handler: registered on an [`App`] with
+/// `.handler(name)`, and still a plain function that a unit test calls with no broker.
+///
+/// # Example
+///
+/// ```
+/// use event_binder::{handler, App, Channel, Context, IntoHandler, Message};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Deserialize)]
+/// pub struct OrderPlaced {
+///     pub order_id: u64,
+///     pub amount_cents: u64,
+/// }
+///
+/// #[derive(Serialize)]
+/// pub struct Invoice {
+///     pub order_id: u64,
+///     pub total_cents: u64,
+/// }
+///
+/// /// Bills each order; the members of the `billing` group share the work.
+/// #[handler(destination = "orders", group = "billing", max_attempts = 5)]
+/// pub async fn bill(event: OrderPlaced, ctx: Context) -> Result<(), std::io::Error> {
+///     println!("billing order {} (attempt {})", event.order_id, ctx.attempt());
+///     Ok(())
+/// }
+///
+/// /// A processor: what it returns is published to `invoices`.
+/// #[handler(destination = "orders", group = "invoicing", output = "invoices")]
+/// pub async fn invoice(event: OrderPlaced) -> Result<Invoice, std::io::Error> {
+///     Ok(Invoice { order_id: event.order_id, total_cents: event.amount_cents })
+/// }
+///
+/// /// The service registers them on whichever channel it runs on.
+/// pub fn app(channel: impl Channel) -> App {
+///     App::new(channel).handler(bill).handler(invoice)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // A unit test calls them directly, with no broker.
+/// let order = || OrderPlaced { order_id: 7, amount_cents: 1250 };
+/// let ctx = Context::detached(Message::new(r#"{"order_id":7,"amount_cents":1250}"#));
+/// bill(order(), ctx).await?;
+/// assert_eq!(invoice(order()).await?.total_cents, 1250);
+///
+/// // What the attribute says is the handler's spec.
+/// let handler = bill.into_handler();
+/// assert!(handler.spec().name().ends_with("::bill"));
+/// assert_eq!(handler.spec().destination(), "orders");
+/// assert_eq!(handler.spec().group_name(), Some("billing"));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Reference
+///
 #[cfg(feature = "macros")]
 #[doc(inline)]
 pub use event_binder_macros::handler;

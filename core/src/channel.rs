@@ -185,8 +185,11 @@ pub trait Channel: Send + Sync + Debug + 'static {
 
     /// Opens a consumer on the dead letters of a destination and group (the anonymous
     /// subscriptions' share one place per destination).
-    async fn dead_letters(&self, destination: &str, group: Option<&str>)
-        -> Result<Box<dyn Consumer>>;
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+    ) -> Result<Box<dyn Consumer>>;
 
     /// Closes the connection; producers and consumers opened from it stop working.
     async fn close(&self) -> Result<()>;

@@ -150,7 +150,8 @@ mod tests {
     fn missing_content_type_is_taken_as_json() {
         let message = Message::new(r#"{"id":1}"#);
         assert_eq!(Order::decode(&message).unwrap(), Order { id: 1 });
-        let message = Message::new(r#"{"id":2}"#).with_content_type("application/json; charset=utf-8");
+        let message =
+            Message::new(r#"{"id":2}"#).with_content_type("application/json; charset=utf-8");
         assert_eq!(Order::decode(&message).unwrap(), Order { id: 2 });
     }
 

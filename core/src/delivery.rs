@@ -61,13 +61,13 @@ impl Delivery {
     /// Made by backends: the message, the how-many-th delivery of it this is (1 for the
     /// first), where it came from, and how to settle it.
     pub fn new(
-        message: Message,
+        message: impl Into<Arc<Message>>,
         attempt: u32,
         origin: Arc<Origin>,
         acknowledger: Box<dyn Acknowledger>,
     ) -> Self {
         Delivery {
-            message: Arc::new(message),
+            message: message.into(),
             attempt: attempt.max(1),
             origin,
             acknowledger,

@@ -112,7 +112,9 @@ impl MemoryIdempotencyStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock leaves the maps consistent: every update is a
         // single insert or remove.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn evict(&self, state: &mut State, now: Instant) {

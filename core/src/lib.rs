@@ -35,8 +35,8 @@ pub use message::{
 pub use name::{validate_destination, validate_group, validate_prefix, MAX_NAME_LEN};
 pub use publisher::Publisher;
 pub use runtime::{
-    App, Context, Events, Handler, HandlerSpec, IntoHandler, OutputPolicy, Processor,
-    RetryPolicy, RunningApp, Sink,
+    App, Context, Events, Handler, HandlerSpec, IntoHandler, OutputPolicy, Processor, RetryPolicy,
+    RunningApp, Sink,
 };
 pub use url::{redact_url, ChannelUrl};
 

@@ -4,6 +4,9 @@ use crate::error::{Error, Result};
 
 /// The longest logical name accepted, in bytes.
 ///
+/// `binder-macros/src/args.rs` checks names at compile time with the same rules (it cannot
+/// depend on this crate): change both together.
+///
 /// Backends add a prefix and suffixes to build physical names; this bound keeps every
 /// backend's physical names within its broker's limits (SQS, the tightest, stops at 80).
 pub const MAX_NAME_LEN: usize = 48;
@@ -76,7 +79,16 @@ mod tests {
     fn refuses_empty_long_and_foreign_characters() {
         for bad in ["", "a.b", "a b", "ä", "a/b", "a*"] {
             let err = validate_destination(bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidName { kind: "destination", .. }), "{bad}");
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidName {
+                        kind: "destination",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
         }
         let long = "g".repeat(MAX_NAME_LEN + 1);
         let message = validate_group(&long).unwrap_err().to_string();

@@ -46,8 +46,13 @@ impl Publisher {
     }
 
     /// Encodes an event and sends it; returns the new message's id once the broker has it.
-    pub async fn publish<E: Encode + ?Sized>(&self, destination: &str, event: &E) -> Result<String> {
-        self.send_event(destination, event.encode()?.into_message()).await
+    pub async fn publish<E: Encode + ?Sized>(
+        &self,
+        destination: &str,
+        event: &E,
+    ) -> Result<String> {
+        self.send_event(destination, event.encode()?.into_message())
+            .await
     }
 
     /// Like [`publish`](Self::publish), with an ordering key.

@@ -100,7 +100,10 @@ mod tests {
 
     #[test]
     fn urls_without_credentials_are_unchanged() {
-        assert_eq!(redact_url("kafka://127.0.0.1:9092"), "kafka://127.0.0.1:9092");
+        assert_eq!(
+            redact_url("kafka://127.0.0.1:9092"),
+            "kafka://127.0.0.1:9092"
+        );
         assert_eq!(redact_url("memory://"), "memory://");
     }
 }

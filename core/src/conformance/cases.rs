@@ -136,8 +136,7 @@ struct Suite {
 
 impl Suite {
     async fn consumer(&self, destination: &str, group: Option<&str>) -> Box<dyn Consumer> {
-        let subscription =
-            Subscription::new(destination).optional_group(group.map(str::to_owned));
+        let subscription = Subscription::new(destination).optional_group(group.map(str::to_owned));
         expect(
             self.channel.consumer(&subscription).await,
             &format!("opening a consumer on {destination} / {group:?}"),
@@ -145,14 +144,22 @@ impl Suite {
     }
 
     async fn send_all(&self, destination: &str, messages: &[Message]) {
-        let producer = expect(self.channel.producer(destination).await, "opening a producer");
+        let producer = expect(
+            self.channel.producer(destination).await,
+            "opening a producer",
+        );
         for message in messages {
             expect(producer.send(message.clone()).await, "send");
         }
     }
 
     /// Receives and acks `count` deliveries, returning their ids in arrival order.
-    async fn receive_ids(&self, consumer: &mut dyn Consumer, count: usize, what: &str) -> Vec<String> {
+    async fn receive_ids(
+        &self,
+        consumer: &mut dyn Consumer,
+        count: usize,
+        what: &str,
+    ) -> Vec<String> {
         let mut ids = Vec::with_capacity(count);
         for _ in 0..count {
             let delivery = receive(consumer, self.config.timeout, what).await;
@@ -162,7 +169,11 @@ impl Suite {
         ids
     }
 
-    fn dead_letter_consumer(&self, destination: &str, group: &str) -> impl std::future::Future<Output = Box<dyn Consumer>> + '_ {
+    fn dead_letter_consumer(
+        &self,
+        destination: &str,
+        group: &str,
+    ) -> impl std::future::Future<Output = Box<dyn Consumer>> + '_ {
         let destination = destination.to_owned();
         let group = group.to_owned();
         async move {
@@ -196,15 +207,29 @@ impl Suite {
                 .unwrap_or_else(|| panic!("unknown or repeated message id {:?}", got.id()));
             assert_eq!(got.payload(), want.payload(), "payload of {}", got.id());
             assert_eq!(got.key(), want.key(), "key of {}", got.id());
-            assert_eq!(got.content_type(), Some("application/json"), "content type of {}", got.id());
+            assert_eq!(
+                got.content_type(),
+                Some("application/json"),
+                "content type of {}",
+                got.id()
+            );
             for (name, value) in want.headers().iter() {
-                assert_eq!(got.headers().get(name), Some(value), "header {name} of {}", got.id());
+                assert_eq!(
+                    got.headers().get(name),
+                    Some(value),
+                    "header {name} of {}",
+                    got.id()
+                );
             }
             assert_eq!(delivery.destination(), destination);
             assert_eq!(delivery.group(), Some(group.as_str()));
             expect(delivery.ack().await, "ack");
         }
-        assert!(expected.is_empty(), "never delivered: {:?}", expected.keys());
+        assert!(
+            expected.is_empty(),
+            "never delivered: {:?}",
+            expected.keys()
+        );
         expect_nothing(&mut *consumer, self.config.quiet_period, "no more messages").await;
     }
 
@@ -234,7 +259,10 @@ impl Suite {
         let chunk = total.div_ceil(4);
         let mut publishers = Vec::new();
         for (index, part) in messages.chunks(chunk).enumerate() {
-            let producer = expect(self.channel.producer(&destination).await, "opening a producer");
+            let producer = expect(
+                self.channel.producer(&destination).await,
+                "opening a producer",
+            );
             let part = part.to_vec();
             publishers.push(tokio::spawn(async move {
                 if index % 2 == 0 {
@@ -262,8 +290,15 @@ impl Suite {
             assert!(!consumer.is_finished(), "a consumer task stopped early");
             consumer.abort();
         }
-        let unknown: Vec<_> = received.snapshot().into_keys().filter(|id| !ids.contains(id)).collect();
-        assert!(unknown.is_empty(), "received messages never sent: {unknown:?}");
+        let unknown: Vec<_> = received
+            .snapshot()
+            .into_keys()
+            .filter(|id| !ids.contains(id))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "received messages never sent: {unknown:?}"
+        );
     }
 
     async fn destinations_isolated(&self) {
@@ -285,7 +320,12 @@ impl Suite {
                 .collect();
             let want: HashSet<String> = sent.iter().map(|m| m.id().to_owned()).collect();
             assert_eq!(ids, want, "{name} received another destination's messages");
-            expect_nothing(&mut **consumer, self.config.quiet_period, "no more messages").await;
+            expect_nothing(
+                &mut **consumer,
+                self.config.quiet_period,
+                "no more messages",
+            )
+            .await;
         }
     }
 
@@ -293,28 +333,49 @@ impl Suite {
         let (destination, group) = (unique("nack"), unique("g"));
         let mut consumer = self.consumer(&destination, Some(&group)).await;
         let message = probe(1);
-        self.send_all(&destination, std::slice::from_ref(&message)).await;
+        self.send_all(&destination, std::slice::from_ref(&message))
+            .await;
         let first = receive(&mut *consumer, self.config.timeout, "the message").await;
         assert_eq!(first.message().id(), message.id());
         let first_attempt = first.attempt();
         expect(first.nack(None).await, "nack");
         let second = receive(&mut *consumer, self.config.timeout, "the redelivery").await;
-        assert_eq!(second.message().id(), message.id(), "another message came instead of the redelivery");
+        assert_eq!(
+            second.message().id(),
+            message.id(),
+            "another message came instead of the redelivery"
+        );
         assert!(
             second.attempt() > first_attempt,
             "the redelivery has attempt {} after {first_attempt}",
             second.attempt()
         );
-        expect(second.nack(Some(Duration::from_millis(100))).await, "nack with a delay");
-        let third = receive(&mut *consumer, self.config.timeout, "the delayed redelivery").await;
+        expect(
+            second.nack(Some(Duration::from_millis(100))).await,
+            "nack with a delay",
+        );
+        let third = receive(
+            &mut *consumer,
+            self.config.timeout,
+            "the delayed redelivery",
+        )
+        .await;
         assert_eq!(third.message().id(), message.id());
         expect(third.ack().await, "ack");
-        expect_nothing(&mut *consumer, self.config.quiet_period, "nothing after the ack").await;
+        expect_nothing(
+            &mut *consumer,
+            self.config.quiet_period,
+            "nothing after the ack",
+        )
+        .await;
     }
 
     async fn fresh_consumer_gets_all(&self) {
         let (destination, group) = (unique("fail"), unique("g"));
-        expect(self.channel.provision(&destination, Some(&group)).await, "provision");
+        expect(
+            self.channel.provision(&destination, Some(&group)).await,
+            "provision",
+        );
         let messages: Vec<Message> = (0..20).map(probe).collect();
         self.send_all(&destination, &messages).await;
         for round in 0..3 {
@@ -334,12 +395,19 @@ impl Suite {
         }
         let mut fresh = self.consumer(&destination, Some(&group)).await;
         let ids: HashSet<String> = self
-            .receive_ids(&mut *fresh, messages.len(), "every message after the failures")
+            .receive_ids(
+                &mut *fresh,
+                messages.len(),
+                "every message after the failures",
+            )
             .await
             .into_iter()
             .collect();
         let want: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
-        assert_eq!(ids, want, "messages were lost or duplicated after failing consumers");
+        assert_eq!(
+            ids, want,
+            "messages were lost or duplicated after failing consumers"
+        );
         expect_nothing(&mut *fresh, self.config.quiet_period, "no more messages").await;
     }
 
@@ -355,7 +423,11 @@ impl Suite {
         let want: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
         for (consumer, group) in consumers.iter_mut().zip(&groups) {
             let ids: HashSet<String> = self
-                .receive_ids(&mut **consumer, 30, &format!("30 messages in group {group}"))
+                .receive_ids(
+                    &mut **consumer,
+                    30,
+                    &format!("30 messages in group {group}"),
+                )
                 .await
                 .into_iter()
                 .collect();
@@ -374,7 +446,10 @@ impl Suite {
             let (received, per_consumer) = (received.clone(), per_consumer.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let delivery = consumer.receive().await.unwrap_or_else(|e| panic!("receive: {e}"));
+                    let delivery = consumer
+                        .receive()
+                        .await
+                        .unwrap_or_else(|e| panic!("receive: {e}"));
                     received.record(delivery.message().id().to_owned());
                     per_consumer.record(member);
                     delivery.ack().await.unwrap_or_else(|e| panic!("ack: {e}"));
@@ -384,16 +459,25 @@ impl Suite {
         let messages: Vec<Message> = (0..total).map(probe).collect();
         self.send_all(&destination, &messages).await;
         received
-            .wait_for(self.config.timeout, "300 messages across the group", |seen| {
-                seen.len() == messages.len()
-            })
+            .wait_for(
+                self.config.timeout,
+                "300 messages across the group",
+                |seen| seen.len() == messages.len(),
+            )
             .await;
         tokio::time::sleep(self.config.quiet_period).await;
         for task in &tasks {
             task.abort();
         }
-        let duplicates: Vec<_> = received.snapshot().into_iter().filter(|(_, n)| *n > 1).collect();
-        assert!(duplicates.is_empty(), "handled by more than one member: {duplicates:?}");
+        let duplicates: Vec<_> = received
+            .snapshot()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect();
+        assert!(
+            duplicates.is_empty(),
+            "handled by more than one member: {duplicates:?}"
+        );
         assert_eq!(per_consumer.total(), messages.len());
     }
 
@@ -402,12 +486,19 @@ impl Suite {
             return;
         }
         let (destination, group) = (unique("durable"), unique("g"));
-        expect(self.channel.provision(&destination, Some(&group)).await, "provision");
+        expect(
+            self.channel.provision(&destination, Some(&group)).await,
+            "provision",
+        );
         let messages: Vec<Message> = (0..20).map(probe).collect();
         self.send_all(&destination, &messages).await;
         let mut consumer = self.consumer(&destination, Some(&group)).await;
         let ids: HashSet<String> = self
-            .receive_ids(&mut *consumer, 20, "the messages kept while no consumer ran")
+            .receive_ids(
+                &mut *consumer,
+                20,
+                "the messages kept while no consumer ran",
+            )
             .await
             .into_iter()
             .collect();
@@ -417,47 +508,94 @@ impl Suite {
 
     async fn anonymous_subscription(&self) {
         let destination = unique("anon");
+        // A durable group exists throughout, so every send has somewhere to go: backends
+        // that refuse unroutable messages (RabbitMQ's mandatory publish) accept them.
+        expect(
+            self.channel
+                .provision(&destination, Some(&unique("audit")))
+                .await,
+            "provision",
+        );
         let before: Vec<Message> = (0..5).map(probe).collect();
         self.send_all(&destination, &before).await;
         let mut consumer = self.consumer(&destination, None).await;
         let after: Vec<Message> = (5..10).map(probe).collect();
         self.send_all(&destination, &after).await;
         let ids: HashSet<String> = self
-            .receive_ids(&mut *consumer, 5, "the 5 messages published after subscribing")
+            .receive_ids(
+                &mut *consumer,
+                5,
+                "the 5 messages published after subscribing",
+            )
             .await
             .into_iter()
             .collect();
         let want: HashSet<String> = after.iter().map(|m| m.id().to_owned()).collect();
-        assert_eq!(ids, want, "an anonymous subscription saw messages from before it started");
-        expect_nothing(&mut *consumer, self.config.quiet_period, "nothing from before").await;
+        assert_eq!(
+            ids, want,
+            "an anonymous subscription saw messages from before it started"
+        );
+        expect_nothing(
+            &mut *consumer,
+            self.config.quiet_period,
+            "nothing from before",
+        )
+        .await;
         drop(consumer);
 
         let between = probe(10);
-        self.send_all(&destination, std::slice::from_ref(&between)).await;
+        self.send_all(&destination, std::slice::from_ref(&between))
+            .await;
         let mut second = self.consumer(&destination, None).await;
         let last = probe(11);
-        self.send_all(&destination, std::slice::from_ref(&last)).await;
-        let delivery = receive(&mut *second, self.config.timeout, "the message after resubscribing").await;
-        assert_eq!(delivery.message().id(), last.id(), "a dropped anonymous subscription left messages behind");
+        self.send_all(&destination, std::slice::from_ref(&last))
+            .await;
+        let delivery = receive(
+            &mut *second,
+            self.config.timeout,
+            "the message after resubscribing",
+        )
+        .await;
+        assert_eq!(
+            delivery.message().id(),
+            last.id(),
+            "a dropped anonymous subscription left messages behind"
+        );
         expect(delivery.ack().await, "ack");
-        expect_nothing(&mut *second, self.config.quiet_period, "nothing left behind").await;
+        expect_nothing(
+            &mut *second,
+            self.config.quiet_period,
+            "nothing left behind",
+        )
+        .await;
     }
 
     async fn unsettled_returns(&self) {
         let (destination, group) = (unique("unsettled"), unique("g"));
         let mut consumer = self.consumer(&destination, Some(&group)).await;
         let message = probe(1);
-        self.send_all(&destination, std::slice::from_ref(&message)).await;
+        self.send_all(&destination, std::slice::from_ref(&message))
+            .await;
         let delivery = receive(&mut *consumer, self.config.timeout, "the message").await;
         assert_eq!(delivery.message().id(), message.id());
         drop(delivery);
         drop(consumer);
         let mut next = self.consumer(&destination, Some(&group)).await;
-        let again = receive(&mut *next, self.config.timeout, "the unsettled message to come back").await;
+        let again = receive(
+            &mut *next,
+            self.config.timeout,
+            "the unsettled message to come back",
+        )
+        .await;
         assert_eq!(again.message().id(), message.id());
         assert_eq!(again.message().payload(), message.payload());
         expect(again.ack().await, "ack");
-        expect_nothing(&mut *next, self.config.quiet_period, "nothing after the ack").await;
+        expect_nothing(
+            &mut *next,
+            self.config.quiet_period,
+            "nothing after the ack",
+        )
+        .await;
     }
 
     async fn dead_letter_keeps_message(&self) {
@@ -465,9 +603,13 @@ impl Suite {
         let mut consumer = self.consumer(&destination, Some(&group)).await;
         let mut dead_letters = self.dead_letter_consumer(&destination, &group).await;
         let message = probe(1).with_key("k-1").with_header("tenant", "acme");
-        self.send_all(&destination, std::slice::from_ref(&message)).await;
+        self.send_all(&destination, std::slice::from_ref(&message))
+            .await;
         let delivery = receive(&mut *consumer, self.config.timeout, "the message").await;
-        expect(delivery.dead_letter("rejected by the test", 2).await, "dead_letter");
+        expect(
+            delivery.dead_letter("rejected by the test", 2).await,
+            "dead_letter",
+        );
         let dead = receive(&mut *dead_letters, self.config.timeout, "the dead letter").await;
         let got = dead.message();
         assert_eq!(got.id(), message.id());
@@ -475,14 +617,28 @@ impl Suite {
         assert_eq!(got.key(), Some("k-1"));
         let headers = got.headers();
         assert_eq!(headers.get("tenant"), Some("acme"));
-        assert_eq!(headers.get(header::DEAD_LETTER_ERROR), Some("rejected by the test"));
+        assert_eq!(
+            headers.get(header::DEAD_LETTER_ERROR),
+            Some("rejected by the test")
+        );
         assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("2"));
-        assert_eq!(headers.get(header::DEAD_LETTER_DESTINATION), Some(destination.as_str()));
+        assert_eq!(
+            headers.get(header::DEAD_LETTER_DESTINATION),
+            Some(destination.as_str())
+        );
         assert_eq!(headers.get(header::DEAD_LETTER_GROUP), Some(group.as_str()));
         let time = headers.get(header::DEAD_LETTER_TIME).unwrap_or_default();
-        assert!(time.parse::<u64>().is_ok(), "dead-letter time {time:?} is not milliseconds");
+        assert!(
+            time.parse::<u64>().is_ok(),
+            "dead-letter time {time:?} is not milliseconds"
+        );
         expect(dead.ack().await, "ack of the dead letter");
-        expect_nothing(&mut *consumer, self.config.quiet_period, "the dead-lettered message to stay gone").await;
+        expect_nothing(
+            &mut *consumer,
+            self.config.quiet_period,
+            "the dead-lettered message to stay gone",
+        )
+        .await;
     }
 
     async fn retries_then_dead_letter(&self) {
@@ -510,29 +666,66 @@ impl Suite {
         };
         let mut dead_letters = self.dead_letter_consumer(&destination, &group).await;
         let running = expect(
-            App::new(self.channel.clone()).retry(fast_retries(5)).handler(handler).start().await,
+            App::new(self.channel.clone())
+                .retry(fast_retries(5))
+                .handler(handler)
+                .start()
+                .await,
             "starting the app",
         );
         let publisher = running.publisher().clone();
-        let failing_id = expect(publisher.publish(&destination, &Probe { n: 1, fail: true }).await, "publish");
+        let failing_id = expect(
+            publisher
+                .publish(&destination, &Probe { n: 1, fail: true })
+                .await,
+            "publish",
+        );
         let dead = receive(&mut *dead_letters, self.config.timeout, "the dead letter").await;
         let headers = dead.message().headers();
         assert_eq!(dead.message().id(), failing_id);
-        assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("3"), "headers: {headers:?}");
+        assert_eq!(
+            headers.get(header::DEAD_LETTER_ATTEMPTS),
+            Some("3"),
+            "headers: {headers:?}"
+        );
         let error = headers.get(header::DEAD_LETTER_ERROR).unwrap_or_default();
-        assert!(error.contains("probe 1 always fails"), "dead-letter error {error:?}");
-        assert_eq!(headers.get(header::DEAD_LETTER_DESTINATION), Some(destination.as_str()));
+        assert!(
+            error.contains("probe 1 always fails"),
+            "dead-letter error {error:?}"
+        );
+        assert_eq!(
+            headers.get(header::DEAD_LETTER_DESTINATION),
+            Some(destination.as_str())
+        );
         assert_eq!(headers.get(header::DEAD_LETTER_GROUP), Some(group.as_str()));
         expect(dead.ack().await, "ack of the dead letter");
         assert_eq!(calls.count(&1), 3, "the handler's spec says 3 attempts");
 
-        expect(publisher.publish(&destination, &Probe { n: 2, fail: false }).await, "publish");
+        expect(
+            publisher
+                .publish(&destination, &Probe { n: 2, fail: false })
+                .await,
+            "publish",
+        );
         handled
-            .wait_for(self.config.timeout, "the next message to be handled", |seen| seen.contains_key(&2))
+            .wait_for(
+                self.config.timeout,
+                "the next message to be handled",
+                |seen| seen.contains_key(&2),
+            )
             .await;
         expect(running.shutdown().await, "shutdown");
-        assert_eq!(calls.count(&1), 3, "the dead-lettered message was handled again");
-        expect_nothing(&mut *dead_letters, self.config.quiet_period, "a single dead letter").await;
+        assert_eq!(
+            calls.count(&1),
+            3,
+            "the dead-lettered message was handled again"
+        );
+        expect_nothing(
+            &mut *dead_letters,
+            self.config.quiet_period,
+            "a single dead letter",
+        )
+        .await;
     }
 
     async fn undecodable(&self) {
@@ -553,26 +746,57 @@ impl Suite {
         };
         let mut dead_letters = self.dead_letter_consumer(&destination, &group).await;
         let running = expect(
-            App::new(self.channel.clone()).retry(fast_retries(5)).handler(handler).start().await,
+            App::new(self.channel.clone())
+                .retry(fast_retries(5))
+                .handler(handler)
+                .start()
+                .await,
             "starting the app",
         );
         let poison = Message::new("{this is not json");
-        expect(running.publisher().send(&destination, poison.clone()).await, "send");
-        let dead = receive(&mut *dead_letters, self.config.timeout, "the undecodable message's dead letter").await;
+        expect(
+            running.publisher().send(&destination, poison.clone()).await,
+            "send",
+        );
+        let dead = receive(
+            &mut *dead_letters,
+            self.config.timeout,
+            "the undecodable message's dead letter",
+        )
+        .await;
         assert_eq!(dead.message().id(), poison.id());
-        assert_eq!(dead.message().payload(), poison.payload(), "the payload must be kept as it was");
+        assert_eq!(
+            dead.message().payload(),
+            poison.payload(),
+            "the payload must be kept as it was"
+        );
         let headers = dead.message().headers();
-        assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("0"), "headers: {headers:?}");
+        assert_eq!(
+            headers.get(header::DEAD_LETTER_ATTEMPTS),
+            Some("0"),
+            "headers: {headers:?}"
+        );
         let error = headers.get(header::DEAD_LETTER_ERROR).unwrap_or_default();
         assert!(error.contains("decode"), "dead-letter error {error:?}");
         expect(dead.ack().await, "ack of the dead letter");
 
-        expect(running.publisher().send(&destination, probe(7)).await, "send");
+        expect(
+            running.publisher().send(&destination, probe(7)).await,
+            "send",
+        );
         calls
-            .wait_for(self.config.timeout, "the next message to be handled", |seen| seen.contains_key(&7))
+            .wait_for(
+                self.config.timeout,
+                "the next message to be handled",
+                |seen| seen.contains_key(&7),
+            )
             .await;
         expect(running.shutdown().await, "shutdown");
-        assert_eq!(calls.total(), 1, "only the valid message reaches the handler");
+        assert_eq!(
+            calls.total(),
+            1,
+            "only the valid message reaches the handler"
+        );
     }
 
     async fn order_per_key(&self) {
@@ -594,12 +818,19 @@ impl Suite {
             let probe: Probe = serde_json::from_slice(delivery.message().payload())
                 .unwrap_or_else(|err| panic!("payload changed in transit: {err}"));
             if let Some(previous) = last.get(&key) {
-                assert!(probe.n > *previous, "key {key}: {} arrived after {previous}", probe.n);
+                assert!(
+                    probe.n > *previous,
+                    "key {key}: {} arrived after {previous}",
+                    probe.n
+                );
             }
             last.insert(key, probe.n);
             expect(delivery.ack().await, "ack");
         }
-        assert!(last.values().all(|n| *n == per_key - 1), "last per key: {last:?}");
+        assert!(
+            last.values().all(|n| *n == per_key - 1),
+            "last per key: {last:?}"
+        );
     }
 
     async fn graceful_shutdown(&self) {
@@ -612,7 +843,8 @@ impl Suite {
             Handler::from_fn(
                 HandlerSpec::new("slow", destination.as_str()).group(group.as_str()),
                 move |event: Probe, _ctx: Context| {
-                    let (started, finished, mut gate) = (started.clone(), finished.clone(), gate.clone());
+                    let (started, finished, mut gate) =
+                        (started.clone(), finished.clone(), gate.clone());
                     async move {
                         started.record(event.n);
                         gate.wait_for(|open| *open)
@@ -639,13 +871,20 @@ impl Suite {
             expect(first.publisher().send(&destination, probe(n)).await, "send");
         }
         started
-            .wait_for(self.config.timeout, "the first app to fill its concurrency", |seen| {
-                seen.len() >= concurrency
-            })
+            .wait_for(
+                self.config.timeout,
+                "the first app to fill its concurrency",
+                |seen| seen.len() >= concurrency,
+            )
             .await;
         let shutting_down = tokio::spawn(first.shutdown());
         gate.send_replace(true);
-        let shut = within(self.config.timeout, "the first app's shutdown", shutting_down).await;
+        let shut = within(
+            self.config.timeout,
+            "the first app's shutdown",
+            shutting_down,
+        )
+        .await;
         expect(shut.expect("shutdown task panicked"), "graceful shutdown");
         let started_first = started.snapshot();
         let finished_first = finished.snapshot();
@@ -669,42 +908,80 @@ impl Suite {
             .await;
         tokio::time::sleep(self.config.quiet_period).await;
         expect(second.shutdown().await, "second shutdown");
-        let twice: Vec<_> = finished.snapshot().into_iter().filter(|(_, n)| *n > 1).collect();
-        assert!(twice.is_empty(), "handled twice across the shutdown: {twice:?}");
+        let twice: Vec<_> = finished
+            .snapshot()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect();
+        assert!(
+            twice.is_empty(),
+            "handled twice across the shutdown: {twice:?}"
+        );
     }
 
     async fn oversized(&self) {
         let (destination, group) = (unique("size"), unique("g"));
         let mut consumer = self.consumer(&destination, Some(&group)).await;
-        let producer = expect(self.channel.producer(&destination).await, "opening a producer");
+        let producer = expect(
+            self.channel.producer(&destination).await,
+            "opening a producer",
+        );
         let Some(limit) = self.channel.capabilities().max_message_size else {
             let big = Message::new(vec![7u8; 1 << 20]);
-            expect(producer.send(big.clone()).await, "sending 1 MiB to a backend without a limit");
+            expect(
+                producer.send(big.clone()).await,
+                "sending 1 MiB to a backend without a limit",
+            );
             let delivery = receive(&mut *consumer, self.config.timeout, "the 1 MiB message").await;
-            assert_eq!(delivery.message().payload(), big.payload(), "the payload was changed");
+            assert_eq!(
+                delivery.message().payload(),
+                big.payload(),
+                "the payload was changed"
+            );
             expect(delivery.ack().await, "ack");
             return;
         };
         let oversized = Message::new(vec![b'x'; limit + 1]);
         match producer.send(oversized).await {
-            Err(Error::PayloadTooLarge { actual, limit: reported }) => {
+            Err(Error::PayloadTooLarge {
+                actual,
+                limit: reported,
+            }) => {
                 assert_eq!(reported, limit);
                 assert!(actual > limit);
             }
-            other => panic!("expected PayloadTooLarge for {} bytes, got {other:?}", limit + 1),
+            other => panic!(
+                "expected PayloadTooLarge for {} bytes, got {other:?}",
+                limit + 1
+            ),
         }
         let small = probe(1);
         let batch = vec![small.clone(), Message::new(vec![b'x'; limit + 1])];
         assert!(
-            matches!(producer.send_batch(batch).await, Err(Error::PayloadTooLarge { .. })),
+            matches!(
+                producer.send_batch(batch).await,
+                Err(Error::PayloadTooLarge { .. })
+            ),
             "a batch holding an oversized message must be refused"
         );
         let fits = probe(2);
-        expect(producer.send(fits.clone()).await, "sending a message that fits");
+        expect(
+            producer.send(fits.clone()).await,
+            "sending a message that fits",
+        );
         let delivery = receive(&mut *consumer, self.config.timeout, "the message that fits").await;
-        assert_eq!(delivery.message().id(), fits.id(), "a refused message was delivered");
+        assert_eq!(
+            delivery.message().id(),
+            fits.id(),
+            "a refused message was delivered"
+        );
         expect(delivery.ack().await, "ack");
-        expect_nothing(&mut *consumer, self.config.quiet_period, "nothing from refused sends").await;
+        expect_nothing(
+            &mut *consumer,
+            self.config.quiet_period,
+            "nothing from refused sends",
+        )
+        .await;
     }
 
     async fn invalid_names(&self) {
@@ -715,16 +992,28 @@ impl Suite {
             other => panic!("{what}: expected InvalidName, got {other:?}"),
         };
         for bad in ["orders.eu", "", "a b", "a/b", too_long.as_str()] {
-            is_invalid_name(self.channel.producer(bad).await.map(drop), &format!("producer({bad:?})"));
             is_invalid_name(
-                self.channel.consumer(&Subscription::new(bad)).await.map(drop),
+                self.channel.producer(bad).await.map(drop),
+                &format!("producer({bad:?})"),
+            );
+            is_invalid_name(
+                self.channel
+                    .consumer(&Subscription::new(bad))
+                    .await
+                    .map(drop),
                 &format!("consumer({bad:?})"),
             );
             is_invalid_name(
-                self.channel.consumer(&Subscription::new(&valid).group(bad)).await.map(drop),
+                self.channel
+                    .consumer(&Subscription::new(&valid).group(bad))
+                    .await
+                    .map(drop),
                 &format!("consumer group {bad:?}"),
             );
-            is_invalid_name(self.channel.provision(bad, None).await, &format!("provision({bad:?})"));
+            is_invalid_name(
+                self.channel.provision(bad, None).await,
+                &format!("provision({bad:?})"),
+            );
             is_invalid_name(
                 self.channel.dead_letters(&valid, Some(bad)).await.map(drop),
                 &format!("dead_letters group {bad:?}"),
@@ -735,7 +1024,11 @@ impl Suite {
             |_: Probe, _: Context| async { Ok::<(), std::io::Error>(()) },
         );
         is_invalid_name(
-            App::new(self.channel.clone()).handler(handler).start().await.map(drop),
+            App::new(self.channel.clone())
+                .handler(handler)
+                .start()
+                .await
+                .map(drop),
             "an app with an invalid destination",
         );
     }
@@ -771,8 +1064,17 @@ impl Suite {
         );
         let original = probe(1);
         let copy = probe(1).with_id(original.id());
-        expect(running.publisher().send(&destination, original.clone()).await, "send");
-        expect(running.publisher().send(&destination, copy).await, "send the copy");
+        expect(
+            running
+                .publisher()
+                .send(&destination, original.clone())
+                .await,
+            "send",
+        );
+        expect(
+            running.publisher().send(&destination, copy).await,
+            "send the copy",
+        );
         claims
             .begun
             .wait_for(self.config.timeout, "both copies to be claimed", |seen| {
@@ -780,7 +1082,11 @@ impl Suite {
             })
             .await;
         expect(running.shutdown().await, "shutdown");
-        assert_eq!(calls.count(&original.id().to_owned()), 1, "a duplicated id was handled twice");
+        assert_eq!(
+            calls.count(&original.id().to_owned()),
+            1,
+            "a duplicated id was handled twice"
+        );
     }
 }
 

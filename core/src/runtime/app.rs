@@ -280,8 +280,9 @@ impl RunningApp {
                         let _ = timeout_at(grace, rest).await.map(log_join);
                     }
                     return Err(Error::Timeout {
-                        what: "graceful shutdown (in-flight messages were handed back to the broker)"
-                            .into(),
+                        what:
+                            "graceful shutdown (in-flight messages were handed back to the broker)"
+                                .into(),
                         after: self.shutdown_timeout,
                     });
                 }
@@ -342,7 +343,10 @@ async fn consume(
                 });
             }
             Err(Error::ShutDown(what)) => {
-                tracing::debug!(handler = worker.handler.spec().name(), "{what} is shut down");
+                tracing::debug!(
+                    handler = worker.handler.spec().name(),
+                    "{what} is shut down"
+                );
                 break;
             }
             Err(err) => {
@@ -409,7 +413,11 @@ impl Worker {
             }
             Err(err) => {
                 tracing::warn!(message_id = %id, error = %err, "idempotency store failed; the message will come back");
-                self.report(delivery.nack(Some(Duration::from_secs(1))).await, &id, "nack");
+                self.report(
+                    delivery.nack(Some(Duration::from_secs(1))).await,
+                    &id,
+                    "nack",
+                );
                 return;
             }
         }
@@ -427,7 +435,8 @@ impl Worker {
                 self.dead_letter(delivery, &error_chain(&error), 0).await;
             }
             Outcome::Failed { error, attempts } => {
-                self.dead_letter(delivery, &error_chain(&*error), attempts).await;
+                self.dead_letter(delivery, &error_chain(&*error), attempts)
+                    .await;
             }
             Outcome::Aborted => self.report(delivery.nack(None).await, &id, "nack"),
         }
@@ -521,7 +530,11 @@ impl Worker {
             reason,
             "dead-lettering message"
         );
-        self.report(delivery.dead_letter(reason, attempts).await, &id, "dead-letter");
+        self.report(
+            delivery.dead_letter(reason, attempts).await,
+            &id,
+            "dead-letter",
+        );
     }
 
     fn report(&self, settled: Result<()>, id: &str, what: &str) {

@@ -129,7 +129,9 @@ impl Context {
     /// The app's publisher, to send further events. A detached context has none.
     pub fn publisher(&self) -> Result<&Publisher> {
         self.shared.publisher.as_ref().ok_or_else(|| {
-            Error::Unsupported("a detached Context has no publisher; run the handler in an App".into())
+            Error::Unsupported(
+                "a detached Context has no publisher; run the handler in an App".into(),
+            )
         })
     }
 }

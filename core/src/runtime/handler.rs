@@ -246,7 +246,7 @@ pub struct Events<T>(pub Vec<T>);
 
 /// How a handler's successful result becomes messages to publish.
 #[diagnostic::on_unimplemented(
-    message = "a handler of this kind cannot return `{O}`",
+    message = "this handler cannot return `{O}`",
     note = "a handler without `output` returns `Result<(), E>`; a handler with `output = \"…\"` returns `Result<Event, E>` or `Result<Events<Event>, E>` where `Event: serde::Serialize`"
 )]
 pub trait OutputPolicy<O> {
@@ -273,11 +273,13 @@ impl OutputPolicy<()> for Sink {
     }
 }
 
+/// A result that encodes to JSON `null` (`()`, `None`) publishes nothing, so a processor
+/// returning `Option<Event>` publishes `Some` events only.
 impl<T: Encode> OutputPolicy<T> for Processor {
     const PUBLISHES: bool = true;
 
     fn into_messages(output: T) -> Result<Vec<Message>> {
-        Ok(vec![output.encode()?.into_message()])
+        Ok(publishable(&output)?.into_iter().collect())
     }
 }
 
@@ -287,16 +289,23 @@ impl<T: Encode> OutputPolicy<Events<T>> for Processor {
     fn into_messages(Events(events): Events<T>) -> Result<Vec<Message>> {
         events
             .iter()
-            .map(|event| Ok(event.encode()?.into_message()))
+            .filter_map(|event| publishable(event).transpose())
             .collect()
     }
+}
+
+fn publishable<T: Encode + ?Sized>(event: &T) -> Result<Option<Message>> {
+    let encoded = event.encode()?;
+    let is_null =
+        encoded.content_type == crate::content_type::JSON && encoded.payload.as_ref() == b"null";
+    Ok((!is_null).then(|| encoded.into_message()))
 }
 
 /// Turns what is given to [`App::handler`](crate::App::handler) into a [`Handler`]:
 /// a `#[handler]` function, or a [`Handler`] built by hand.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event handler",
-    note = "annotate an `async fn(event: T) -> Result<_, E>` or `async fn(event: T, ctx: Context) -> Result<_, E>` with `#[handler(destination = \"…\")]`, or build one with `Handler::from_fn`"
+    note = "annotate an `async fn(event: T) -> Result<_, E>` or `async fn(event: T, ctx: Context) -> Result<_, E>` with `#[handler(destination = \"…\")]`, or build one with `Handler::from_fn`; if it has `#[handler]` already, the error at the function says what is wrong"
 )]
 pub trait IntoHandler<Args> {
     /// The handler.
@@ -387,5 +396,37 @@ where
         Handler::erase::<R::Kind, _, _, _, _, _>(R::spec(), move |event: T, ctx: Context| {
             self(event, ctx).into_inner()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payloads(messages: Vec<Message>) -> Vec<String> {
+        messages
+            .iter()
+            .map(|m| String::from_utf8_lossy(m.payload()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn processor_results_that_encode_to_null_publish_nothing() {
+        let none = <Processor as OutputPolicy<Option<u32>>>::into_messages(None).unwrap();
+        assert!(none.is_empty());
+        let some = <Processor as OutputPolicy<Option<u32>>>::into_messages(Some(7)).unwrap();
+        assert_eq!(payloads(some), ["7"]);
+        assert!(<Processor as OutputPolicy<()>>::into_messages(())
+            .unwrap()
+            .is_empty());
+        let many = Events(vec![Some(1u8), None, Some(2)]);
+        let many = <Processor as OutputPolicy<Events<Option<u8>>>>::into_messages(many).unwrap();
+        assert_eq!(payloads(many), ["1", "2"]);
+    }
+
+    #[test]
+    fn processor_outputs_carry_their_content_type() {
+        let out = <Processor as OutputPolicy<&str>>::into_messages("hi").unwrap();
+        assert_eq!(out[0].content_type(), Some(crate::content_type::JSON));
     }
 }

@@ -1,0 +1,387 @@
+//! The code `#[handler]` generates: a route type carrying the spec, and the function,
+//! unchanged to its callers, returning its body's future tagged with that route.
+
+use crate::args::{path_string, Args};
+use crate::signature::{self, ARGUMENTS_ADVICE, RETURN_ADVICE};
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{Attribute, FnArg, Ident, ItemFn, Pat, PatIdent, PatType, ReturnType, Type};
+
+/// The whole expansion, or the first mistake found.
+pub(crate) fn expand(args: &TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let function: ItemFn = syn::parse2(item).map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            format!("#[handler] goes on an `async fn`: {error}"),
+        )
+    })?;
+    let args = Args::parse(args)?;
+    signature::check(&function.sig)?;
+
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    let krate = &args.krate;
+    let ident = &sig.ident;
+    let ReturnType::Type(arrow, ret) = &sig.output else {
+        unreachable!("a missing return type is refused by signature::check");
+    };
+    let ret_span = ret.span();
+    let kind = args.output.as_ref().map_or_else(
+        || quote!(#krate::Sink),
+        |output| quote_spanned!(output.span()=> #krate::Processor),
+    );
+
+    // `#[cfg]` on the function applies to its route too.
+    let cfgs: Vec<&Attribute> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg"))
+        .collect();
+    let spec = spec(&args, ident);
+    let (params, bindings) = parameters(&sig.inputs);
+    let checks = checks(&args, &kind, ret, &sig.inputs);
+    // The return type, spanned on the user's, so that errors about the future (not `Send`,
+    // say) point there.
+    let returned = respan(
+        quote! {
+            #krate::__private::Routed<
+                #ident,
+                impl ::core::future::Future<Output = #ret> + ::core::marker::Send,
+            >
+        },
+        ret_span,
+    );
+    let must_use = (!attrs.iter().any(|attr| attr.path().is_ident("must_use")))
+        .then(|| quote!(#[must_use = "the handler does nothing until its future is `.await`ed"]));
+    let fn_token = &sig.fn_token;
+    let stmts = &block.stmts;
+    let body = quote_spanned! {block.brace_token.span.join()=>
+        {
+            #checks
+            #krate::__private::Routed::new(async move {
+                #(#bindings)*
+                let __event_binder_result: #ret = { #(#stmts)* };
+                #[allow(unreachable_code)]
+                __event_binder_result
+            })
+        }
+    };
+
+    Ok(quote! {
+        // A braced struct lives in the type namespace only: it does not clash with the
+        // function of the same name, and names the handler's route in its return type.
+        #(#cfgs)*
+        #[doc(hidden)]
+        #[allow(
+            non_camel_case_types,
+            dead_code,
+            missing_docs,
+            missing_debug_implementations,
+            unreachable_pub
+        )]
+        #vis struct #ident {}
+
+        #(#cfgs)*
+        impl #krate::__private::Route for #ident {
+            type Kind = #kind;
+            fn spec() -> #krate::HandlerSpec {
+                #spec
+            }
+        }
+
+        #(#attrs)*
+        #must_use
+        #vis #fn_token #ident(#(#params),*) #arrow #returned
+        #body
+    })
+}
+
+/// `HandlerSpec::new(concat!(module_path!(), "::bill"), "orders").group("billing")…`
+fn spec(args: &Args, ident: &Ident) -> TokenStream {
+    let krate = &args.krate;
+    let name = format!("::{}", ident.unraw());
+    let destination = &args.destination;
+    let mut spec = quote! {
+        #krate::HandlerSpec::new(::core::concat!(::core::module_path!(), #name), #destination)
+    };
+    if let Some(group) = &args.group {
+        spec.extend(quote!(.group(#group)));
+    }
+    if let Some(output) = &args.output {
+        spec.extend(quote!(.output(#output)));
+    }
+    if let Some(concurrency) = &args.concurrency {
+        spec.extend(quote!(.concurrency(#concurrency)));
+    }
+    if let Some(max_attempts) = &args.max_attempts {
+        spec.extend(quote!(.max_attempts(#max_attempts)));
+    }
+    spec
+}
+
+/// The function's parameters, and the statements that bind them inside the future.
+///
+/// Simple names stay in the signature (they are what rustdoc shows), `mut` moves inside;
+/// patterns are bound inside. Every parameter moves into the future and lives until it
+/// completes, as with an `async fn`.
+fn parameters<'a>(
+    inputs: impl IntoIterator<Item = &'a FnArg>,
+) -> (Vec<TokenStream>, Vec<TokenStream>) {
+    let mut params = Vec::new();
+    let mut bindings = Vec::new();
+    for (index, input) in inputs.into_iter().enumerate() {
+        let FnArg::Typed(PatType {
+            attrs,
+            pat,
+            colon_token,
+            ty,
+        }) = input
+        else {
+            unreachable!("receivers are refused by signature::check");
+        };
+        if let Pat::Ident(PatIdent {
+            attrs: pat_attrs,
+            by_ref: None,
+            mutability,
+            ident: name,
+            subpat: None,
+        }) = &**pat
+        {
+            params.push(quote!(#(#attrs)* #(#pat_attrs)* #name #colon_token #ty));
+            // An `_event` the body does not use still lives as long as the future.
+            bindings.push(quote! {
+                #[allow(
+                    clippy::redundant_locals,
+                    clippy::used_underscore_binding,
+                    clippy::no_effect_underscore_binding
+                )]
+                let #mutability #name = #name;
+            });
+        } else {
+            let name = format_ident!("__event_binder_arg{}", index, span = pat.span());
+            params.push(quote!(#(#attrs)* #name #colon_token #ty));
+            bindings.push(quote!(let #name = #name; let #pat = #name;));
+        }
+    }
+    (params, bindings)
+}
+
+/// Compile-time checks of the signature against the runtime, each spanned on the user's
+/// tokens and worded by a local trait's `on_unimplemented`, so that a mistake shows at the
+/// function (not only where it is registered) with advice. They cost nothing at run time.
+fn checks<'a>(
+    args: &Args,
+    kind: &TokenStream,
+    ret: &Type,
+    inputs: impl IntoIterator<Item = &'a FnArg>,
+) -> TokenStream {
+    let krate = &args.krate;
+    let mut inputs = inputs.into_iter().map(|input| match input {
+        FnArg::Typed(PatType { ty, .. }) => ty,
+        FnArg::Receiver(_) => unreachable!("receivers are refused by signature::check"),
+    });
+    // The event is decoded from the message: `Decode` says what to derive.
+    let event_check = inputs.next().map(|ty| {
+        let check = respan(quote!(__event_binder_check_event::<#ty>();), ty.span());
+        quote! {
+            fn __event_binder_check_event<T>()
+            where
+                T: #krate::Decode + ::core::marker::Send + 'static,
+            {
+            }
+            #check
+        }
+    });
+    // `Result<O, E>` is taken apart by projection, not inference, so that the error names
+    // the type that does not fit the handler's kind.
+    let output_check = respan(
+        quote!(__event_binder_check_output::<#kind, #ret>();),
+        ret.span(),
+    );
+    let context_check = inputs.next().map(|ty| {
+        let check = respan(quote!(__event_binder_check_context::<#ty>();), ty.span());
+        let advice = format!(
+            "{ARGUMENTS_ADVICE}; `Context` is `{}::Context`",
+            path_string(krate)
+        );
+        quote! {
+            #[diagnostic::on_unimplemented(
+                message = "the second argument of a handler is its `Context`, not `{Self}`",
+                label = "not the `Context`",
+                note = #advice
+            )]
+            trait __EventBinderContext {}
+            impl __EventBinderContext for #krate::Context {}
+            fn __event_binder_check_context<C: __EventBinderContext>() {}
+            #check
+        }
+    });
+    // In a block of their own, so that their names stay out of the body's scope.
+    quote! {{
+        #[diagnostic::on_unimplemented(
+            message = "a handler returns a `Result`, not `{Self}`",
+            label = "not a `Result`",
+            note = #RETURN_ADVICE
+        )]
+        trait __EventBinderResult {
+            type Ok;
+            type Err;
+        }
+        impl<O, E> __EventBinderResult for ::core::result::Result<O, E> {
+            type Ok = O;
+            type Err = E;
+        }
+        fn __event_binder_check_output<K, R>()
+        where
+            R: __EventBinderResult,
+            K: #krate::OutputPolicy<R::Ok>,
+            R::Err: ::core::convert::Into<#krate::BoxError>,
+        {
+        }
+        #output_check
+        #event_check
+        #context_check
+    }}
+}
+
+/// The same tokens, all spanned at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|token| match token {
+            TokenTree::Group(group) => {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                TokenTree::Group(respanned)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expanded(args: &TokenStream, item: TokenStream) -> String {
+        expand(args, item).unwrap().to_string()
+    }
+
+    #[test]
+    fn a_sink_names_its_route_and_spec() {
+        let code = expanded(
+            &quote!(destination = "orders", group = "billing"),
+            quote!(
+                pub async fn bill(event: Order, ctx: Context) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let expected_struct = quote!(
+            pub struct bill {}
+        )
+        .to_string();
+        assert!(code.contains(&expected_struct), "{code}");
+        let expected_kind = quote!(
+            type Kind = ::event_binder::Sink;
+        )
+        .to_string();
+        assert!(code.contains(&expected_kind), "{code}");
+        let expected_spec = quote!(::event_binder::HandlerSpec::new(
+            ::core::concat!(::core::module_path!(), "::bill"),
+            "orders"
+        )
+        .group("billing"))
+        .to_string();
+        assert!(code.contains(&expected_spec), "{code}");
+        let expected_return = quote!(
+            -> ::event_binder::__private::Routed<
+                bill,
+                impl ::core::future::Future<Output = Result<(), E> > + ::core::marker::Send,
+            >
+        )
+        .to_string();
+        assert!(code.contains(&expected_return), "{code}");
+    }
+
+    #[test]
+    fn a_processor_carries_every_option_and_the_crate_path() {
+        let code = expanded(
+            &quote!(
+                destination = "orders",
+                output = "invoices",
+                concurrency = 8,
+                max_attempts = 5,
+                crate = "::event_binder_core"
+            ),
+            quote!(
+                async fn r#invoice(event: Order) -> Result<Invoice, E> {
+                    todo!()
+                }
+            ),
+        );
+        let expected_kind = quote!(
+            type Kind = ::event_binder_core::Processor;
+        )
+        .to_string();
+        assert!(code.contains(&expected_kind), "{code}");
+        let expected_options =
+            quote!(.output("invoices").concurrency(8usize).max_attempts(5u32)).to_string();
+        assert!(code.contains(&expected_options), "{code}");
+        assert!(code.contains("\"::invoice\""), "{code}");
+        assert!(!code.contains("::event_binder::"), "{code}");
+    }
+
+    #[test]
+    fn patterns_and_mut_bind_inside_the_future() {
+        let code = expanded(
+            &quote!(destination = "pairs"),
+            quote!(
+                async fn pair(mut event: Pair, (a, b): (u32, u32)) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            code.contains(
+                &quote!(fn pair(event: Pair, __event_binder_arg1: (u32, u32))).to_string()
+            ),
+            "{code}"
+        );
+        assert!(
+            code.contains(&quote!(let mut event = event;).to_string()),
+            "{code}"
+        );
+        assert!(
+            code.contains(&quote!(let (a, b) = __event_binder_arg1;).to_string()),
+            "{code}"
+        );
+    }
+
+    #[test]
+    fn keeps_attributes_and_cfg() {
+        let code = expanded(
+            &quote!(destination = "orders"),
+            quote!(
+                /// Docs.
+                #[cfg(feature = "billing")]
+                #[must_use]
+                async fn bill(event: Order) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let cfg = quote!(#[cfg(feature = "billing")]).to_string();
+        assert_eq!(code.matches(&cfg).count(), 3, "{code}");
+        assert!(code.contains("Docs."), "{code}");
+        assert_eq!(code.matches("must_use").count(), 1, "{code}");
+    }
+}

@@ -1,0 +1,69 @@
+//! The `#[handler]` attribute macro of event-binder: write an event handler once as a plain
+//! `async fn`, register it with an `App` on any broker, and still call it directly in a
+//! unit test.
+//!
+//! Use it through the facade, as `event_binder::handler`, whose documentation has runnable
+//! examples. This crate depends only on `syn`, `quote` and `proc-macro2`; the code it
+//! generates names the runtime by absolute paths (`::event_binder::…`, or the path given
+//! with `crate = "…"`).
+//!
+//! ```ignore
+//! use event_binder::{handler, App, Context};
+//!
+//! #[handler(destination = "orders", group = "billing")]
+//! pub async fn bill(event: OrderPlaced, ctx: Context) -> Result<(), BillingError> {
+//!     // …
+//!     Ok(())
+//! }
+//!
+//! // In a unit test, with no broker at all:
+//! bill(order, Context::detached(message)).await?;
+//! // In the service:
+//! let app = App::new(channel).handler(bill);
+//! ```
+
+use proc_macro::TokenStream;
+
+mod args;
+mod expand;
+mod signature;
+
+/// Turns an `async fn(event: T) -> Result<_, E>` or `async fn(event: T, ctx: Context) ->
+/// Result<_, E>` into an event handler that an `App` registers with `.handler(name)`, and
+/// leaves it callable as a plain async function.
+///
+/// | argument | required | meaning |
+/// |---|---|---|
+/// | `destination = "orders"` | yes | the destination the handler reads |
+/// | `group = "billing"` | no | the group it joins (durable, shares the work); none: anonymous |
+/// | `output = "invoices"` | no | makes it a processor: what it returns is published there |
+/// | `concurrency = 8` | no | how many messages it works on at once (default: the app's) |
+/// | `max_attempts = 5` | no | calls per message before it is dead-lettered (default: the app's) |
+/// | `crate = "::event_binder"` | no | the path of the facade, if it is renamed or re-exported |
+///
+/// Names are checked at compile time with the runtime's rules: 1 to 48 ASCII letters,
+/// digits, `-` and `_`.
+///
+/// The function is a free `async fn` (in a module, not in an `impl`; not generic) that takes
+/// the event by value, optionally followed by a `Context`, and returns `Result<(), E>`, or
+/// with `output`, `Result<Event, E>` or `Result<Events<Event>, E>`; `E` converts into
+/// `BoxError`. Its future must be `Send`. Mistakes are reported at the function.
+///
+/// The macro adds a hidden struct of the same name as the function (a type, so the two do
+/// not clash) that carries the handler's spec; the function returns its body's future
+/// tagged with that struct, so `bill(event, ctx).await` works as before.
+#[proc_macro_attribute]
+pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = proc_macro2::TokenStream::from(args);
+    let item = proc_macro2::TokenStream::from(item);
+    match expand::expand(&args, item.clone()) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => {
+            // Keep the function as written next to the error, so that its callers do not
+            // add a cascade of unrelated errors.
+            let mut tokens = error.into_compile_error();
+            tokens.extend(item);
+            tokens.into()
+        }
+    }
+}

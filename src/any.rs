@@ -1,0 +1,177 @@
+//! [`AnyChannel`]: a channel whose backend is picked from a URL at run time.
+
+use async_trait::async_trait;
+use event_binder_core::{
+    Capabilities, Channel, ChannelUrl, Consumer, Error, Producer, Result, Subscription,
+};
+use std::fmt;
+use std::sync::Arc;
+
+/// A channel to whichever broker a URL names, chosen at run time:
+///
+/// | URL | backend | cargo feature |
+/// |---|---|---|
+/// | `memory://` or `memory://NAME` | in-process bus (a named one is shared in the process) | `memory` (default) |
+/// | `amqp://user:pass@host:5672/vhost`, `amqps://…` | RabbitMQ | `rabbitmq` |
+/// | `kafka://host:9092[,host:9092]` | Apache Kafka | `kafka` |
+/// | `sns-sqs://REGION[?endpoint=http://127.0.0.1:4566]` | Amazon SNS+SQS | `sns-sqs` |
+///
+/// A URL whose backend was not compiled in is an [`Error::FeatureDisabled`] naming the
+/// feature to enable. Passwords never appear in `Debug` output or errors.
+///
+/// ```
+/// use event_binder::{AnyChannel, Channel, Error};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let channel = AnyChannel::connect("memory://").await?;
+/// assert_eq!(channel.backend(), "memory");
+///
+/// let err = AnyChannel::connect("nats://user:secret@127.0.0.1:4222").await.unwrap_err();
+/// assert!(matches!(err, Error::InvalidUrl { .. }));
+/// assert!(!err.to_string().contains("secret"));
+/// # Ok::<(), Error>(()) }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct AnyChannel {
+    inner: Arc<dyn Channel>,
+    url: ChannelUrl,
+}
+
+impl AnyChannel {
+    /// Connects to the broker the URL names.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let url = ChannelUrl::parse(url)?;
+        let inner = open(&url).await?;
+        Ok(AnyChannel { inner, url })
+    }
+
+    /// The URL it was connected with (its `Display` hides the password).
+    pub fn url(&self) -> &ChannelUrl {
+        &self.url
+    }
+}
+
+async fn open(url: &ChannelUrl) -> Result<Arc<dyn Channel>> {
+    match url.scheme() {
+        "memory" => memory(url),
+        "amqp" | "amqps" => not_yet(url, "rabbitmq"),
+        "kafka" => not_yet(url, "kafka"),
+        "sns-sqs" => not_yet(url, "sns-sqs"),
+        other => Err(Error::InvalidUrl {
+            url: url.to_string(),
+            reason: format!(
+                "unknown scheme {other:?}; expected memory, amqp, amqps, kafka or sns-sqs"
+            ),
+        }),
+    }
+}
+
+#[cfg(feature = "memory")]
+fn memory(url: &ChannelUrl) -> Result<Arc<dyn Channel>> {
+    Ok(Arc::new(event_binder_memory::MemoryChannel::from_url(url)?))
+}
+
+#[cfg(not(feature = "memory"))]
+fn memory(url: &ChannelUrl) -> Result<Arc<dyn Channel>> {
+    Err(Error::FeatureDisabled {
+        scheme: url.scheme().to_owned(),
+        feature: "memory",
+    })
+}
+
+/// Backends whose cargo feature is reserved but whose crate has not landed yet.
+fn not_yet(url: &ChannelUrl, feature: &'static str) -> Result<Arc<dyn Channel>> {
+    let enabled = match feature {
+        "rabbitmq" => cfg!(feature = "rabbitmq"),
+        "kafka" => cfg!(feature = "kafka"),
+        _ => cfg!(feature = "sns-sqs"),
+    };
+    if enabled {
+        Err(Error::Unsupported(format!(
+            "the {feature} backend is not implemented yet in this version of event-binder"
+        )))
+    } else {
+        Err(Error::FeatureDisabled {
+            scheme: url.scheme().to_owned(),
+            feature,
+        })
+    }
+}
+
+impl fmt::Debug for AnyChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnyChannel")
+            .field("backend", &self.inner.backend())
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Channel for AnyChannel {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {
+        self.inner.provision(destination, group).await
+    }
+
+    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>> {
+        self.inner.producer(destination).await
+    }
+
+    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>> {
+        self.inner.consumer(subscription).await
+    }
+
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+    ) -> Result<Box<dyn Consumer>> {
+        self.inner.dead_letters(destination, group).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn disabled_backends_name_their_feature_and_hide_the_password() {
+        let err = AnyChannel::connect("amqp://guest:hunter2@127.0.0.1:5672/%2f")
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        if cfg!(feature = "rabbitmq") {
+            assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+        } else {
+            assert!(
+                matches!(
+                    err,
+                    Error::FeatureDisabled {
+                        feature: "rabbitmq",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(text.contains("`rabbitmq`"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unparsable_urls_are_invalid() {
+        let err = AnyChannel::connect("not a url").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+    }
+}

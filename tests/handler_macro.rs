@@ -1,0 +1,241 @@
+//! What `#[handler]` expands to: the function stays callable as written, and registers with
+//! the spec its attribute gives.
+
+use event_binder::{handler, Context, Events, IntoHandler, Message};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An order was placed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// The order.
+    pub order_id: u64,
+    /// What it costs.
+    pub amount: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Invoice {
+    order_id: u64,
+    total: u64,
+}
+
+/// Why billing failed.
+#[derive(Debug, PartialEq)]
+pub struct BillingError(String);
+
+impl fmt::Display for BillingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "billing failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for BillingError {}
+
+/// Bills an order (two arguments, a group).
+#[handler(destination = "orders", group = "billing")]
+async fn bill(event: OrderPlaced, ctx: Context) -> Result<(), BillingError> {
+    if event.amount == 0 {
+        return Err(BillingError(format!("order {} is free", event.order_id)));
+    }
+    assert_eq!(ctx.attempt(), 1);
+    Ok(())
+}
+
+/// Audits an order (one argument, anonymous, `mut` binding).
+#[handler(destination = "orders")]
+pub async fn audit(mut event: OrderPlaced) -> Result<(), BillingError> {
+    event.amount += 1;
+    if event.amount > 10 {
+        return Err(BillingError(format!("audit {}", event.amount)));
+    }
+    Ok(())
+}
+
+#[handler(destination = "orders", group = "invoicing", output = "invoices")]
+async fn invoice(event: OrderPlaced, ctx: Context) -> Result<Invoice, BillingError> {
+    let tax = ctx.extension::<u64>().copied().unwrap_or(0);
+    Ok(Invoice {
+        order_id: event.order_id,
+        total: event.amount + tax,
+    })
+}
+
+#[handler(
+    destination = "orders",
+    group = "shipping",
+    output = "shipments",
+    concurrency = 8,
+    max_attempts = 5
+)]
+async fn ship(event: OrderPlaced) -> Result<Events<Invoice>, std::io::Error> {
+    Ok(Events(
+        (0..2)
+            .map(|line| Invoice {
+                order_id: event.order_id,
+                total: line,
+            })
+            .collect(),
+    ))
+}
+
+/// A pattern instead of a name.
+#[handler(destination = "pairs")]
+async fn pair((left, right): (u32, u32), _: Context) -> Result<(), BillingError> {
+    if left > right {
+        Err(BillingError("unordered".into()))
+    } else {
+        Ok(())
+    }
+}
+
+/// `?` converts errors as in any `async fn`.
+#[handler(destination = "texts", output = "counts")]
+async fn parse(event: String) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    let count: u64 = event.trim().parse()?;
+    Ok(count)
+}
+
+mod nested {
+    use super::OrderPlaced;
+    use event_binder::handler;
+
+    #[handler(destination = "orders", max_attempts = 1)]
+    pub(crate) async fn notify(_event: OrderPlaced) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+}
+
+/// `crate = "…"` names the runtime by another path: here core itself, as core's own tests do.
+#[handler(destination = "orders", group = "core", crate = "::event_binder_core")]
+async fn through_core(
+    event: OrderPlaced,
+    ctx: event_binder_core::Context,
+) -> Result<(), BillingError> {
+    assert_eq!(ctx.key(), None);
+    if event.amount > 100 {
+        return Err(BillingError("too much".into()));
+    }
+    Ok(())
+}
+
+fn order(amount: u64) -> OrderPlaced {
+    OrderPlaced {
+        order_id: 7,
+        amount,
+    }
+}
+
+fn detached() -> Context {
+    Context::detached(Message::new(r#"{"order_id":7,"amount":10}"#))
+}
+
+#[tokio::test]
+async fn a_handler_is_called_directly_with_a_detached_context() {
+    assert_eq!(bill(order(10), detached()).await, Ok(()));
+    assert_eq!(
+        bill(order(0), detached()).await,
+        Err(BillingError("order 7 is free".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_one_argument_handler_is_called_directly() {
+    assert_eq!(audit(order(9)).await, Ok(()));
+    assert_eq!(audit(order(10)).await, Err(BillingError("audit 11".into())));
+}
+
+#[tokio::test]
+async fn a_processor_is_called_directly() {
+    let ctx = detached().with_extension(5_u64);
+    let invoice = invoice(order(10), ctx).await.unwrap();
+    assert_eq!(
+        invoice,
+        Invoice {
+            order_id: 7,
+            total: 15
+        }
+    );
+    assert_eq!(ship(order(1)).await.unwrap().0.len(), 2);
+}
+
+#[tokio::test]
+async fn patterns_bind_like_in_an_async_fn() {
+    assert!(pair((1, 2), detached()).await.is_ok());
+    assert!(pair((3, 2), detached()).await.is_err());
+}
+
+#[tokio::test]
+async fn the_question_mark_converts_errors() {
+    assert_eq!(parse(" 42 ".into()).await.unwrap(), 42);
+    let error = parse("many".into()).await.unwrap_err();
+    assert_eq!(error.to_string(), "invalid digit found in string");
+    assert_eq!(
+        parse.into_handler().spec().output_destination(),
+        Some("counts")
+    );
+}
+
+#[test]
+fn the_spec_is_the_attribute() {
+    let handler = bill.into_handler();
+    let spec = handler.spec();
+    assert!(spec.name().ends_with("::bill"), "{}", spec.name());
+    assert_eq!(spec.name(), concat!(module_path!(), "::bill"));
+    assert_eq!(spec.destination(), "orders");
+    assert_eq!(spec.group_name(), Some("billing"));
+    assert_eq!(spec.output_destination(), None);
+    assert_eq!(
+        spec,
+        &event_binder::HandlerSpec::new(concat!(module_path!(), "::bill"), "orders")
+            .group("billing")
+    );
+}
+
+#[test]
+fn a_one_argument_handler_registers() {
+    let handler = audit.into_handler();
+    assert_eq!(handler.spec().name(), concat!(module_path!(), "::audit"));
+    assert_eq!(handler.spec().group_name(), None);
+}
+
+#[test]
+fn a_processor_registers_with_its_output() {
+    let handler = invoice.into_handler();
+    assert_eq!(handler.spec().output_destination(), Some("invoices"));
+    assert_eq!(handler.spec().group_name(), Some("invoicing"));
+}
+
+#[test]
+fn every_option_reaches_the_spec() {
+    let expected = event_binder::HandlerSpec::new(concat!(module_path!(), "::ship"), "orders")
+        .group("shipping")
+        .output("shipments")
+        .concurrency(8)
+        .max_attempts(5);
+    assert_eq!(ship.into_handler().spec(), &expected);
+}
+
+#[test]
+fn the_name_includes_the_module() {
+    let handler = nested::notify.into_handler();
+    assert_eq!(
+        handler.spec().name(),
+        concat!(module_path!(), "::nested::notify")
+    );
+    let expected =
+        event_binder::HandlerSpec::new(handler.spec().name().to_owned(), "orders").max_attempts(1);
+    assert_eq!(handler.spec(), &expected);
+}
+
+#[tokio::test]
+async fn another_crate_path_works_the_same() {
+    assert!(through_core(order(1), detached()).await.is_ok());
+    let handler = event_binder_core::IntoHandler::into_handler(through_core);
+    assert_eq!(handler.spec().group_name(), Some("core"));
+}
+
+#[test]
+fn patterns_register() {
+    assert_eq!(pair.into_handler().spec().destination(), "pairs");
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the conformance suite run against every backend compiled in, each
+//! reached the way an application reaches it, through `AnyChannel::connect(url)`.
+
+mod memory;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
