@@ -28,6 +28,24 @@ fn quick_retries(max_attempts: u32) -> RetryPolicy {
     RetryPolicy::new(max_attempts).backoff(Duration::from_millis(1), Duration::from_millis(5))
 }
 
+/// A processor turning an order into two lines.
+fn splitter() -> Handler {
+    Handler::processor(
+        HandlerSpec::new("split", "orders")
+            .group("lines")
+            .output("lines"),
+        |order: Order, _ctx: Context| async move {
+            let lines = (1..=2)
+                .map(|line| Line {
+                    order: order.id,
+                    line,
+                })
+                .collect();
+            Ok::<_, std::io::Error>(Events(lines))
+        },
+    )
+}
+
 async fn receive(consumer: &mut dyn event_binder::Consumer) -> event_binder::Delivery {
     tokio::time::timeout(LIMIT, consumer.receive())
         .await
@@ -42,21 +60,11 @@ async fn processor_outputs_keep_the_key_name_their_cause_and_have_stable_ids() {
         .consumer(&Subscription::new("lines").group("audit"))
         .await
         .unwrap();
-    let split = Handler::processor(
-        HandlerSpec::new("split", "orders")
-            .group("lines")
-            .output("lines"),
-        |order: Order, _ctx: Context| async move {
-            let lines = (1..=2)
-                .map(|line| Line {
-                    order: order.id,
-                    line,
-                })
-                .collect();
-            Ok::<_, std::io::Error>(Events(lines))
-        },
-    );
-    let running = App::new(bus.clone()).handler(split).start().await.unwrap();
+    let running = App::new(bus.clone())
+        .handler(splitter())
+        .start()
+        .await
+        .unwrap();
     let input = Message::new(r#"{"id":9}"#).with_key("customer-1");
     running
         .publisher()
@@ -82,22 +90,8 @@ async fn processor_outputs_keep_the_key_name_their_cause_and_have_stable_ids() {
     running.shutdown().await.unwrap();
 
     // The same input through a fresh app (a retry after a crash) yields the same ids.
-    let split_again = Handler::processor(
-        HandlerSpec::new("split", "orders")
-            .group("lines")
-            .output("lines"),
-        |order: Order, _ctx: Context| async move {
-            let lines = (1..=2)
-                .map(|line| Line {
-                    order: order.id,
-                    line,
-                })
-                .collect();
-            Ok::<_, std::io::Error>(Events(lines))
-        },
-    );
     let running = App::new(bus.clone())
-        .handler(split_again)
+        .handler(splitter())
         .start()
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use crate::error::Result;
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -53,8 +53,8 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<S> {
 
 /// An in-memory [`IdempotencyStore`], bounded in size and age.
 ///
-/// It remembers at most `capacity` handled ids, each for at most `ttl`; the oldest are
-/// forgotten first. It lives in one process: deliveries handled by another process or
+/// It remembers at most `capacity` handled ids per scope, each for at most `ttl`; the
+/// oldest are forgotten first. It lives in one process: deliveries handled by another process or
 /// before a restart are not known to it.
 ///
 /// ```
@@ -69,17 +69,18 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<S> {
 /// ```
 #[derive(Debug)]
 pub struct MemoryIdempotencyStore {
-    state: Mutex<State>,
+    scopes: Mutex<HashMap<String, Scope>>,
     released: Notify,
     capacity: usize,
     ttl: Duration,
 }
 
+/// One scope's ids. A handled id's key is shared by the map and the eviction queue.
 #[derive(Debug, Default)]
-struct State {
-    entries: HashMap<String, Entry>,
+struct Scope {
+    entries: HashMap<Arc<str>, Entry>,
     /// Handled ids in the order they were completed, for eviction.
-    handled: VecDeque<(String, Instant)>,
+    handled: VecDeque<(Arc<str>, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,8 +89,23 @@ enum Entry {
     Handled(Instant),
 }
 
+impl Scope {
+    fn evict(&mut self, capacity: usize, ttl: Duration, now: Instant) {
+        while let Some((key, completed)) = self.handled.front() {
+            let expired = now.duration_since(*completed) >= ttl;
+            if self.handled.len() <= capacity && !expired {
+                break;
+            }
+            if matches!(self.entries.get(key), Some(Entry::Handled(at)) if at == completed) {
+                self.entries.remove(key);
+            }
+            self.handled.pop_front();
+        }
+    }
+}
+
 impl MemoryIdempotencyStore {
-    /// The default number of handled ids remembered.
+    /// The default number of handled ids remembered per scope.
     pub const DEFAULT_CAPACITY: usize = 100_000;
     /// The default time a handled id is remembered.
     pub const DEFAULT_TTL: Duration = Duration::from_secs(60 * 60);
@@ -99,35 +115,29 @@ impl MemoryIdempotencyStore {
         Self::with_limits(Self::DEFAULT_CAPACITY, Self::DEFAULT_TTL)
     }
 
-    /// A store remembering at most `capacity` ids (at least 1), each for at most `ttl`.
+    /// A store remembering at most `capacity` ids (at least 1) per scope, each for at most
+    /// `ttl`.
     pub fn with_limits(capacity: usize, ttl: Duration) -> Self {
         MemoryIdempotencyStore {
-            state: Mutex::new(State::default()),
+            scopes: Mutex::new(HashMap::new()),
             released: Notify::new(),
             capacity: capacity.max(1),
             ttl,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    /// Runs `update` on a scope's ids under the lock.
+    fn with_scope<T>(&self, scope: &str, update: impl FnOnce(&mut Scope) -> T) -> T {
         // A panic while holding this lock leaves the maps consistent: every update is a
         // single insert or remove.
-        self.state
+        let mut scopes = self
+            .scopes
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn evict(&self, state: &mut State, now: Instant) {
-        while let Some((key, completed)) = state.handled.front() {
-            let expired = now.duration_since(*completed) >= self.ttl;
-            if state.handled.len() <= self.capacity && !expired {
-                break;
-            }
-            if matches!(state.entries.get(key), Some(Entry::Handled(at)) if at == completed) {
-                state.entries.remove(key);
-            }
-            state.handled.pop_front();
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(ids) = scopes.get_mut(scope) {
+            return update(ids);
         }
+        update(scopes.entry(scope.to_owned()).or_default())
     }
 }
 
@@ -137,61 +147,54 @@ impl Default for MemoryIdempotencyStore {
     }
 }
 
-fn entry_key(scope: &str, id: &str) -> String {
-    let mut key = String::with_capacity(scope.len() + id.len() + 1);
-    key.push_str(scope);
-    key.push('\0');
-    key.push_str(id);
-    key
-}
-
 #[async_trait]
 impl IdempotencyStore for MemoryIdempotencyStore {
     async fn begin(&self, scope: &str, id: &str) -> Result<Claim> {
-        let key = entry_key(scope, id);
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            {
-                let mut state = self.lock();
+            let claim = self.with_scope(scope, |ids| {
                 let now = Instant::now();
-                match state.entries.get(&key) {
-                    Some(Entry::InProgress) => {}
+                match ids.entries.get(id) {
+                    Some(Entry::InProgress) => None,
                     Some(Entry::Handled(at)) if now.duration_since(*at) < self.ttl => {
-                        return Ok(Claim::AlreadyHandled)
+                        Some(Claim::AlreadyHandled)
                     }
                     _ => {
-                        state.entries.insert(key, Entry::InProgress);
-                        return Ok(Claim::Acquired);
+                        ids.entries.insert(id.into(), Entry::InProgress);
+                        Some(Claim::Acquired)
                     }
                 }
+            });
+            match claim {
+                Some(claim) => return Ok(claim),
+                None => released.await,
             }
-            released.await;
         }
     }
 
     async fn complete(&self, scope: &str, id: &str) -> Result<()> {
-        let key = entry_key(scope, id);
-        {
-            let mut state = self.lock();
+        self.with_scope(scope, |ids| {
             let now = Instant::now();
-            state.entries.insert(key.clone(), Entry::Handled(now));
-            state.handled.push_back((key, now));
-            self.evict(&mut state, now);
-        }
+            let key = ids
+                .entries
+                .get_key_value(id)
+                .map_or_else(|| Arc::from(id), |(key, _)| key.clone());
+            ids.entries.insert(key.clone(), Entry::Handled(now));
+            ids.handled.push_back((key, now));
+            ids.evict(self.capacity, self.ttl, now);
+        });
         self.released.notify_waiters();
         Ok(())
     }
 
     async fn abandon(&self, scope: &str, id: &str) -> Result<()> {
-        let key = entry_key(scope, id);
-        {
-            let mut state = self.lock();
-            if matches!(state.entries.get(&key), Some(Entry::InProgress)) {
-                state.entries.remove(&key);
+        self.with_scope(scope, |ids| {
+            if matches!(ids.entries.get(id), Some(Entry::InProgress)) {
+                ids.entries.remove(id);
             }
-        }
+        });
         self.released.notify_waiters();
         Ok(())
     }

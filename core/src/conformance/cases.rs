@@ -121,6 +121,10 @@ fn probe(n: u64) -> Message {
     Message::new(format!(r#"{{"n":{n},"fail":false}}"#)).with_content_type("application/json")
 }
 
+fn ids_of(messages: &[Message]) -> HashSet<String> {
+    messages.iter().map(|m| m.id().to_owned()).collect()
+}
+
 fn fast_retries(max_attempts: u32) -> RetryPolicy {
     RetryPolicy::new(max_attempts).backoff(Duration::from_millis(10), Duration::from_millis(50))
 }
@@ -153,18 +157,22 @@ impl Suite {
         }
     }
 
-    /// Receives and acks `count` deliveries, returning their ids in arrival order.
+    /// Receives and acks `count` deliveries, failing on a repeated id; returns their ids.
     async fn receive_ids(
         &self,
         consumer: &mut dyn Consumer,
         count: usize,
         what: &str,
-    ) -> Vec<String> {
-        let mut ids = Vec::with_capacity(count);
+    ) -> HashSet<String> {
+        let mut ids = HashSet::with_capacity(count);
         for _ in 0..count {
             let delivery = receive(consumer, self.config.timeout, what).await;
-            ids.push(delivery.message().id().to_owned());
+            let id = delivery.message().id().to_owned();
             expect(delivery.ack().await, "ack");
+            assert!(
+                ids.insert(id.clone()),
+                "message {id} was delivered twice while waiting for {what}"
+            );
         }
         ids
     }
@@ -255,7 +263,7 @@ impl Suite {
             }));
         }
         let messages: Vec<Message> = (0..total as u64).map(probe).collect();
-        let ids: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+        let ids = ids_of(&messages);
         let chunk = total.div_ceil(4);
         let mut publishers = Vec::new();
         for (index, part) in messages.chunks(chunk).enumerate() {
@@ -313,12 +321,10 @@ impl Suite {
             (&mut first_consumer, &first_sent, &first),
             (&mut second_consumer, &second_sent, &second),
         ] {
-            let ids: HashSet<String> = self
+            let ids = self
                 .receive_ids(&mut **consumer, 10, &format!("10 messages on {name}"))
-                .await
-                .into_iter()
-                .collect();
-            let want: HashSet<String> = sent.iter().map(|m| m.id().to_owned()).collect();
+                .await;
+            let want = ids_of(&sent);
             assert_eq!(ids, want, "{name} received another destination's messages");
             expect_nothing(
                 &mut **consumer,
@@ -394,16 +400,14 @@ impl Suite {
             drop(consumer);
         }
         let mut fresh = self.consumer(&destination, Some(&group)).await;
-        let ids: HashSet<String> = self
+        let ids = self
             .receive_ids(
                 &mut *fresh,
                 messages.len(),
                 "every message after the failures",
             )
-            .await
-            .into_iter()
-            .collect();
-        let want: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+            .await;
+        let want = ids_of(&messages);
         assert_eq!(
             ids, want,
             "messages were lost or duplicated after failing consumers"
@@ -420,17 +424,15 @@ impl Suite {
         }
         let messages: Vec<Message> = (0..30).map(probe).collect();
         self.send_all(&destination, &messages).await;
-        let want: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+        let want = ids_of(&messages);
         for (consumer, group) in consumers.iter_mut().zip(&groups) {
-            let ids: HashSet<String> = self
+            let ids = self
                 .receive_ids(
                     &mut **consumer,
                     30,
                     &format!("30 messages in group {group}"),
                 )
-                .await
-                .into_iter()
-                .collect();
+                .await;
             assert_eq!(ids, want, "group {group} did not get every message");
         }
     }
@@ -493,16 +495,14 @@ impl Suite {
         let messages: Vec<Message> = (0..20).map(probe).collect();
         self.send_all(&destination, &messages).await;
         let mut consumer = self.consumer(&destination, Some(&group)).await;
-        let ids: HashSet<String> = self
+        let ids = self
             .receive_ids(
                 &mut *consumer,
                 20,
                 "the messages kept while no consumer ran",
             )
-            .await
-            .into_iter()
-            .collect();
-        let want: HashSet<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+            .await;
+        let want = ids_of(&messages);
         assert_eq!(ids, want);
     }
 
@@ -521,16 +521,14 @@ impl Suite {
         let mut consumer = self.consumer(&destination, None).await;
         let after: Vec<Message> = (5..10).map(probe).collect();
         self.send_all(&destination, &after).await;
-        let ids: HashSet<String> = self
+        let ids = self
             .receive_ids(
                 &mut *consumer,
                 5,
                 "the 5 messages published after subscribing",
             )
-            .await
-            .into_iter()
-            .collect();
-        let want: HashSet<String> = after.iter().map(|m| m.id().to_owned()).collect();
+            .await;
+        let want = ids_of(&after);
         assert_eq!(
             ids, want,
             "an anonymous subscription saw messages from before it started"

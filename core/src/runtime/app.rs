@@ -334,6 +334,12 @@ async fn consume(
             received = consumer.receive() => received,
         };
         match received {
+            Ok(delivery) if concurrency == 1 => {
+                failures = 0;
+                // One at a time: no task to spawn; in-flight work still finishes on stop.
+                worker.process(delivery).await;
+                drop(permit);
+            }
             Ok(delivery) => {
                 failures = 0;
                 let worker = worker.clone();
@@ -403,19 +409,20 @@ impl Worker {
             self.dead_letter(delivery, &reason, 0).await;
             return;
         }
-        let id = delivery.message().id().to_owned();
-        match self.idempotency.begin(&self.scope, &id).await {
+        let message = delivery.shared_message().clone();
+        let id = message.id();
+        match self.idempotency.begin(&self.scope, id).await {
             Ok(Claim::Acquired) => {}
             Ok(Claim::AlreadyHandled) => {
                 tracing::debug!(message_id = %id, "already handled; acknowledging");
-                self.report(delivery.ack().await, &id, "ack");
+                self.report(delivery.ack().await, id, "ack");
                 return;
             }
             Err(err) => {
                 tracing::warn!(message_id = %id, error = %err, "idempotency store failed; the message will come back");
                 self.report(
                     delivery.nack(Some(Duration::from_secs(1))).await,
-                    &id,
+                    id,
                     "nack",
                 );
                 return;
@@ -423,14 +430,14 @@ impl Worker {
         }
         let outcome = self.call_with_retries(&delivery).await;
         let recorded = match outcome {
-            Outcome::Handled => self.idempotency.complete(&self.scope, &id).await,
-            _ => self.idempotency.abandon(&self.scope, &id).await,
+            Outcome::Handled => self.idempotency.complete(&self.scope, id).await,
+            _ => self.idempotency.abandon(&self.scope, id).await,
         };
         if let Err(err) = recorded {
             tracing::warn!(message_id = %id, error = %err, "idempotency store failed to record the outcome");
         }
         match outcome {
-            Outcome::Handled => self.report(delivery.ack().await, &id, "ack"),
+            Outcome::Handled => self.report(delivery.ack().await, id, "ack"),
             Outcome::Undecodable(error) => {
                 self.dead_letter(delivery, &error_chain(&error), 0).await;
             }
@@ -438,7 +445,7 @@ impl Worker {
                 self.dead_letter(delivery, &error_chain(&*error), attempts)
                     .await;
             }
-            Outcome::Aborted => self.report(delivery.nack(None).await, &id, "nack"),
+            Outcome::Aborted => self.report(delivery.nack(None).await, id, "nack"),
         }
     }
 
