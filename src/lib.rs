@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `memory` | yes | `memory::MemoryChannel`, `memory://` URLs: the in-process bus |
 //! | `macros` | yes | the [`handler`] attribute macro |
-//! | `rabbitmq` | no | `amqp://` and `amqps://` URLs (not available yet) |
+//! | `rabbitmq` | no | `amqp://` and `amqps://` URLs: RabbitMQ through lapin |
 //! | `kafka` | no | `kafka://` URLs (not available yet) |
 //! | `sns-sqs` | no | `sns-sqs://` URLs (not available yet) |
 
@@ -84,4 +84,11 @@ pub use event_binder_macros::handler;
 pub mod memory {
     #[doc(inline)]
     pub use event_binder_memory::*;
+}
+
+/// The RabbitMQ backend (lapin): `amqp://` and `amqps://` URLs.
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq {
+    #[doc(inline)]
+    pub use event_binder_rabbitmq::*;
 }

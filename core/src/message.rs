@@ -149,8 +149,19 @@ pub struct Message {
 impl Message {
     /// A message with this payload, a fresh UUID v7 id, the current time and nothing else.
     pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self::new_with_id(new_message_id(), payload)
+    }
+
+    /// A message with a known id (one a backend received, or one the caller chose), the
+    /// current time and nothing else; no id is generated.
+    ///
+    /// ```
+    /// let message = event_binder_core::Message::new_with_id("order-42", "{}");
+    /// assert_eq!(message.id(), "order-42");
+    /// ```
+    pub fn new_with_id(id: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Message {
-            id: new_message_id(),
+            id: id.into(),
             payload: payload.into(),
             headers: Headers::new(),
             key: None,
@@ -159,7 +170,7 @@ impl Message {
         }
     }
 
-    /// Replaces the id (backends use this for ids that come from the broker).
+    /// Replaces the id.
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();
         self

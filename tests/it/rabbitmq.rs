@@ -2,8 +2,8 @@
 //! starts it). Each case connects with a random name prefix, so runs on a shared broker
 //! never meet, and its queues expire on the broker ten minutes after their last use.
 
+use event_binder::{AnyChannel, Channel};
 use event_binder_core::conformance::SuiteConfig;
-use event_binder_core::Channel;
 use std::sync::Arc;
 
 async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
@@ -12,9 +12,7 @@ async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
         "amqp://guest:guest@127.0.0.1:5672/%2f?prefix=conformance-{}-&queue_expires_ms=600000",
         &id[id.len() - 12..]
     );
-    Ok(Arc::new(
-        event_binder_rabbitmq::RabbitChannel::connect(&url).await?,
-    ))
+    Ok(Arc::new(AnyChannel::connect(&url).await?))
 }
 
 event_binder_core::conformance_tests!(connect, SuiteConfig::default());

@@ -324,7 +324,7 @@ impl Suite {
             let ids = self
                 .receive_ids(&mut **consumer, 10, &format!("10 messages on {name}"))
                 .await;
-            let want = ids_of(&sent);
+            let want = ids_of(sent);
             assert_eq!(ids, want, "{name} received another destination's messages");
             expect_nothing(
                 &mut **consumer,

@@ -1,0 +1,228 @@
+//! [`RabbitChannel`]: the [`Channel`] of the RabbitMQ backend.
+
+use crate::config::RabbitConfig;
+use crate::consumer::{DeadLetters, RabbitConsumer, Source};
+use crate::error::BACKEND;
+use crate::link::{Link, State};
+use crate::names::Names;
+use crate::pool::{ConfirmPool, Target};
+use crate::producer::RabbitProducer;
+use crate::topology::{short, Role};
+use async_trait::async_trait;
+use event_binder_core::{
+    Capabilities, Channel, ChannelUrl, Consumer, Origin, Producer, Result, Subscription,
+};
+use std::fmt;
+use std::sync::Arc;
+
+/// One connection to RabbitMQ, reconnected when lost. Cheap to clone: clones share the
+/// connection.
+///
+/// ```no_run
+/// # async fn demo() -> event_binder_core::Result<()> {
+/// use event_binder_core::{Channel, Message, Subscription};
+/// use event_binder_rabbitmq::RabbitChannel;
+///
+/// let channel = RabbitChannel::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// let mut billing = channel.consumer(&Subscription::new("orders").group("billing")).await?;
+/// channel.producer("orders").await?.send(Message::new(r#"{"order":42}"#)).await?;
+/// billing.receive().await?.ack().await?;
+/// channel.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RabbitChannel {
+    link: Arc<Link>,
+    /// Declarations and dead letters.
+    admin: Arc<ConfirmPool>,
+}
+
+impl RabbitChannel {
+    /// Connects to `amqp://user:pass@host:port/vhost` (or `amqps://`), with the query
+    /// parameters of [`RabbitConfig`].
+    ///
+    /// Fails with [`Error::Connection`](event_binder_core::Error::Connection) if the broker
+    /// cannot be reached or refuses the credentials (the message says which, and never
+    /// holds the password), and with
+    /// [`Error::InvalidUrl`](event_binder_core::Error::InvalidUrl) for a URL it cannot read.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::with_config(RabbitConfig::new(url)?).await
+    }
+
+    /// Like [`connect`](Self::connect), from a parsed URL (what the `event-binder` facade
+    /// calls for `amqp://` and `amqps://`).
+    pub async fn from_url(url: &ChannelUrl) -> Result<Self> {
+        Self::with_config(RabbitConfig::from_url(url)?).await
+    }
+
+    /// Connects with a configuration.
+    pub async fn with_config(config: RabbitConfig) -> Result<Self> {
+        let link = Link::connect(config).await?;
+        Ok(RabbitChannel {
+            admin: Arc::new(ConfirmPool::new(link.clone(), None)),
+            link,
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &RabbitConfig {
+        &self.link.config
+    }
+
+    /// Whether the connection is up right now (it is being re-established when not, unless
+    /// the channel was closed).
+    pub fn is_connected(&self) -> bool {
+        matches!(self.link.state(), State::Up(up) if up.is_connected())
+    }
+
+    /// The topic exchange of a destination: `{prefix}{destination}`.
+    pub fn exchange_name(&self, destination: &str) -> Result<String> {
+        Ok(self.names(destination, None)?.exchange)
+    }
+
+    /// The durable queue of a group: `{prefix}{destination}.{group}`.
+    pub fn queue_name(&self, destination: &str, group: &str) -> Result<String> {
+        Ok(self
+            .names(destination, Some(group))?
+            .queue
+            .unwrap_or_default())
+    }
+
+    /// The dead-letter queue of a group, `{prefix}{destination}.{group}.dlq`, or of the
+    /// anonymous subscriptions of a destination, `{prefix}{destination}..dlq`.
+    pub fn dead_letter_queue_name(&self, destination: &str, group: Option<&str>) -> Result<String> {
+        Ok(self.names(destination, group)?.dead_letters)
+    }
+
+    fn names(&self, destination: &str, group: Option<&str>) -> Result<Names> {
+        Names::new(&self.link.config.prefix, destination, group)
+    }
+
+    fn dead_letters(&self, names: &Names) -> Arc<DeadLetters> {
+        Arc::new(DeadLetters {
+            pool: self.admin.clone(),
+            queue: names.dead_letters.clone(),
+            link: self.link.clone(),
+        })
+    }
+
+    fn prefetch(&self, subscription: &Subscription) -> u16 {
+        self.link
+            .config
+            .prefetch
+            .unwrap_or_else(|| subscription.prefetch_count())
+            .max(1)
+    }
+}
+
+impl fmt::Debug for RabbitChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.link.state() {
+            State::Up(up) => format!("connected (generation {})", up.generation),
+            State::Down { reason, .. } => format!("reconnecting ({reason})"),
+            State::Closed => "closed".to_owned(),
+        };
+        f.debug_struct("RabbitChannel")
+            .field("url", self.link.config.url())
+            .field("prefix", &self.link.config.prefix)
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Channel for RabbitChannel {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    /// No ordering by key (a requeued message goes back ahead of later ones, but a
+    /// consumer holding several deliveries may settle them in any order, and competing
+    /// consumers interleave); durable groups; the configured largest message.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .ordering_by_key(false)
+            .durable_groups(true)
+            .max_message_size(self.link.config.max_message_size)
+    }
+
+    async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {
+        let names = self.names(destination, group)?;
+        let role = if group.is_some() {
+            Role::Group
+        } else {
+            Role::Destination
+        };
+        let what = format!(
+            "provisioning {destination} / {}",
+            group.unwrap_or("(no group)")
+        );
+        self.admin.declare(&names, role, &what).await
+    }
+
+    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>> {
+        let names = self.names(destination, None)?;
+        let target = Target::Destination {
+            destination: destination.to_owned(),
+            exchange: short(&names.exchange),
+        };
+        let pool = ConfirmPool::new(self.link.clone(), Some(names));
+        let producer =
+            RabbitProducer::new(destination.to_owned(), target, pool, self.capabilities());
+        producer.warm_up().await?;
+        Ok(Box::new(producer))
+    }
+
+    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>> {
+        let group = subscription.group_name();
+        let names = self.names(subscription.destination(), group)?;
+        let dead_letters = self.dead_letters(&names);
+        let source = Source {
+            role: if group.is_some() {
+                Role::Group
+            } else {
+                Role::Anonymous
+            },
+            prefetch: self.prefetch(subscription),
+            origin: Origin::new(subscription.destination(), group),
+            names,
+        };
+        let consumer = RabbitConsumer::open(
+            self.link.clone(),
+            subscription.clone(),
+            source,
+            dead_letters,
+        )
+        .await?;
+        Ok(Box::new(consumer))
+    }
+
+    /// Reads the dead-letter queue like a group. Dead-lettering one of its deliveries puts
+    /// it back at the end of the same queue.
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+    ) -> Result<Box<dyn Consumer>> {
+        let names = self.names(destination, group)?;
+        let dead_letters = self.dead_letters(&names);
+        let subscription = Subscription::new(destination).optional_group(group.map(str::to_owned));
+        let source = Source {
+            role: Role::DeadLetters,
+            prefetch: self.prefetch(&subscription),
+            origin: Origin::new(destination, group),
+            names,
+        };
+        let consumer =
+            RabbitConsumer::open(self.link.clone(), subscription, source, dead_letters).await?;
+        Ok(Box::new(consumer))
+    }
+
+    /// Closes the connection: unacknowledged deliveries go back to their queues, and
+    /// producers and consumers fail with
+    /// [`Error::ShutDown`](event_binder_core::Error::ShutDown) from then on.
+    async fn close(&self) -> Result<()> {
+        self.link.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,489 @@
+//! The configuration of a RabbitMQ channel and the `amqp://` URLs it is read from.
+
+use event_binder_core::{validate_prefix, ChannelUrl, Error, Result};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use std::fmt;
+use std::time::Duration;
+
+/// How a [`RabbitChannel`](crate::RabbitChannel) connects and behaves.
+///
+/// Made from a URL with [`RabbitConfig::new`] (or [`from_url`](Self::from_url)), which also
+/// reads the parameters below from its query; then changed with the setters. The URL's
+/// password is kept private: `Debug` shows the URL with `***` in its place.
+///
+/// | query parameter | field | default |
+/// |---|---|---|
+/// | `prefix` | [`prefix`](Self::prefix) | empty |
+/// | `prefetch` | [`prefetch`](Self::prefetch) | the subscription's (the handler's concurrency) |
+/// | `send_timeout_ms` | [`send_timeout`](Self::send_timeout) | 30 s |
+/// | `connect_timeout_ms` | [`connect_timeout`](Self::connect_timeout) | 10 s |
+/// | `reconnect_initial_ms` | [`reconnect_initial_backoff`](Self::reconnect_initial_backoff) | 100 ms |
+/// | `reconnect_max_ms` | [`reconnect_max_backoff`](Self::reconnect_max_backoff) | 5 s |
+/// | `max_message_size` | [`max_message_size`](Self::max_message_size) | 16 MiB |
+/// | `queue_expires_ms` | [`queue_expires`](Self::queue_expires) | never |
+///
+/// lapin's own parameters (`heartbeat`, `frame_max`, `channel_max`, `connection_timeout`,
+/// `auth_mechanism`) are passed on to it; any other parameter is an
+/// [`Error::InvalidUrl`].
+///
+/// ```
+/// use event_binder_rabbitmq::RabbitConfig;
+/// use std::time::Duration;
+///
+/// let config = RabbitConfig::new("amqp://app:secret@127.0.0.1:5672/%2f?prefix=test-")?
+///     .send_timeout(Duration::from_secs(5));
+/// assert_eq!(config.prefix, "test-");
+/// assert_eq!(config.send_timeout, Duration::from_secs(5));
+/// assert!(!format!("{config:?}").contains("secret"));
+/// # Ok::<(), event_binder_core::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RabbitConfig {
+    url: ChannelUrl,
+    /// Put before every exchange and queue name, so that several applications or test runs
+    /// share a broker without meeting. ASCII letters, digits, `-` and `_`; empty by default.
+    pub prefix: String,
+    /// The prefetch (`basic.qos`) of every consumer; `None` (the default) takes the
+    /// subscription's, which the handler runtime sets to the handler's concurrency.
+    pub prefetch: Option<u16>,
+    /// The longest a send (or a dead letter) waits for the broker: for the connection to
+    /// come back during an outage, and for the publisher confirm. After it the send fails
+    /// with [`Error::Timeout`]; it never vanishes.
+    pub send_timeout: Duration,
+    /// The longest one connection attempt (TCP, TLS and the AMQP handshake) may take.
+    pub connect_timeout: Duration,
+    /// The wait before the first reconnection attempt after the connection is lost; it
+    /// doubles after each failed attempt, up to
+    /// [`reconnect_max_backoff`](Self::reconnect_max_backoff).
+    pub reconnect_initial_backoff: Duration,
+    /// The longest wait between two reconnection attempts.
+    pub reconnect_max_backoff: Duration,
+    /// The largest message accepted, as counted by
+    /// [`Message::encoded_len`](event_binder_core::Message::encoded_len): larger ones are
+    /// refused with [`Error::PayloadTooLarge`] before they reach the broker. Keep it within
+    /// the broker's own `max_message_size` (128 MiB on RabbitMQ 3.x, 16 MiB from 4.0).
+    /// Headers have a budget of their own, see the crate documentation.
+    pub max_message_size: usize,
+    /// When set, group queues and dead-letter queues are declared with this `x-expires`:
+    /// the broker deletes such a queue, with its messages, once it has had no consumer for
+    /// that long; and exchanges are declared auto-delete, so an exchange goes once its last
+    /// queue has. For tests and short-lived groups, so that they leave nothing behind on the
+    /// broker; leave it unset in production. Queues and exchanges keep the arguments they
+    /// were first declared with: changing this for existing ones makes their declaration
+    /// fail.
+    pub queue_expires: Option<Duration>,
+}
+
+impl RabbitConfig {
+    /// The default [`send_timeout`](Self::send_timeout): 30 seconds.
+    pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default [`connect_timeout`](Self::connect_timeout): 10 seconds.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default [`reconnect_initial_backoff`](Self::reconnect_initial_backoff): 100 ms.
+    pub const DEFAULT_RECONNECT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+    /// The default [`reconnect_max_backoff`](Self::reconnect_max_backoff): 5 seconds.
+    pub const DEFAULT_RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+    /// The default [`max_message_size`](Self::max_message_size): 16 MiB.
+    pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+    /// Reads `amqp://user:pass@host:port/vhost` or `amqps://…`, with the query parameters
+    /// listed above.
+    pub fn new(url: &str) -> Result<Self> {
+        Self::from_url(&ChannelUrl::parse(url)?)
+    }
+
+    /// Like [`new`](Self::new), from a parsed URL (as the `event-binder` facade holds it).
+    pub fn from_url(url: &ChannelUrl) -> Result<Self> {
+        let scheme = url.scheme();
+        if scheme != "amqp" && scheme != "amqps" {
+            return Err(invalid(
+                url,
+                format!("the RabbitMQ backend takes amqp:// and amqps:// URLs, not {scheme}://"),
+            ));
+        }
+        let mut config = RabbitConfig {
+            url: url.clone(),
+            prefix: String::new(),
+            prefetch: None,
+            send_timeout: Self::DEFAULT_SEND_TIMEOUT,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            reconnect_initial_backoff: Self::DEFAULT_RECONNECT_INITIAL_BACKOFF,
+            reconnect_max_backoff: Self::DEFAULT_RECONNECT_MAX_BACKOFF,
+            max_message_size: Self::DEFAULT_MAX_MESSAGE_SIZE,
+            queue_expires: None,
+        };
+        for (name, value) in url.as_url().query_pairs() {
+            let number = || -> Result<u64> {
+                value.parse::<u64>().map_err(|_| {
+                    invalid(
+                        url,
+                        format!("parameter {name}: {value:?} is not a whole number"),
+                    )
+                })
+            };
+            let millis = || number().map(Duration::from_millis);
+            match &*name {
+                "prefix" => {
+                    validate_prefix(&value)?;
+                    config.prefix = value.into_owned();
+                }
+                "prefetch" => {
+                    let prefetch = u16::try_from(number()?)
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| invalid(url, "parameter prefetch: use 1 to 65535"))?;
+                    config.prefetch = Some(prefetch);
+                }
+                "send_timeout_ms" => config.send_timeout = millis()?,
+                "connect_timeout_ms" => config.connect_timeout = millis()?,
+                "reconnect_initial_ms" => config.reconnect_initial_backoff = millis()?,
+                "reconnect_max_ms" => config.reconnect_max_backoff = millis()?,
+                "max_message_size" => {
+                    config.max_message_size = usize::try_from(number()?).map_err(|_| {
+                        invalid(url, "parameter max_message_size: the number is too large")
+                    })?;
+                }
+                "queue_expires_ms" => {
+                    let expires = millis()?;
+                    if expires.is_zero() {
+                        return Err(invalid(url, "parameter queue_expires_ms: use at least 1"));
+                    }
+                    config.queue_expires = Some(expires);
+                }
+                name if LAPIN_PARAMETERS.contains(&name) => {}
+                other => {
+                    return Err(invalid(
+                        url,
+                        format!(
+                            "unknown parameter {other:?}; the RabbitMQ backend takes prefix, \
+                             prefetch, send_timeout_ms, connect_timeout_ms, reconnect_initial_ms, \
+                             reconnect_max_ms, max_message_size, queue_expires_ms, and lapin's \
+                             {}",
+                            LAPIN_PARAMETERS.join(", ")
+                        ),
+                    ))
+                }
+            }
+        }
+        config.amqp_uri()?;
+        Ok(config)
+    }
+
+    /// Sets the [`prefix`](Self::prefix) (checked when connecting).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the [`prefetch`](Self::prefetch) of every consumer (0 is taken as 1).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = Some(prefetch.max(1));
+        self
+    }
+
+    /// Sets the [`send_timeout`](Self::send_timeout).
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
+        self
+    }
+
+    /// Sets the [`connect_timeout`](Self::connect_timeout).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the first and the longest wait between reconnection attempts.
+    pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.reconnect_initial_backoff = initial;
+        self.reconnect_max_backoff = max.max(initial);
+        self
+    }
+
+    /// Sets the [`max_message_size`](Self::max_message_size).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets [`queue_expires`](Self::queue_expires).
+    pub fn queue_expires(mut self, after: Duration) -> Self {
+        self.queue_expires = Some(after);
+        self
+    }
+
+    /// The URL, with its password hidden when displayed.
+    pub fn url(&self) -> &ChannelUrl {
+        &self.url
+    }
+
+    /// Checks what the setters could not.
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_prefix(&self.prefix)?;
+        if self
+            .queue_expires
+            .is_some_and(|after| after.as_millis() == 0)
+        {
+            return Err(Error::Config(
+                "queue_expires must be at least 1 ms; leave it unset for queues that never expire"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The host and port, for messages (never the credentials).
+    pub(crate) fn endpoint(&self) -> String {
+        let url = self.url.as_url();
+        let host = url.host_str().unwrap_or("localhost");
+        let port = url
+            .port()
+            .unwrap_or(if url.scheme() == "amqps" { 5671 } else { 5672 });
+        format!("{host}:{port}")
+    }
+
+    /// The user name, for messages.
+    pub(crate) fn user(&self) -> String {
+        match self.url.as_url().username() {
+            "" => "guest".to_owned(),
+            user => percent_decode(user).unwrap_or_else(|| user.to_owned()),
+        }
+    }
+
+    /// The password, to remove it from any text that might hold it.
+    pub(crate) fn password(&self) -> Option<String> {
+        let password = self.url.as_url().password()?;
+        percent_decode(password).or_else(|| Some(password.to_owned()))
+    }
+
+    /// The URI handed to lapin. Built here rather than by lapin's parser, which takes every
+    /// IP address for `localhost`.
+    pub(crate) fn amqp_uri(&self) -> Result<AMQPUri> {
+        let url = self.url.as_url();
+        let scheme = if url.scheme() == "amqps" {
+            AMQPScheme::AMQPS
+        } else {
+            AMQPScheme::AMQP
+        };
+        let decode = |what: &str, text: &str| {
+            percent_decode(text)
+                .ok_or_else(|| invalid(&self.url, format!("the {what} is not valid UTF-8")))
+        };
+        let defaults = AMQPUserInfo::default();
+        let username = match url.username() {
+            "" => defaults.username,
+            user => decode("user name", user)?,
+        };
+        let password = match url.password() {
+            None => defaults.password,
+            Some(password) => decode("password", password)?,
+        };
+        let host = match url.host() {
+            Some(url::Host::Domain(domain)) => decode("host", domain)?,
+            Some(url::Host::Ipv4(address)) => address.to_string(),
+            Some(url::Host::Ipv6(address)) => address.to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = url.port().unwrap_or_else(|| scheme.default_port());
+        let vhost = match url.path() {
+            "" => "/".to_owned(),
+            path => decode("virtual host", &path[1..])?,
+        };
+        let mut query = AMQPQueryString::default();
+        for (name, value) in url.query_pairs() {
+            let parse_error = || {
+                invalid(
+                    &self.url,
+                    format!("parameter {name}: {value:?} is not valid"),
+                )
+            };
+            match &*name {
+                "frame_max" => query.frame_max = Some(value.parse().map_err(|_| parse_error())?),
+                "channel_max" => {
+                    query.channel_max = Some(value.parse().map_err(|_| parse_error())?);
+                }
+                "heartbeat" => query.heartbeat = Some(value.parse().map_err(|_| parse_error())?),
+                "connection_timeout" => {
+                    query.connection_timeout = Some(value.parse().map_err(|_| parse_error())?);
+                }
+                "auth_mechanism" => {
+                    query.auth_mechanism = Some(value.parse().map_err(|_| parse_error())?);
+                }
+                _ => {}
+            }
+        }
+        Ok(AMQPUri {
+            scheme,
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo { username, password },
+                host,
+                port,
+            },
+            vhost,
+            query,
+        })
+    }
+}
+
+impl fmt::Debug for RabbitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitConfig")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .field("prefetch", &self.prefetch)
+            .field("send_timeout", &self.send_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_initial_backoff", &self.reconnect_initial_backoff)
+            .field("reconnect_max_backoff", &self.reconnect_max_backoff)
+            .field("max_message_size", &self.max_message_size)
+            .field("queue_expires", &self.queue_expires)
+            .finish()
+    }
+}
+
+/// The query parameters lapin reads itself.
+const LAPIN_PARAMETERS: [&str; 5] = [
+    "heartbeat",
+    "frame_max",
+    "channel_max",
+    "connection_timeout",
+    "auth_mechanism",
+];
+
+fn invalid(url: &ChannelUrl, reason: impl Into<String>) -> Error {
+    Error::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Decodes `%XX` escapes; `None` when the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_credentials_host_port_and_vhost() {
+        let config = RabbitConfig::new("amqp://us%40er:p%3Ass@10.1.2.3:5673/my%2fvhost").unwrap();
+        let uri = config.amqp_uri().unwrap();
+        assert_eq!(uri.authority.userinfo.username, "us@er");
+        assert_eq!(uri.authority.userinfo.password, "p:ss");
+        assert_eq!(
+            uri.authority.host, "10.1.2.3",
+            "an IP address must stay an IP address"
+        );
+        assert_eq!(uri.authority.port, 5673);
+        assert_eq!(uri.vhost, "my/vhost");
+        assert_eq!(config.endpoint(), "10.1.2.3:5673");
+        assert_eq!(config.user(), "us@er");
+    }
+
+    #[test]
+    fn defaults_follow_the_amqp_uri_spec() {
+        let uri = RabbitConfig::new("amqps://broker.example")
+            .unwrap()
+            .amqp_uri()
+            .unwrap();
+        assert_eq!(uri.scheme, AMQPScheme::AMQPS);
+        assert_eq!(uri.authority.port, 5671);
+        assert_eq!(uri.authority.userinfo.username, "guest");
+        assert_eq!(uri.vhost, "/");
+        let uri = RabbitConfig::new("amqp://[::1]/")
+            .unwrap()
+            .amqp_uri()
+            .unwrap();
+        assert_eq!(uri.authority.host, "::1");
+        assert_eq!(uri.vhost, "");
+    }
+
+    #[test]
+    fn reads_parameters_and_passes_lapins_on() {
+        let config = RabbitConfig::new(
+            "amqp://h/%2f?prefix=t-1_&prefetch=64&send_timeout_ms=1500&connect_timeout_ms=700\
+             &reconnect_initial_ms=10&reconnect_max_ms=20&max_message_size=1000\
+             &queue_expires_ms=60000&heartbeat=5&frame_max=65536",
+        )
+        .unwrap();
+        assert_eq!(config.prefix, "t-1_");
+        assert_eq!(config.prefetch, Some(64));
+        assert_eq!(config.send_timeout, Duration::from_millis(1500));
+        assert_eq!(config.connect_timeout, Duration::from_millis(700));
+        assert_eq!(config.reconnect_initial_backoff, Duration::from_millis(10));
+        assert_eq!(config.reconnect_max_backoff, Duration::from_millis(20));
+        assert_eq!(config.max_message_size, 1000);
+        assert_eq!(config.queue_expires, Some(Duration::from_secs(60)));
+        let uri = config.amqp_uri().unwrap();
+        assert_eq!(uri.query.heartbeat, Some(5));
+        assert_eq!(uri.query.frame_max, Some(65536));
+    }
+
+    #[test]
+    fn refuses_bad_urls_without_showing_the_password() {
+        for bad in [
+            "kafka://u:hunter2@h:9092",
+            "amqp://u:hunter2@h/?prefix=a.b",
+            "amqp://u:hunter2@h/?prefetch=0",
+            "amqp://u:hunter2@h/?send_timeout_ms=soon",
+            "amqp://u:hunter2@h/?colour=blue",
+            "amqp://u:hunter2@h/?heartbeat=often",
+            "amqp://u:hunter2@h/?queue_expires_ms=0",
+        ] {
+            let err = RabbitConfig::new(bad).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidUrl { .. } | Error::InvalidName { .. }),
+                "{bad}: {err:?}"
+            );
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+            assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let config = RabbitConfig::new("amqp://u:hunter2@h/").unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("u:***@h"), "{debug}");
+        assert_eq!(config.password().as_deref(), Some("hunter2"));
+    }
+
+    #[test]
+    fn setters() {
+        let config = RabbitConfig::new("amqp://h")
+            .unwrap()
+            .prefix("p-")
+            .prefetch(0)
+            .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))
+            .max_message_size(10)
+            .queue_expires(Duration::from_secs(1));
+        assert_eq!(config.prefetch, Some(1));
+        assert_eq!(config.reconnect_max_backoff, Duration::from_secs(2));
+        assert!(config.validate().is_ok());
+        assert!(config.clone().prefix("a b").validate().is_err());
+    }
+}

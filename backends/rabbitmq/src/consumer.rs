@@ -1,0 +1,419 @@
+//! Consumers: one AMQP channel each, `basic.qos` then `basic.consume` with manual acks.
+
+use crate::convert;
+use crate::error::{Failure, BACKEND};
+use crate::link::Link;
+use crate::names::Names;
+use crate::pool::{ConfirmPool, Target};
+use crate::topology::{self, short, Role};
+use async_trait::async_trait;
+use event_binder_core::{
+    header, Acknowledger, Consumer, Delivery, Error, Message, Origin, Result, Subscription,
+};
+use futures_core::Stream;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, Instant};
+
+/// What a consumer reads: its names, its role and where its dead letters go.
+#[derive(Debug)]
+pub(crate) struct Source {
+    pub(crate) names: Names,
+    pub(crate) role: Role,
+    pub(crate) prefetch: u16,
+    pub(crate) origin: Arc<Origin>,
+}
+
+/// Everything a delivery needs to dead-letter itself.
+#[derive(Debug)]
+pub(crate) struct DeadLetters {
+    pub(crate) pool: Arc<ConfirmPool>,
+    /// The dead-letter queue.
+    pub(crate) queue: String,
+    pub(crate) link: Arc<Link>,
+}
+
+/// One consumer's AMQP channel and lapin consumer on one connection.
+struct Session {
+    /// Shared with the deliveries, which settle on it.
+    channel: Arc<lapin::Channel>,
+    consumer: lapin::Consumer,
+    queue: String,
+    generation: u64,
+}
+
+impl Drop for Session {
+    /// Closes the AMQP channel, so that the broker hands back what this consumer held
+    /// unacknowledged at once.
+    fn drop(&mut self) {
+        if !self.channel.status().connected() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let channel = self.channel.clone();
+            runtime.spawn(async move {
+                if let Err(err) = channel.close(200, "consumer closed".into()).await {
+                    tracing::debug!(error = %err, "rabbitmq: closing a consumer's channel failed");
+                }
+            });
+        }
+    }
+}
+
+/// A consumer of a group, an anonymous subscription or dead letters.
+pub(crate) struct RabbitConsumer {
+    subscription: Subscription,
+    link: Arc<Link>,
+    source: Arc<Source>,
+    dead_letters: Arc<DeadLetters>,
+    session: Option<Session>,
+    opening: Option<JoinHandle<Result<Session>>>,
+}
+
+impl fmt::Debug for RabbitConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitConsumer")
+            .field("subscription", &self.subscription)
+            .field("queue", &self.session.as_ref().map(|s| &s.queue))
+            .field("generation", &self.session.as_ref().map(|s| s.generation))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitConsumer {
+    /// Declares what the consumer reads and starts consuming, within the send timeout.
+    pub(crate) async fn open(
+        link: Arc<Link>,
+        subscription: Subscription,
+        source: Source,
+        dead_letters: Arc<DeadLetters>,
+    ) -> Result<Self> {
+        let source = Arc::new(source);
+        let deadline = Instant::now() + link.config.send_timeout;
+        let session = open_session(link.clone(), source.clone(), Some(deadline)).await?;
+        Ok(RabbitConsumer {
+            subscription,
+            link,
+            source,
+            dead_letters,
+            session: Some(session),
+            opening: None,
+        })
+    }
+
+    /// A session, opening one (in a task of its own, so that a cancelled `receive` loses
+    /// nothing: the next one picks the task up) when there is none.
+    async fn session(&mut self) -> Result<&mut Session> {
+        if self.session.is_none() {
+            let opening = self.opening.get_or_insert_with(|| {
+                tokio::spawn(open_session(self.link.clone(), self.source.clone(), None))
+            });
+            let opened = opening.await;
+            self.opening = None;
+            let session = match opened {
+                Ok(session) => session?,
+                Err(join) => {
+                    return Err(Error::broker(
+                        BACKEND,
+                        format!("reopening the consumer failed: {join}"),
+                    ))
+                }
+            };
+            self.session = Some(session);
+        }
+        self.session
+            .as_mut()
+            .ok_or_else(|| Error::broker(BACKEND, "the consumer has no AMQP channel"))
+    }
+
+    fn delivery(
+        &self,
+        channel: &Arc<lapin::Channel>,
+        delivery: lapin::message::Delivery,
+    ) -> Delivery {
+        let lapin::message::Delivery {
+            delivery_tag,
+            exchange,
+            routing_key,
+            redelivered,
+            properties,
+            data,
+            ..
+        } = delivery;
+        let message = convert::decode(exchange.as_str(), routing_key.as_str(), &properties, data);
+        let settle = Settle {
+            channel: channel.clone(),
+            delivery_tag,
+            dead_letters: self.dead_letters.clone(),
+        };
+        Delivery::new(
+            message,
+            if redelivered { 2 } else { 1 },
+            self.source.origin.clone(),
+            Box::new(settle),
+        )
+    }
+}
+
+impl Drop for RabbitConsumer {
+    fn drop(&mut self) {
+        // A session still being opened is closed as soon as it is ready.
+        if let Some(opening) = self.opening.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    drop(opening.await);
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for RabbitConsumer {
+    fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+
+    async fn receive(&mut self) -> Result<Delivery> {
+        loop {
+            if self.link.is_closed() {
+                self.session = None;
+                return Err(Error::ShutDown("rabbitmq consumer"));
+            }
+            let session = self.session().await?;
+            let next = poll_fn(|cx| Pin::new(&mut session.consumer).poll_next(cx)).await;
+            match next {
+                // Deliveries buffered before the channel died can no longer be settled;
+                // the broker hands them out again (an anonymous queue went with them).
+                Some(Ok(delivery)) if !delivery.acker.usable() => {}
+                Some(Ok(delivery)) => {
+                    let channel = session.channel.clone();
+                    return Ok(self.delivery(&channel, delivery));
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(queue = %session.queue, error = %err, "rabbitmq: consumer interrupted; resuming");
+                    self.session = None;
+                }
+                None => {
+                    tracing::debug!(queue = %session.queue, "rabbitmq: consumer cancelled; resuming");
+                    self.session = None;
+                }
+            }
+        }
+    }
+}
+
+/// Opens a channel, sets its prefetch, declares the topology and starts consuming; waits
+/// for the connection (until `deadline`, if given) and retries after losses.
+async fn open_session(
+    link: Arc<Link>,
+    source: Arc<Source>,
+    deadline: Option<Instant>,
+) -> Result<Session> {
+    let what = format!(
+        "consuming {} / {}",
+        source.origin.destination,
+        source.origin.group.as_deref().unwrap_or("(anonymous)")
+    );
+    let mut stale = 0;
+    let mut failures = 0;
+    loop {
+        let up = link.up(stale, deadline, &what).await?;
+        let opened = async {
+            let channel = up
+                .connection
+                .create_channel()
+                .await
+                .map_err(|err| Failure::from_lapin(err, "opening an AMQP channel"))?;
+            channel
+                .basic_qos(source.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|err| Failure::from_lapin(err, "setting the prefetch"))?;
+            let queue = topology::declare(
+                &channel,
+                &source.names,
+                source.role,
+                link.config.queue_expires,
+            )
+            .await?
+            .unwrap_or_default();
+            let consumer = channel
+                .basic_consume(
+                    short(&queue),
+                    short(""),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|err| Failure::from_lapin(err, &format!("consuming queue {queue:?}")))?;
+            Ok::<_, Failure>(Session {
+                channel: Arc::new(channel),
+                consumer,
+                queue,
+                generation: up.generation,
+            })
+        }
+        .await;
+        match opened {
+            Ok(session) => return Ok(session),
+            Err(Failure::Refused(err)) => return Err(err),
+            Err(Failure::Lost(err)) => {
+                tracing::debug!(error = %err, "rabbitmq: opening a consumer failed; retrying");
+                stale = link
+                    .recover(up.generation, &mut failures, deadline, &what)
+                    .await?;
+            }
+        }
+    }
+}
+
+/// Settles one delivery on the AMQP channel it came on. Settling goes through the channel
+/// rather than lapin's `Acker`: the channel queues the frame at once, ahead of a close of the
+/// channel that follows, so an ack is never overtaken by the consumer's closing.
+struct Settle {
+    channel: Arc<lapin::Channel>,
+    delivery_tag: u64,
+    dead_letters: Arc<DeadLetters>,
+}
+
+impl fmt::Debug for Settle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settle")
+            .field("delivery_tag", &self.delivery_tag)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settle {
+    /// Turns lapin's answer into ours; a closed channel took the delivery with it, and the
+    /// broker hands the message out again.
+    fn settled(&self, result: lapin::Result<()>, what: &str) -> Result<()> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(_) if !self.channel.status().connected() => Err(Error::broker(
+                BACKEND,
+                format!(
+                    "could not {what} delivery {}: the AMQP channel it came on is closed \
+                     (connection lost or consumer dropped); RabbitMQ delivers the message again",
+                    self.delivery_tag
+                ),
+            )),
+            Err(err) => Err(crate::error::broker(
+                &format!("could not {what} delivery {}", self.delivery_tag),
+                err,
+            )),
+        }
+    }
+
+    async fn requeue(&self) -> Result<()> {
+        let options = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        self.settled(
+            self.channel.basic_nack(self.delivery_tag, options).await,
+            "requeue",
+        )
+    }
+
+    /// Hands `basic.ack` to the connection without waiting for it to be written: the
+    /// broker does not answer acks, and should the write fail, the connection is gone and
+    /// the broker delivers the message again. Saves a wake-up per message.
+    fn ack_now(&self) -> Result<()> {
+        let mut ack = pin!(self
+            .channel
+            .basic_ack(self.delivery_tag, BasicAckOptions::default()));
+        match ack
+            .as_mut()
+            .poll(&mut TaskContext::from_waker(Waker::noop()))
+        {
+            Poll::Ready(result) => self.settled(result, "acknowledge"),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Acknowledger for Settle {
+    /// `basic.ack`, handed to the connection (the call does not wait for the socket).
+    async fn ack(self: Box<Self>) -> Result<()> {
+        self.ack_now()
+    }
+
+    /// Requeues the message (`basic.nack` with requeue). With a delay, the nack is sent
+    /// after it by a task of its own, and the message stays unacknowledged (counting
+    /// against the prefetch) meanwhile; dropping the consumer before then requeues it too.
+    async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<()> {
+        match delay {
+            Some(delay) if !delay.is_zero() => {
+                tokio::spawn(async move {
+                    sleep(delay).await;
+                    if let Err(err) = self.requeue().await {
+                        tracing::debug!(error = %err, "rabbitmq: delayed nack failed");
+                    }
+                });
+                Ok(())
+            }
+            _ => self.requeue().await,
+        }
+    }
+
+    /// Publishes the dead letter to the dead-letter queue (confirmed), then acknowledges
+    /// the original; if the publish fails, requeues the original and returns the error.
+    async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<()> {
+        let published = match fit_dead_letter(dead_letter, &self.dead_letters) {
+            Ok(outgoing) => {
+                let target = Target::Queue {
+                    name: self.dead_letters.queue.clone(),
+                };
+                self.dead_letters
+                    .pool
+                    .publish(&target, vec![outgoing])
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        match published {
+            Ok(()) => self.ack_now(),
+            Err(err) => {
+                if let Err(requeue) = self.requeue().await {
+                    tracing::debug!(error = %requeue, "rabbitmq: requeueing after a failed dead letter failed");
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Encodes a dead letter for its queue. Dead letters are not held to the message size
+/// limit (they must not be lost); if the headers outgrow one AMQP frame, the
+/// `dead-letter-error` header (the error text event-binder added) is shortened to fit.
+fn fit_dead_letter(dead_letter: Message, dead_letters: &DeadLetters) -> Result<convert::Outgoing> {
+    let name = &dead_letters.queue;
+    let frame_max = dead_letters.link.frame_max();
+    let outgoing = convert::encode(&dead_letter, Some(name))?;
+    let Err(Error::PayloadTooLarge { actual, limit }) = outgoing.check_header_frame(frame_max)
+    else {
+        return Ok(outgoing);
+    };
+    let error = dead_letter
+        .headers()
+        .get(header::DEAD_LETTER_ERROR)
+        .unwrap_or_default();
+    let marker = " [shortened]";
+    let keep = error.len().saturating_sub(actual - limit + marker.len());
+    let mut cut = keep;
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let shortened = format!("{}{marker}", &error[..cut]);
+    let dead_letter = dead_letter.with_header(header::DEAD_LETTER_ERROR, shortened);
+    convert::encode(&dead_letter, Some(name))
+}

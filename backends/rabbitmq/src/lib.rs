@@ -1,0 +1,126 @@
+//! The RabbitMQ backend of event-binder, on [lapin](https://docs.rs/lapin).
+//!
+//! [`RabbitChannel`] implements [`Channel`](event_binder_core::Channel) over one AMQP 0-9-1
+//! connection: `amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS (rustls, with the
+//! system's root certificates). Handlers written for any backend run on it unchanged.
+//!
+//! ```no_run
+//! # async fn demo() -> event_binder_core::Result<()> {
+//! use event_binder_core::{Channel, Message, Subscription};
+//! use event_binder_rabbitmq::{RabbitChannel, RabbitConfig};
+//!
+//! let config = RabbitConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")?.prefix("shop-");
+//! let channel = RabbitChannel::with_config(config).await?;
+//! let mut billing = channel.consumer(&Subscription::new("orders").group("billing")).await?;
+//! channel.producer("orders").await?.send(Message::new(r#"{"order":42}"#)).await?;
+//! let delivery = billing.receive().await?;
+//! delivery.ack().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How the vocabulary maps
+//!
+//! | event-binder | RabbitMQ |
+//! |---|---|
+//! | destination | a durable topic exchange `{prefix}{destination}` |
+//! | group | a durable queue `{prefix}{destination}.{group}`, bound to the exchange with `#` (every message) |
+//! | anonymous subscription | a server-named, exclusive, auto-delete queue bound with `#`; it goes away with its consumer |
+//! | dead letters of a group | a durable queue `{prefix}{destination}.{group}.dlq` |
+//! | dead letters of anonymous subscriptions | one durable queue per destination, `{prefix}{destination}..dlq` |
+//! | payload | the message body, untouched (no envelope) |
+//! | message id | the `message-id` property |
+//! | content type | the `content-type` property |
+//! | timestamp | the `timestamp` property (seconds) and the `message-timestamp` header (milliseconds) |
+//! | key | the routing key and the `message-key` header |
+//! | headers | the header table, as long strings |
+//! | `send` | `basic.publish` (mandatory, persistent) on a confirm-mode channel, returning after the publisher confirm |
+//! | prefetch | `basic.qos` on each consumer's own channel: [`RabbitConfig::prefetch`], else the subscription's (the handler's concurrency) |
+//! | ack / nack / dead letter | `basic.ack` (handed to the connection; the broker does not answer it) / `basic.nack` with requeue / a confirmed publish to the dead-letter queue, then `basic.ack` |
+//! | attempt | 1, or 2 when the broker flags the delivery as redelivered (RabbitMQ counts no further on classic queues) |
+//!
+//! Logical names hold only letters, digits, `-` and `_`, so the dots keep every physical
+//! name distinct: a group named `dlq` has the queue `{prefix}{destination}.dlq`, which never
+//! meets the anonymous dead letters' `{prefix}{destination}..dlq`. The prefix
+//! ([`RabbitConfig::prefix`]) keeps applications and test runs apart on one broker. The
+//! physical names are also available from [`RabbitChannel::exchange_name`],
+//! [`RabbitChannel::queue_name`] and [`RabbitChannel::dead_letter_queue_name`].
+//!
+//! # Semantics
+//!
+//! - **Sending** returns once the broker has confirmed the message, stored to disk in
+//!   every durable queue it reached. A message no queue takes (no group was provisioned and
+//!   no subscription runs) is returned by the broker and the send fails with
+//!   [`Error::Broker`](event_binder_core::Error::Broker) saying so; so does a nacked one.
+//!   Nothing is dropped silently: provision a group before sending to a destination nobody
+//!   consumes yet. `send_batch` publishes the whole batch, then waits for all confirms.
+//! - **Sizes.** A message larger than [`RabbitConfig::max_message_size`] (as counted by
+//!   [`Message::encoded_len`](event_binder_core::Message::encoded_len)) is refused with
+//!   [`Error::PayloadTooLarge`](event_binder_core::Error::PayloadTooLarge). The properties
+//!   and headers travel in one AMQP frame, which the broker limits to `frame_max` (128 KiB
+//!   on a default RabbitMQ) and answers by closing the whole connection when exceeded;
+//!   so a message whose headers do not fit is refused before sending, with
+//!   `PayloadTooLarge` whose sizes are those of the header frame. Ids, keys and content
+//!   types longer than AMQP's 255-byte short strings travel in the `message-id`,
+//!   `message-key` and `content-type` headers instead (the key is then not the routing
+//!   key); header names longer than 255 bytes are refused with
+//!   [`Error::InvalidName`](event_binder_core::Error::InvalidName).
+//! - **Reserved headers.** `message-id`, `message-key`, `message-timestamp` and
+//!   `content-type` carry the fields above and are taken out of the headers on receipt.
+//! - **Receiving.** Each consumer has its own AMQP channel and consumes with manual
+//!   acknowledgements. A message from a client that knows nothing of event-binder is still
+//!   handled: without a `message-id` property its id is a UUID v5 derived from its
+//!   exchange, routing key, properties, headers (less those RabbitMQ adds) and body, the
+//!   same on every redelivery, so idempotent handling works (two byte-identical messages
+//!   sent without ids are therefore handled once); without a content type it is taken as
+//!   JSON; its key is the `message-key` header, else its routing key.
+//! - **Nack with a delay** sends the `basic.nack` after the delay from a task of its own;
+//!   the message stays unacknowledged, and counts against the prefetch, meanwhile.
+//! - **Dead letters.** The runtime's retry policy decides when a message is dead-lettered,
+//!   exactly as on every other backend (no broker-side dead-letter exchange is involved):
+//!   the dead letter, with all headers and the same id, is published to the dead-letter
+//!   queue through the default exchange and confirmed, and only then is the original
+//!   acknowledged; if the publish fails, the original is requeued and the error returned.
+//!   Dead letters are not held to the size limit; should their headers outgrow a frame,
+//!   the `dead-letter-error` text is shortened. Dead-lettering a delivery read from
+//!   [`dead_letters`](event_binder_core::Channel::dead_letters) puts it back at the end of
+//!   the same dead-letter queue.
+//! - **Dropping a consumer** closes its AMQP channel: what it held unacknowledged goes
+//!   back to the queue at once.
+//! - **Connection loss** (a broker restart, a network failure): the connection is
+//!   re-established in the background with exponential backoff
+//!   ([`RabbitConfig::reconnect_initial_backoff`] to
+//!   [`RabbitConfig::reconnect_max_backoff`]); each producer and consumer declares its
+//!   exchange and queues again on the new connection and consumers resume consuming.
+//!   `receive` waits meanwhile (it is cancel safe). A send waits for the connection up to
+//!   [`RabbitConfig::send_timeout`], then fails with
+//!   [`Error::Timeout`](event_binder_core::Error::Timeout) saying why; a send whose confirm
+//!   was lost with the connection is published again on the new one, so it may arrive
+//!   twice (with the same id: idempotent handlers see it once). Deliveries received before
+//!   the loss can no longer be acknowledged, and those the client had buffered but not yet
+//!   handed out are dropped: the broker delivers them again. An anonymous
+//!   subscription gets a new queue: what was published while it had none is not seen,
+//!   as an anonymous subscription promises.
+//! - **Closing** the channel closes the connection; unacknowledged deliveries go back to
+//!   their queues, and sends and receives fail with
+//!   [`Error::ShutDown`](event_binder_core::Error::ShutDown).
+//! - **Ordering.** A queue is FIFO, but a consumer holding several deliveries at once
+//!   (the prefetch), competing consumers and requeued messages reorder them, so
+//!   [`Capabilities::ordering_by_key`](event_binder_core::Capabilities::ordering_by_key) is
+//!   not claimed.
+
+mod channel;
+mod config;
+mod consumer;
+mod convert;
+mod error;
+mod link;
+mod names;
+mod pool;
+mod producer;
+mod topology;
+
+pub use channel::RabbitChannel;
+pub use config::RabbitConfig;
+
+/// The URL schemes this backend serves: `amqp` and `amqps`.
+pub const SCHEMES: [&str; 2] = ["amqp", "amqps"];

@@ -1,0 +1,90 @@
+//! Physical names: how logical destinations and groups become exchanges and queues.
+//!
+//! Logical names and prefixes hold only ASCII letters, digits, `-` and `_` (checked by
+//! core), so the `.` separators below make every kind of name distinct from every other:
+//! a group queue has one dot, a group's dead-letter queue two with a group between them,
+//! and the anonymous subscriptions' dead-letter queue two with nothing between them.
+
+use event_binder_core::{validate_destination, validate_group, Result};
+
+/// The names one (destination, group) uses on the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Names {
+    /// The topic exchange of the destination: `{prefix}{destination}`.
+    pub(crate) exchange: String,
+    /// The durable queue of the group: `{prefix}{destination}.{group}`; `None` when
+    /// anonymous (the broker names the queue).
+    pub(crate) queue: Option<String>,
+    /// The dead-letter queue: `{prefix}{destination}.{group}.dlq`, or
+    /// `{prefix}{destination}..dlq` for the anonymous subscriptions of the destination.
+    pub(crate) dead_letters: String,
+}
+
+impl Names {
+    /// Validates the logical names and builds the physical ones.
+    pub(crate) fn new(prefix: &str, destination: &str, group: Option<&str>) -> Result<Self> {
+        validate_destination(destination)?;
+        if let Some(group) = group {
+            validate_group(group)?;
+        }
+        let exchange = format!("{prefix}{destination}");
+        let group = group.unwrap_or_default();
+        let queue = (!group.is_empty()).then(|| format!("{exchange}.{group}"));
+        let dead_letters = format!("{exchange}.{group}.dlq");
+        Ok(Names {
+            exchange,
+            queue,
+            dead_letters,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_binder_core::Error;
+
+    #[test]
+    fn group_names() {
+        let names = Names::new("t-", "orders", Some("billing")).unwrap();
+        assert_eq!(names.exchange, "t-orders");
+        assert_eq!(names.queue.as_deref(), Some("t-orders.billing"));
+        assert_eq!(names.dead_letters, "t-orders.billing.dlq");
+    }
+
+    #[test]
+    fn anonymous_dead_letters_never_meet_a_group_named_dlq() {
+        let anonymous = Names::new("", "orders", None).unwrap();
+        assert_eq!(anonymous.queue, None);
+        assert_eq!(anonymous.dead_letters, "orders..dlq");
+        let dlq_group = Names::new("", "orders", Some("dlq")).unwrap();
+        assert_eq!(dlq_group.queue.as_deref(), Some("orders.dlq"));
+        assert_ne!(
+            dlq_group.queue.as_deref(),
+            Some(anonymous.dead_letters.as_str())
+        );
+        assert_ne!(dlq_group.dead_letters, anonymous.dead_letters);
+    }
+
+    #[test]
+    fn invalid_names_are_refused() {
+        assert!(matches!(
+            Names::new("", "a.b", None),
+            Err(Error::InvalidName {
+                kind: "destination",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Names::new("", "a", Some("")),
+            Err(Error::InvalidName { kind: "group", .. })
+        ));
+    }
+
+    #[test]
+    fn longest_names_fit_amqp_short_strings() {
+        let long = "x".repeat(event_binder_core::MAX_NAME_LEN);
+        let names = Names::new(&long, &long, Some(&long)).unwrap();
+        assert!(names.dead_letters.len() <= 255);
+    }
+}

@@ -1,0 +1,407 @@
+//! What the RabbitMQ backend adds to the conformance suite, on the real broker
+//! (127.0.0.1:5672, guest/guest; `scripts/rabbitmq.sh` starts it): clear errors for a
+//! wrong password, an unreachable broker, oversized headers, unroutable sends and poison
+//! messages; messages from foreign clients; a lost connection replaced under a consumer.
+
+use event_binder_core::{
+    header, App, Channel, Context, Error, Handler, HandlerSpec, Message, Subscription,
+};
+use event_binder_rabbitmq::{RabbitChannel, RabbitConfig};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::process::Command;
+use std::time::Duration;
+use tokio::time::{timeout, Instant};
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A random suffix, so that names never meet those of another run.
+fn unique() -> String {
+    let id = event_binder_core::new_message_id().replace('-', "");
+    id[id.len() - 12..].to_owned()
+}
+
+/// A channel whose names carry a prefix of their own.
+async fn channel() -> RabbitChannel {
+    let config = RabbitConfig::new(URL)
+        .expect("the URL")
+        .prefix(format!("behaviour-{}-", unique()))
+        .queue_expires(Duration::from_secs(600));
+    RabbitChannel::with_config(config)
+        .await
+        .expect("connecting to RabbitMQ on 127.0.0.1:5672 (run scripts/rabbitmq.sh)")
+}
+
+/// A raw lapin connection, as a client that knows nothing of event-binder has.
+async fn foreign_client() -> lapin::Channel {
+    let connection = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .expect("a raw lapin connection");
+    connection.create_channel().await.expect("a raw channel")
+}
+
+#[tokio::test]
+async fn a_wrong_password_says_authentication_failed_and_never_shows_it() {
+    let password = format!("not-the-password-{}", unique());
+    let url = format!("amqp://guest:{password}@127.0.0.1:5672/%2f");
+    let err = RabbitChannel::connect(&url).await.unwrap_err();
+    let Error::Connection {
+        backend, message, ..
+    } = &err
+    else {
+        panic!("expected Error::Connection, got {err:?}");
+    };
+    assert_eq!(*backend, "rabbitmq");
+    assert!(message.contains("authentication failed"), "{message}");
+    assert!(
+        message.contains("\"guest\""),
+        "the user is named: {message}"
+    );
+    let mut texts = vec![err.to_string(), format!("{err:?}")];
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        texts.push(cause.to_string());
+        source = cause.source();
+    }
+    for text in texts {
+        assert!(!text.contains(&password), "the password leaked: {text}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_a_clear_connection_error() {
+    let err = RabbitChannel::connect("amqp://guest:guest@127.0.0.1:1/%2f")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Connection { message, .. } if message.contains("127.0.0.1:1")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_before_sending_and_the_connection_survives() {
+    let channel = channel().await;
+    let destination = "big-headers";
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group("g"))
+        .await
+        .expect("a consumer");
+    let producer = channel.producer(destination).await.expect("a producer");
+    let oversized = Message::new("{}").with_header("huge", "x".repeat(200 * 1024));
+    match producer.send(oversized).await {
+        Err(Error::PayloadTooLarge { actual, limit }) => {
+            assert!(actual > 200 * 1024, "{actual}");
+            assert_eq!(limit, 131_072, "RabbitMQ's default frame_max");
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    let fits = Message::new("{}").with_header("large", "y".repeat(100 * 1024));
+    producer
+        .send(fits.clone())
+        .await
+        .expect("100 KiB of headers fit one frame");
+    let delivery = timeout(LIMIT, consumer.receive())
+        .await
+        .expect("the message that fits")
+        .expect("receive");
+    assert_eq!(
+        delivery.message().id(),
+        fits.id(),
+        "a refused message arrived"
+    );
+    assert_eq!(
+        delivery.message().headers().get("large"),
+        fits.headers().get("large")
+    );
+    delivery.ack().await.expect("ack");
+    assert!(channel.is_connected());
+    channel.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_send_nobody_would_receive_is_an_error_not_a_silent_loss() {
+    let channel = channel().await;
+    let producer = channel
+        .producer("nobody-listens")
+        .await
+        .expect("a producer");
+    let err = producer.send(Message::new("{}")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Broker { .. }), "{err:?}");
+    assert!(text.contains("no group or subscription"), "{text}");
+    assert!(text.contains("provision"), "{text}");
+    let batch = vec![Message::new("{}"), Message::new("{}")];
+    assert!(matches!(
+        producer.send_batch(batch).await,
+        Err(Error::Broker { .. })
+    ));
+
+    channel
+        .provision("nobody-listens", Some("late"))
+        .await
+        .expect("provision");
+    producer
+        .send(Message::new("{}"))
+        .await
+        .expect("once a group exists, the same producer's sends go through");
+    channel.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_foreign_message_gets_a_stable_id_and_is_taken_as_json() {
+    let channel = channel().await;
+    let destination = "foreign";
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group("g"))
+        .await
+        .expect("a consumer");
+    let raw = foreign_client().await;
+    raw.basic_publish(
+        channel.exchange_name(destination).expect("name").into(),
+        "customer-7".into(),
+        BasicPublishOptions::default(),
+        br#"{"order":1}"#,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("a raw publish");
+    let first = timeout(LIMIT, consumer.receive())
+        .await
+        .expect("the foreign message")
+        .expect("receive");
+    let id = first.message().id().to_owned();
+    assert!(!id.is_empty());
+    assert_eq!(
+        first.message().content_type(),
+        None,
+        "no content type: JSON to the codecs"
+    );
+    assert_eq!(
+        first.message().key(),
+        Some("customer-7"),
+        "the routing key is the key"
+    );
+    assert_eq!(first.message().payload().as_ref(), br#"{"order":1}"#);
+    first.nack(None).await.expect("nack");
+    let again = timeout(LIMIT, consumer.receive())
+        .await
+        .expect("the redelivery")
+        .expect("receive");
+    assert_eq!(again.attempt(), 2);
+    assert_eq!(
+        again.message().id(),
+        id,
+        "the derived id changed between deliveries"
+    );
+    again.ack().await.expect("ack");
+    channel.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_with_a_decode_error() {
+    #[derive(Debug, serde::Deserialize)]
+    struct Order {
+        #[allow(dead_code)]
+        order: u64,
+    }
+    let channel = channel().await;
+    let (destination, group) = ("poison", "billing");
+    let mut dead_letters = channel
+        .dead_letters(destination, Some(group))
+        .await
+        .expect("the dead letters");
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handler = {
+        let handled = handled.clone();
+        Handler::from_fn(
+            HandlerSpec::new("bill", destination).group(group),
+            move |_: Order, _: Context| {
+                let handled = handled.clone();
+                async move {
+                    handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<(), std::io::Error>(())
+                }
+            },
+        )
+    };
+    let app = App::new(channel.clone())
+        .handler(handler)
+        .start()
+        .await
+        .expect("the app");
+    let raw = foreign_client().await;
+    raw.basic_publish(
+        channel.exchange_name(destination).expect("name").into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        b"{not json",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("a raw publish");
+    let dead = timeout(LIMIT, dead_letters.receive())
+        .await
+        .expect("the dead letter")
+        .expect("receive");
+    let headers = dead.message().headers();
+    let error = headers.get(header::DEAD_LETTER_ERROR).unwrap_or_default();
+    assert!(error.contains("decode"), "dead-letter error {error:?}");
+    assert_eq!(dead.message().payload().as_ref(), b"{not json");
+    assert_eq!(
+        channel
+            .dead_letter_queue_name(destination, Some(group))
+            .expect("name"),
+        format!("{}poison.billing.dlq", channel.config().prefix)
+    );
+    dead.ack().await.expect("ack");
+    app.shutdown().await.expect("shutdown");
+    assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 0);
+    channel.close().await.expect("close");
+}
+
+/// Closes this channel's connection from the broker's side (`rabbitmqctl
+/// close_connection`), leaving every other connection alone.
+fn close_connection_named(name: &str) {
+    let listed = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("this test needs rabbitmqctl on the PATH");
+    assert!(
+        listed.status.success(),
+        "rabbitmqctl list_connections failed"
+    );
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    let pids: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.contains(name))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert_eq!(pids.len(), 1, "connections named {name:?}: {listing}");
+    let closed = Command::new("rabbitmqctl")
+        .args(["-q", "close_connection", pids[0], "closed by a test"])
+        .output()
+        .expect("rabbitmqctl close_connection");
+    assert!(
+        closed.status.success(),
+        "rabbitmqctl close_connection failed"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_replaced_and_consuming_resumes() {
+    let channel = channel().await;
+    let destination = "resume";
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group("g"))
+        .await
+        .expect("a consumer");
+    let mut anonymous = channel
+        .consumer(&Subscription::new(destination))
+        .await
+        .expect("an anonymous consumer");
+    let producer = channel.producer(destination).await.expect("a producer");
+    let before = Message::new("1");
+    producer.send(before.clone()).await.expect("send");
+    let held = timeout(LIMIT, consumer.receive())
+        .await
+        .expect("the first message")
+        .expect("receive");
+    assert_eq!(held.message().id(), before.id());
+
+    close_connection_named(&format!("event-binder {}", channel.config().prefix));
+    let deadline = Instant::now() + LIMIT;
+    while channel.is_connected() {
+        assert!(Instant::now() < deadline, "the loss was never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        matches!(held.ack().await, Err(Error::Broker { .. })),
+        "a delivery of the lost connection cannot be acknowledged"
+    );
+
+    let after = Message::new("2");
+    producer
+        .send(after.clone())
+        .await
+        .expect("a send during the reconnection waits for it");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let delivery = timeout(LIMIT, consumer.receive())
+            .await
+            .expect("the messages after the reconnection")
+            .expect("receive");
+        seen.push(delivery.message().id().to_owned());
+        delivery.ack().await.expect("ack");
+    }
+    seen.sort();
+    let mut want = vec![before.id().to_owned(), after.id().to_owned()];
+    want.sort();
+    assert_eq!(
+        seen, want,
+        "the unacknowledged message came back and the new one arrived"
+    );
+
+    // The anonymous subscription's queue went with the connection; receiving makes a new
+    // one. What is sent before it exists is not seen (as an anonymous subscription
+    // promises), so send until something arrives, and check it came after the loss.
+    let receiving = tokio::spawn(async move {
+        let delivery = anonymous.receive().await;
+        (anonymous, delivery)
+    });
+    tokio::pin!(receiving);
+    let mut later = Vec::new();
+    let (anonymous, delivery) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the anonymous subscription never resumed"
+        );
+        let message = Message::new("3");
+        later.push(message.id().to_owned());
+        producer.send(message).await.expect("send");
+        if let Ok(received) = timeout(Duration::from_millis(200), &mut receiving).await {
+            break received.expect("the receiving task");
+        }
+    };
+    let delivery = delivery.expect("receive");
+    assert_ne!(delivery.message().id(), before.id());
+    assert_ne!(delivery.message().id(), after.id());
+    assert!(later.contains(&delivery.message().id().to_owned()));
+    delivery.ack().await.expect("ack");
+    drop(anonymous);
+    channel.close().await.expect("close");
+    assert!(matches!(consumer.receive().await, Err(Error::ShutDown(_))));
+    assert!(matches!(
+        producer.send(Message::new("4")).await,
+        Err(Error::ShutDown(_))
+    ));
+}
+
+#[tokio::test]
+async fn tls_to_a_plain_listener_fails_cleanly() {
+    let err =
+        RabbitChannel::connect("amqps://guest:guest@127.0.0.1:5672/%2f?connect_timeout_ms=5000")
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&err, Error::Connection { message, .. } if message.contains("127.0.0.1:5672")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn connecting_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+    use std::future::Future;
+    let outcome = std::thread::spawn(|| {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut connecting = std::pin::pin!(RabbitChannel::connect(URL));
+        connecting.as_mut().poll(&mut context)
+    })
+    .join()
+    .expect("polling must not panic");
+    assert!(
+        matches!(outcome, std::task::Poll::Ready(Err(Error::Config(_)))),
+        "{outcome:?}"
+    );
+}
