@@ -3,6 +3,7 @@
 use event_binder_core::{validate_prefix, ChannelUrl, Error, Result};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How a [`RabbitChannel`](crate::RabbitChannel) connects and behaves.
@@ -21,6 +22,7 @@ use std::time::Duration;
 /// | `reconnect_max_ms` | [`reconnect_max_backoff`](Self::reconnect_max_backoff) | 5 s |
 /// | `max_message_size` | [`max_message_size`](Self::max_message_size) | 16 MiB |
 /// | `queue_expires_ms` | [`queue_expires`](Self::queue_expires) | never |
+/// | `cacertfile` | [`ca_certificate_file`](Self::ca_certificate_file) | the system's roots only |
 ///
 /// lapin's own parameters (`heartbeat`, `frame_max`, `channel_max`, `connection_timeout`,
 /// `auth_mechanism`) are passed on to it; any other parameter is an
@@ -73,6 +75,10 @@ pub struct RabbitConfig {
     /// were first declared with: changing this for existing ones makes their declaration
     /// fail.
     pub queue_expires: Option<Duration>,
+    /// A PEM file of certificate authorities that `amqps://` trusts besides the system's
+    /// roots: for a broker whose certificate a private CA signed. Read at each connection,
+    /// so a renewed file is picked up on reconnect.
+    pub ca_certificate_file: Option<PathBuf>,
 }
 
 impl RabbitConfig {
@@ -112,6 +118,7 @@ impl RabbitConfig {
             reconnect_max_backoff: Self::DEFAULT_RECONNECT_MAX_BACKOFF,
             max_message_size: Self::DEFAULT_MAX_MESSAGE_SIZE,
             queue_expires: None,
+            ca_certificate_file: None,
         };
         for (name, value) in url.as_url().query_pairs() {
             let number = || -> Result<u64> {
@@ -151,6 +158,7 @@ impl RabbitConfig {
                     }
                     config.queue_expires = Some(expires);
                 }
+                "cacertfile" => config.ca_certificate_file = Some(PathBuf::from(&*value)),
                 name if LAPIN_PARAMETERS.contains(&name) => {}
                 other => {
                     return Err(invalid(
@@ -158,7 +166,8 @@ impl RabbitConfig {
                         format!(
                             "unknown parameter {other:?}; the RabbitMQ backend takes prefix, \
                              prefetch, send_timeout_ms, connect_timeout_ms, reconnect_initial_ms, \
-                             reconnect_max_ms, max_message_size, queue_expires_ms, and lapin's \
+                             reconnect_max_ms, max_message_size, queue_expires_ms, cacertfile, \
+                             and lapin's \
                              {}",
                             LAPIN_PARAMETERS.join(", ")
                         ),
@@ -168,6 +177,12 @@ impl RabbitConfig {
         }
         config.amqp_uri()?;
         Ok(config)
+    }
+
+    /// Sets the [`ca_certificate_file`](Self::ca_certificate_file).
+    pub fn ca_certificate_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_certificate_file = Some(path.into());
+        self
     }
 
     /// Sets the [`prefix`](Self::prefix) (checked when connecting).
@@ -338,6 +353,7 @@ impl fmt::Debug for RabbitConfig {
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
             .field("max_message_size", &self.max_message_size)
             .field("queue_expires", &self.queue_expires)
+            .field("ca_certificate_file", &self.ca_certificate_file)
             .finish()
     }
 }

@@ -86,6 +86,10 @@ pub(crate) fn connection(
         ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             format!("nothing accepts connections on {endpoint}; is RabbitMQ running there?")
         }
+        _ if detail.contains("certificate") => format!(
+            "cannot connect to RabbitMQ on {endpoint}: {detail}; if a private CA signed the \
+             broker's certificate, trust it with ?cacertfile=/path/to/ca.pem"
+        ),
         _ => format!("cannot connect to RabbitMQ on {endpoint}: {detail}"),
     };
     Error::Connection {

@@ -1,8 +1,9 @@
 //! The RabbitMQ backend of event-binder, on [lapin](https://docs.rs/lapin).
 //!
 //! [`RabbitChannel`] implements [`Channel`](event_binder_core::Channel) over one AMQP 0-9-1
-//! connection: `amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS (rustls, with the
-//! system's root certificates). Handlers written for any backend run on it unchanged.
+//! connection: `amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS (rustls, trusting
+//! the system's root certificates and, with `?cacertfile=/path/ca.pem`, a private CA).
+//! Handlers written for any backend run on it unchanged.
 //!
 //! ```no_run
 //! # async fn demo() -> event_binder_core::Result<()> {

@@ -11,7 +11,8 @@ use crate::config::RabbitConfig;
 use crate::error::{self, scrub};
 use event_binder_core::{Error, Result};
 use futures_core::Stream;
-use lapin::{Connection, ConnectionProperties, Event};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connect, Connection, ConnectionProperties, Event};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -226,6 +227,23 @@ const RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// RabbitMQ's default `frame_max`.
 const DEFAULT_FRAME_MAX: u32 = 131_072;
 
+/// The PEM of the extra certificate authorities `amqps://` trusts, if any.
+fn trusted_authorities(config: &RabbitConfig) -> Result<Option<String>> {
+    let Some(path) = &config.ca_certificate_file else {
+        return Ok(None);
+    };
+    std::fs::read_to_string(path)
+        .map(Some)
+        .map_err(|err| Error::Connection {
+            backend: error::BACKEND,
+            message: format!(
+                "cannot read the CA certificate file {}: {err}",
+                path.display()
+            ),
+            source: Some(err.into()),
+        })
+}
+
 /// Opens one connection, within the connect timeout.
 pub(crate) async fn open(config: &RabbitConfig) -> Result<Connection> {
     let uri = config.amqp_uri()?;
@@ -236,9 +254,18 @@ pub(crate) async fn open(config: &RabbitConfig) -> Result<Connection> {
             .to_owned()
             .into(),
     );
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: trusted_authorities(config)?,
+    };
+    let runtime = lapin::runtime::default_runtime().map_err(|err| Error::Connection {
+        backend: error::BACKEND,
+        message: format!("no tokio runtime to connect from: {err}"),
+        source: None,
+    })?;
     match timeout(
         config.connect_timeout,
-        Connection::connect_uri(uri, properties),
+        uri.connect_with_config(properties, tls, runtime),
     )
     .await
     {

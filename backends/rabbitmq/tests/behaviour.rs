@@ -1,7 +1,9 @@
 //! What the RabbitMQ backend adds to the conformance suite, on the real broker
 //! (127.0.0.1:5672, guest/guest; `scripts/rabbitmq.sh` starts it): clear errors for a
 //! wrong password, an unreachable broker, oversized headers, unroutable sends and poison
-//! messages; messages from foreign clients; a lost connection replaced under a consumer.
+//! messages; messages from foreign clients; a lost connection replaced under a consumer;
+//! `amqps://` through the broker's TLS listener (127.0.0.1:5671, its certificate signed by
+//! the test CA that `scripts/rabbitmq.sh` makes).
 
 use event_binder_core::{
     header, App, Channel, Context, Error, Handler, HandlerSpec, Message, Subscription,
@@ -387,6 +389,70 @@ async fn tls_to_a_plain_listener_fails_cleanly() {
     assert!(
         matches!(&err, Error::Connection { message, .. } if message.contains("127.0.0.1:5672")),
         "{err:?}"
+    );
+}
+
+/// The test CA of the broker's TLS listener.
+const TEST_CA: &str = "/etc/rabbitmq/event-binder-tls/ca.pem";
+
+#[tokio::test]
+async fn amqps_with_a_private_ca_carries_messages_over_tls() {
+    let url = format!(
+        "amqps://guest:guest@127.0.0.1:5671/%2f?cacertfile={TEST_CA}&prefix=tls-{}-&queue_expires_ms=600000",
+        unique()
+    );
+    let channel = RabbitChannel::connect(&url)
+        .await
+        .expect("a TLS connection trusting the test CA (run scripts/rabbitmq.sh)");
+    let mut consumer = channel
+        .consumer(&Subscription::new("orders").group("billing"))
+        .await
+        .expect("a consumer over TLS");
+    let message = Message::new(r#"{"over":"tls"}"#).with_header("tenant", "acme");
+    channel
+        .producer("orders")
+        .await
+        .expect("a producer over TLS")
+        .send(message.clone())
+        .await
+        .expect("a confirmed send over TLS");
+    let delivery = timeout(LIMIT, consumer.receive())
+        .await
+        .expect("the message in time")
+        .expect("receive over TLS");
+    assert_eq!(delivery.message().id(), message.id());
+    assert_eq!(delivery.message().payload(), message.payload());
+    assert_eq!(delivery.message().headers().get("tenant"), Some("acme"));
+    delivery.ack().await.expect("ack over TLS");
+}
+
+#[tokio::test]
+async fn amqps_to_an_untrusted_certificate_is_refused_clearly() {
+    let err = RabbitChannel::connect(
+        "amqps://guest:secret-pw@127.0.0.1:5671/%2f?connect_timeout_ms=5000",
+    )
+    .await
+    .unwrap_err();
+    let Error::Connection { message, .. } = &err else {
+        panic!("expected Error::Connection, got {err:?}");
+    };
+    assert!(message.contains("127.0.0.1:5671"), "{message}");
+    assert!(
+        message.contains("cacertfile"),
+        "the error says how to trust a CA: {message}"
+    );
+    assert!(!format!("{err:?}").contains("secret-pw"), "{err:?}");
+
+    let missing = RabbitChannel::connect(
+        "amqps://guest:guest@127.0.0.1:5671/%2f?cacertfile=/nonexistent/ca.pem",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .contains("cannot read the CA certificate file /nonexistent/ca.pem"),
+        "{missing}"
     );
 }
 
