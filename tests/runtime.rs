@@ -251,3 +251,73 @@ async fn shutdown_past_its_timeout_hands_in_flight_messages_back() {
     );
     delivery.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_handled_message_redelivered_past_the_cap_is_acknowledged_not_dead_lettered() {
+    let bus = MemoryChannel::new();
+    let store = Arc::new(event_binder::MemoryIdempotencyStore::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counting = || {
+        let calls = calls.clone();
+        Handler::from_fn(
+            HandlerSpec::new("counted", "orders").group("billing"),
+            move |_: Order, _: Context| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<(), std::io::Error>(()) }
+            },
+        )
+    };
+    let mut retry = quick_retries(3);
+    retry.max_deliveries = 3;
+
+    // Handled once: its id is recorded.
+    let first = App::new(bus.clone())
+        .idempotency(store.clone())
+        .retry(retry)
+        .handler(counting())
+        .start()
+        .await
+        .unwrap();
+    let message = Message::new(r#"{"id":1}"#);
+    first
+        .publisher()
+        .send("orders", message.clone())
+        .await
+        .unwrap();
+    bus.wait_idle(LIMIT).await.unwrap();
+    first.shutdown().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // The same message again, left unsettled three times (an ack lost, then crashes).
+    bus.producer("orders")
+        .await
+        .unwrap()
+        .send(message)
+        .await
+        .unwrap();
+    let mut crashing = bus
+        .consumer(&Subscription::new("orders").group("billing"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        drop(receive(&mut *crashing).await);
+    }
+    drop(crashing);
+
+    let second = App::new(bus.clone())
+        .idempotency(store)
+        .retry(retry)
+        .handler(counting())
+        .start()
+        .await
+        .unwrap();
+    bus.wait_idle(LIMIT).await.unwrap();
+    second.shutdown().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "handled again");
+    assert_eq!(
+        bus.dead_lettered("orders", Some("billing")),
+        0,
+        "dead-lettered although handled"
+    );
+    assert_eq!(bus.queued("orders", "billing"), 0);
+}

@@ -20,6 +20,21 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The error of every operation on a closed bus.
+/// Waits for `notified`, until `deadline` if there is one; `false` when the deadline came
+/// first.
+pub(crate) async fn notified_before(
+    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    deadline: Option<Instant>,
+) -> bool {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, notified).await.is_ok(),
+        None => {
+            notified.await;
+            true
+        }
+    }
+}
+
 pub(crate) fn shut_down() -> Error {
     Error::ShutDown("memory channel")
 }

@@ -1,6 +1,6 @@
 //! [`MemoryChannel`]: the handle on a bus, and its [`Channel`] implementation.
 
-use crate::bus::Bus;
+use crate::bus::{notified_before, Bus};
 use crate::client::{MemoryConsumer, MemoryProducer};
 use crate::config::MemoryConfig;
 use async_trait::async_trait;
@@ -140,13 +140,7 @@ impl MemoryChannel {
             let Some(busy) = self.bus.busy() else {
                 return Ok(());
             };
-            let woken = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, notified).await.is_ok(),
-                None => {
-                    notified.await;
-                    true
-                }
-            };
+            let woken = notified_before(notified.as_mut(), deadline).await;
             if !woken {
                 let busy = self.bus.busy().unwrap_or(busy);
                 return Err(Error::Timeout {

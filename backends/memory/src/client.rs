@@ -1,6 +1,6 @@
 //! Producers, consumers and acknowledgers of the memory bus.
 
-use crate::bus::{Attach, Bus, Destination, Full, SlotRef};
+use crate::bus::{notified_before, Attach, Bus, Destination, Full, SlotRef};
 use crate::queue::{Entry, Take};
 use async_trait::async_trait;
 use event_binder_core::{
@@ -93,13 +93,7 @@ async fn wait_for_room(
             Ok(()) => return Ok(()),
             Err(again) => full = again,
         }
-        let woken = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, notified).await.is_ok(),
-            None => {
-                notified.await;
-                true
-            }
-        };
+        let woken = notified_before(notified.as_mut(), deadline).await;
         if !woken {
             return Err(Error::Timeout {
                 what: format!(

@@ -401,14 +401,6 @@ enum Outcome {
 
 impl Worker {
     async fn process(&self, delivery: Delivery) {
-        if delivery.attempt() > self.retry.max_deliveries {
-            let reason = format!(
-                "delivered {} times without being settled (did the handler crash the process?)",
-                delivery.attempt()
-            );
-            self.dead_letter(delivery, &reason, 0).await;
-            return;
-        }
         let message = delivery.shared_message().clone();
         let id = message.id();
         match self.idempotency.begin(&self.scope, id).await {
@@ -428,13 +420,23 @@ impl Worker {
                 return;
             }
         }
+        if delivery.attempt() > self.retry.max_deliveries {
+            let reason = format!(
+                "delivered {} times without being settled (did the handler crash the process?)",
+                delivery.attempt()
+            );
+            self.abandon(id).await;
+            self.dead_letter(delivery, &reason, 0).await;
+            return;
+        }
         let outcome = self.call_with_retries(&delivery).await;
-        let recorded = match outcome {
-            Outcome::Handled => self.idempotency.complete(&self.scope, id).await,
-            _ => self.idempotency.abandon(&self.scope, id).await,
-        };
-        if let Err(err) = recorded {
-            tracing::warn!(message_id = %id, error = %err, "idempotency store failed to record the outcome");
+        match outcome {
+            Outcome::Handled => {
+                if let Err(err) = self.idempotency.complete(&self.scope, id).await {
+                    tracing::warn!(message_id = %id, error = %err, "idempotency store failed to record the message as handled");
+                }
+            }
+            _ => self.abandon(id).await,
         }
         match outcome {
             Outcome::Handled => self.report(delivery.ack().await, id, "ack"),
@@ -446,6 +448,13 @@ impl Worker {
                     .await;
             }
             Outcome::Aborted => self.report(delivery.nack(None).await, id, "nack"),
+        }
+    }
+
+    /// Releases the claim on `id` without recording it as handled.
+    async fn abandon(&self, id: &str) {
+        if let Err(err) = self.idempotency.abandon(&self.scope, id).await {
+            tracing::warn!(message_id = %id, error = %err, "idempotency store failed to release a claim");
         }
     }
 
