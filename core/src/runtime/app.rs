@@ -244,8 +244,10 @@ impl fmt::Debug for App {
     }
 }
 
-/// A started [`App`]. Call [`shutdown`](Self::shutdown) to stop it gracefully; dropping it
-/// leaves its handlers running in the background.
+/// A started [`App`]. Call [`shutdown`](Self::shutdown) to stop it gracefully and wait for
+/// that. Dropping it stops it too, without waiting: its handlers take no new deliveries,
+/// and the ones in flight finish in the background.
+#[must_use = "dropping a RunningApp stops its handlers; keep it, and call shutdown to stop"]
 pub struct RunningApp {
     workers: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
