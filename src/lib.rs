@@ -1,7 +1,40 @@
 //! event-binder: write event handlers once, run them unchanged on any broker.
 //!
-//! See the README for the overview; the vocabulary (destination, group, message,
-//! delivery, channel, producer, consumer, handler) is the same everywhere.
+//! A handler is a plain `async fn` over a typed event; an [`App`] runs handlers on a
+//! [`Channel`], and the channel's URL decides whether events travel in-process
+//! (`memory://`) or through a broker. Delivery is at least once, handling is idempotent per
+//! message id, failures are retried with backoff and then dead-lettered.
+//!
+//! ```
+//! use event_binder::memory::MemoryChannel;
+//! use event_binder::{handler, App, Context};
+//! use std::time::Duration;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct OrderPlaced {
+//!     order_id: u64,
+//! }
+//!
+//! #[handler(destination = "orders", group = "billing")]
+//! async fn bill(order: OrderPlaced, ctx: Context) -> Result<(), std::io::Error> {
+//!     println!("billing order {} (message {})", order.order_id, ctx.id());
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // In production: `AnyChannel::connect("amqp://…")`, with the same handlers.
+//! let bus = MemoryChannel::new();
+//! let running = App::new(bus.clone()).handler(bill).start().await?;
+//! running.publisher().publish("orders", &OrderPlaced { order_id: 1 }).await?;
+//! bus.wait_idle(Duration::from_secs(5)).await?;
+//! running.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The vocabulary (destination, group, message, delivery, channel, producer, consumer,
+//! handler) means the same everywhere; the README defines it.
 //!
 //! | cargo feature | default | what it adds |
 //! |---|---|---|
