@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/rabbitmq.sh
+scripts/kafka.sh
 cargo test --workspace --all-features "$@"

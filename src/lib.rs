@@ -41,7 +41,7 @@
 //! | `memory` | yes | `memory::MemoryChannel`, `memory://` URLs: the in-process bus |
 //! | `macros` | yes | the [`handler`] attribute macro |
 //! | `rabbitmq` | no | `amqp://` and `amqps://` URLs: RabbitMQ through lapin |
-//! | `kafka` | no | `kafka://` URLs (not available yet) |
+//! | `kafka` | no | `kafka://` URLs: Apache Kafka through rdkafka |
 //! | `sns-sqs` | no | `sns-sqs://` URLs (not available yet) |
 
 mod any;
@@ -124,4 +124,11 @@ pub mod memory {
 pub mod rabbitmq {
     #[doc(inline)]
     pub use event_binder_rabbitmq::*;
+}
+
+/// The Apache Kafka backend (rdkafka): `kafka://` URLs.
+#[cfg(feature = "kafka")]
+pub mod kafka {
+    #[doc(inline)]
+    pub use event_binder_kafka::*;
 }

@@ -1,6 +1,8 @@
 //! Integration tests: the conformance suite run against every backend compiled in, each
 //! reached the way an application reaches it, through `AnyChannel::connect(url)`.
 
+#[cfg(feature = "kafka")]
+mod kafka;
 mod memory;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;

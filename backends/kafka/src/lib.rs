@@ -1,0 +1,122 @@
+//! The Apache Kafka backend of event-binder, on [rdkafka](https://docs.rs/rdkafka)
+//! (librdkafka, built from source with the crate).
+//!
+//! [`KafkaChannel`] implements [`Channel`](event_binder_core::Channel) over a Kafka
+//! cluster: `kafka://host:port[,host:port…]`, with SASL and TLS settings passed to
+//! librdkafka as query parameters (see [`KafkaConfig`]). Handlers written for any backend
+//! run on it unchanged.
+//!
+//! ```no_run
+//! # async fn demo() -> event_binder_core::Result<()> {
+//! use event_binder_core::{Channel, Message, Subscription};
+//! use event_binder_kafka::{KafkaChannel, KafkaConfig};
+//!
+//! let config = KafkaConfig::new("kafka://127.0.0.1:9092")?.prefix("shop-").partitions(6);
+//! let channel = KafkaChannel::with_config(config).await?;
+//! let mut billing = channel.consumer(&Subscription::new("orders").group("billing")).await?;
+//! channel.producer("orders").await?.send(Message::new(r#"{"order":42}"#)).await?;
+//! let delivery = billing.receive().await?;
+//! delivery.ack().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How the vocabulary maps
+//!
+//! | event-binder | Kafka |
+//! |---|---|
+//! | destination | the topic `{prefix}{destination}`, created on first use with [`KafkaConfig::partitions`] partitions and [`KafkaConfig::replication`] replicas (topics are never assumed to auto-create) |
+//! | group | the consumer group `{prefix}{destination}.{group}`; a group that has committed nothing starts at the earliest offset |
+//! | anonymous subscription | a consumer group of its own, `{prefix}{destination}..anonymous.{uuid}`, assigned every partition at its end (read when the consumer opens), never committing |
+//! | dead letters of a group | the topic `{prefix}{destination}.{group}.dlq`, read by the consumer group of the same name |
+//! | dead letters of anonymous subscriptions | one topic per destination, `{prefix}{destination}..dlq` (and its group) |
+//! | payload | the record value, untouched (no envelope) |
+//! | key | the record key (same key, same partition, same order) |
+//! | headers | record headers, UTF-8 |
+//! | message id | the record header `message-id` |
+//! | content type | the record header `content-type` |
+//! | timestamp | the record timestamp (milliseconds) |
+//! | `send` | a produce with `acks=all` and idempotence on, returning on the delivery report |
+//! | ack | the record counts as handled; its partition's offset is committed once everything before it is handled too |
+//! | nack | the record waits in the consumer's redelivery queue and comes back from the same consumer |
+//! | dead letter | a produce to the dead-letter topic, awaited, then an ack |
+//! | attempt | 1 on the first read, one more on each redelivery from the queue |
+//!
+//! Logical names hold only letters, digits, `-` and `_`, so the dots keep every physical
+//! name distinct. The prefix ([`KafkaConfig::prefix`]) keeps applications and test runs
+//! apart on one cluster. The physical names are also available from
+//! [`KafkaChannel::topic_name`], [`KafkaChannel::group_id`] and
+//! [`KafkaChannel::dead_letter_topic_name`].
+//!
+//! # Semantics
+//!
+//! - **Sending** returns once the delivery report says every in-sync replica has the
+//!   record (`acks=all`, `enable.idempotence=true`, so librdkafka's own retries never
+//!   duplicate or reorder). A send that gets no report within
+//!   [`KafkaConfig::send_timeout`] fails with
+//!   [`Error::Timeout`](event_binder_core::Error::Timeout); a refused one with
+//!   [`Error::Broker`](event_binder_core::Error::Broker). `send_batch` checks every size
+//!   first, hands the whole batch to librdkafka, then waits for every report.
+//! - **Sizes.** A message larger than [`KafkaConfig::max_message_size`] (as counted by
+//!   [`Message::encoded_len`](event_binder_core::Message::encoded_len)) is refused with
+//!   [`Error::PayloadTooLarge`](event_binder_core::Error::PayloadTooLarge) before sending.
+//! - **Receiving.** Each consumer is one librdkafka consumer. A record from a producer
+//!   that knows nothing of event-binder is still handled: without a `message-id` header
+//!   its id is `{topic}/{partition}/{offset}` (the same on every read); without a
+//!   `content-type` header it is taken as JSON.
+//! - **Commits.** Offsets are committed only for handled messages, by event-binder itself
+//!   (librdkafka's `enable.auto.commit` is off). Each consumer tracks, per partition, the
+//!   offsets it has read and not acked; the position it commits is the lowest of those (or
+//!   the one after the last read), so with concurrent handlers a partition's commit never
+//!   passes a message that is not handled yet. An ack that moves a position commits
+//!   asynchronously, at most once per [`KafkaConfig::commit_interval`]; positions are
+//!   committed synchronously before partitions are revoked and when the consumer closes.
+//!   A crash in between means the messages handled since the last commit are read again
+//!   (at least once; the ids let idempotent handlers skip them).
+//! - **Nack and dropped deliveries.** Kafka cannot un-read a record, so a nacked delivery
+//!   (and one dropped unsettled) waits in its consumer's redelivery queue, after the delay
+//!   if given, and is handed out again by the same consumer ahead of new records, with its
+//!   attempt count one higher; meanwhile its offset holds back its partition's commit.
+//!   Retries happen in process (the handler runtime's retry policy), so one failing
+//!   message never blocks a partition for good: after the last attempt it is
+//!   dead-lettered and its partition moves on.
+//! - **Dropping a consumer** makes it leave its group; what it read and did not ack stays
+//!   uncommitted, so the group's next owner of those partitions reads it again.
+//!   A delivery still held when its consumer is dropped keeps the librdkafka consumer
+//!   open until it is settled or dropped.
+//! - **Rebalances** (the eager protocol). Before giving up partitions, a consumer waits
+//!   (up to [`KafkaConfig::drain_timeout`]) for the deliveries it handed out from them to
+//!   be settled, then commits synchronously. Deliveries still out after that are
+//!   abandoned: acking them changes nothing, and the partition's new owner reads them
+//!   again (they are then handled twice; idempotent handlers see them once). Queued
+//!   redeliveries of revoked partitions are dropped for the same reason. The wait blocks
+//!   the thread that polls the consumer (moved off the tokio worker on a multi-threaded
+//!   runtime), so handlers keep settling meanwhile. Known issue, seen against tansu 0.6.0
+//!   with librdkafka 2.12.1: a partition that changes hands while a fetch for it is in
+//!   flight can start, at its new owner, one record batch past the committed offset it was
+//!   assigned at, so that batch is never handled (`tests/rebalance.rs` shows it).
+//! - **Anonymous subscriptions** are assigned every partition of the topic at the high
+//!   watermark read when the consumer opens (no group membership to wait for): they see
+//!   everything published after `consumer()` returns. Partitions added to the topic
+//!   later are not read.
+//! - **Ordering.** Records with the same key share a partition and are read in offset
+//!   order; a consumer hands them out in that order, so
+//!   [`Capabilities::ordering_by_key`](event_binder_core::Capabilities::ordering_by_key) is
+//!   claimed. A redelivered (nacked or dropped) record comes after the later records of its
+//!   partition that were already handed out, and handlers run concurrently finish in any
+//!   order: keep concurrency at 1 and do not nack where the order matters.
+//! - **Closing** the channel flushes the producer; sends and receives fail with
+//!   [`Error::ShutDown`](event_binder_core::Error::ShutDown) from then on.
+
+mod channel;
+mod config;
+mod consumer;
+mod convert;
+mod error;
+mod names;
+mod producer;
+
+pub use channel::KafkaChannel;
+pub use config::KafkaConfig;
+
+/// The URL scheme this backend serves: `kafka`.
+pub const SCHEME: &str = "kafka";

@@ -1,0 +1,91 @@
+//! Physical names: how logical destinations and groups become topics and consumer groups.
+//!
+//! Logical names and prefixes hold only ASCII letters, digits, `-` and `_` (checked by
+//! core), so the `.` separators keep every kind of name distinct: a topic has no dot, a
+//! consumer group one, a group's dead-letter topic two with the group between them, and
+//! the anonymous subscriptions' dead-letter topic two with nothing between them. The
+//! longest name (three 48-byte parts and the separators) stays far below Kafka's 249.
+
+use event_binder_core::{validate_destination, validate_group, Result};
+
+/// The names one (destination, group) uses on the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Names {
+    /// The topic of the destination: `{prefix}{destination}`.
+    pub(crate) topic: String,
+    /// The consumer group: `{prefix}{destination}.{group}`; `None` when anonymous.
+    pub(crate) group: Option<String>,
+    /// The dead-letter topic: `{prefix}{destination}.{group}.dlq`, or
+    /// `{prefix}{destination}..dlq` for the anonymous subscriptions of the destination.
+    pub(crate) dead_letters: String,
+}
+
+impl Names {
+    /// Validates the logical names and builds the physical ones.
+    pub(crate) fn new(prefix: &str, destination: &str, group: Option<&str>) -> Result<Self> {
+        validate_destination(destination)?;
+        if let Some(group) = group {
+            validate_group(group)?;
+        }
+        let topic = format!("{prefix}{destination}");
+        let group = group.unwrap_or_default();
+        let consumer_group = (!group.is_empty()).then(|| format!("{topic}.{group}"));
+        let dead_letters = format!("{topic}.{group}.dlq");
+        Ok(Names {
+            topic,
+            group: consumer_group,
+            dead_letters,
+        })
+    }
+
+    /// The consumer group that reads the dead letters: the dead-letter topic's name.
+    pub(crate) fn dead_letter_group(&self) -> String {
+        self.dead_letters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_binder_core::Error;
+
+    #[test]
+    fn group_names() {
+        let names = Names::new("t-", "orders", Some("billing")).unwrap();
+        assert_eq!(names.topic, "t-orders");
+        assert_eq!(names.group.as_deref(), Some("t-orders.billing"));
+        assert_eq!(names.dead_letters, "t-orders.billing.dlq");
+    }
+
+    #[test]
+    fn anonymous_dead_letters_never_meet_a_group_named_dlq() {
+        let anonymous = Names::new("", "orders", None).unwrap();
+        assert_eq!(anonymous.group, None);
+        assert_eq!(anonymous.dead_letters, "orders..dlq");
+        let dlq_group = Names::new("", "orders", Some("dlq")).unwrap();
+        assert_eq!(dlq_group.dead_letters, "orders.dlq.dlq");
+        assert_ne!(dlq_group.dead_letters, anonymous.dead_letters);
+    }
+
+    #[test]
+    fn invalid_names_are_refused() {
+        assert!(matches!(
+            Names::new("", "a.b", None),
+            Err(Error::InvalidName {
+                kind: "destination",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Names::new("", "a", Some("")),
+            Err(Error::InvalidName { kind: "group", .. })
+        ));
+    }
+
+    #[test]
+    fn longest_names_fit_kafka() {
+        let long = "x".repeat(event_binder_core::MAX_NAME_LEN);
+        let names = Names::new(&long, &long, Some(&long)).unwrap();
+        assert!(names.dead_letters.len() <= 249);
+    }
+}
