@@ -32,7 +32,7 @@ pub use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 pub use message::{
     content_type, header, millis_since_epoch, new_message_id, time_from_millis, Headers, Message,
 };
-pub use name::{validate_destination, validate_group, validate_prefix, MAX_NAME_LEN};
+pub use name::{validate_destination, validate_group, validate_prefix, DottedNames, MAX_NAME_LEN};
 pub use publisher::Publisher;
 pub use runtime::{
     App, Context, Events, Handler, HandlerSpec, IntoHandler, OutputPolicy, Processor, RetryPolicy,

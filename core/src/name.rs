@@ -38,6 +38,51 @@ pub fn validate_prefix(prefix: &str) -> Result<()> {
     }
 }
 
+/// Physical names by the rule of the brokers whose names allow `.` (RabbitMQ, Kafka).
+///
+/// Logical names and prefixes hold no `.`, so the separators keep every kind of name
+/// distinct: a destination's name has no dot, a group's one, a group's dead letters two with
+/// the group between them, and the anonymous subscriptions' dead letters two with nothing
+/// between them (so they never meet a group named `dlq`).
+///
+/// ```
+/// use event_binder_core::DottedNames;
+///
+/// let names = DottedNames::new("t-", "orders", Some("billing")).unwrap();
+/// assert_eq!(names.destination, "t-orders");
+/// assert_eq!(names.group.as_deref(), Some("t-orders.billing"));
+/// assert_eq!(names.dead_letters, "t-orders.billing.dlq");
+/// assert_eq!(DottedNames::new("", "orders", None).unwrap().dead_letters, "orders..dlq");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DottedNames {
+    /// `{prefix}{destination}`: the exchange or topic.
+    pub destination: String,
+    /// `{prefix}{destination}.{group}`: the queue or consumer group; `None` when anonymous.
+    pub group: Option<String>,
+    /// `{prefix}{destination}.{group}.dlq`, or `{prefix}{destination}..dlq` for the
+    /// anonymous subscriptions of the destination.
+    pub dead_letters: String,
+}
+
+impl DottedNames {
+    /// Validates the logical names and builds the physical ones. The prefix is validated
+    /// where it is configured, with [`validate_prefix`].
+    pub fn new(prefix: &str, destination: &str, group: Option<&str>) -> Result<Self> {
+        validate_destination(destination)?;
+        if let Some(group) = group {
+            validate_group(group)?;
+        }
+        let destination = format!("{prefix}{destination}");
+        let group = group.unwrap_or_default();
+        Ok(DottedNames {
+            group: (!group.is_empty()).then(|| format!("{destination}.{group}")),
+            dead_letters: format!("{destination}.{group}.dlq"),
+            destination,
+        })
+    }
+}
+
 fn validate(kind: &'static str, name: &str) -> Result<()> {
     let invalid = |reason: String| Error::InvalidName {
         kind,

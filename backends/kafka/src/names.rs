@@ -1,12 +1,8 @@
-//! Physical names: how logical destinations and groups become topics and consumer groups.
-//!
-//! Logical names and prefixes hold only ASCII letters, digits, `-` and `_` (checked by
-//! core), so the `.` separators keep every kind of name distinct: a topic has no dot, a
-//! consumer group one, a group's dead-letter topic two with the group between them, and
-//! the anonymous subscriptions' dead-letter topic two with nothing between them. The
-//! longest name (three 48-byte parts and the separators) stays far below Kafka's 249.
+//! Physical names: how logical destinations and groups become topics and consumer groups,
+//! by core's [`DottedNames`] rule. The longest name (three 48-byte parts and the
+//! separators) stays far below Kafka's 249.
 
-use event_binder_core::{validate_destination, validate_group, Result};
+use event_binder_core::{DottedNames, Result};
 
 /// The names one (destination, group) uses on the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,17 +19,14 @@ pub(crate) struct Names {
 impl Names {
     /// Validates the logical names and builds the physical ones.
     pub(crate) fn new(prefix: &str, destination: &str, group: Option<&str>) -> Result<Self> {
-        validate_destination(destination)?;
-        if let Some(group) = group {
-            validate_group(group)?;
-        }
-        let topic = format!("{prefix}{destination}");
-        let group = group.unwrap_or_default();
-        let consumer_group = (!group.is_empty()).then(|| format!("{topic}.{group}"));
-        let dead_letters = format!("{topic}.{group}.dlq");
+        let DottedNames {
+            destination: topic,
+            group,
+            dead_letters,
+        } = DottedNames::new(prefix, destination, group)?;
         Ok(Names {
             topic,
-            group: consumer_group,
+            group,
             dead_letters,
         })
     }

@@ -1,11 +1,7 @@
-//! Physical names: how logical destinations and groups become exchanges and queues.
-//!
-//! Logical names and prefixes hold only ASCII letters, digits, `-` and `_` (checked by
-//! core), so the `.` separators below make every kind of name distinct from every other:
-//! a group queue has one dot, a group's dead-letter queue two with a group between them,
-//! and the anonymous subscriptions' dead-letter queue two with nothing between them.
+//! Physical names: how logical destinations and groups become exchanges and queues, by
+//! core's [`DottedNames`] rule.
 
-use event_binder_core::{validate_destination, validate_group, Result};
+use event_binder_core::{DottedNames, Result};
 
 /// The names one (destination, group) uses on the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,14 +19,11 @@ pub(crate) struct Names {
 impl Names {
     /// Validates the logical names and builds the physical ones.
     pub(crate) fn new(prefix: &str, destination: &str, group: Option<&str>) -> Result<Self> {
-        validate_destination(destination)?;
-        if let Some(group) = group {
-            validate_group(group)?;
-        }
-        let exchange = format!("{prefix}{destination}");
-        let group = group.unwrap_or_default();
-        let queue = (!group.is_empty()).then(|| format!("{exchange}.{group}"));
-        let dead_letters = format!("{exchange}.{group}.dlq");
+        let DottedNames {
+            destination: exchange,
+            group: queue,
+            dead_letters,
+        } = DottedNames::new(prefix, destination, group)?;
         Ok(Names {
             exchange,
             queue,
