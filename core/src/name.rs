@@ -121,6 +121,31 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_dead_letters_never_meet_a_group_named_dlq() {
+        let anonymous = DottedNames::new("", "orders", None).unwrap();
+        assert_eq!(anonymous.group, None);
+        assert_eq!(anonymous.dead_letters, "orders..dlq");
+        let dlq_group = DottedNames::new("", "orders", Some("dlq")).unwrap();
+        assert_eq!(dlq_group.dead_letters, "orders.dlq.dlq");
+        assert_ne!(dlq_group.dead_letters, anonymous.dead_letters);
+    }
+
+    #[test]
+    fn dotted_names_refuse_invalid_logical_names() {
+        assert!(matches!(
+            DottedNames::new("", "a.b", None),
+            Err(Error::InvalidName {
+                kind: "destination",
+                ..
+            })
+        ));
+        assert!(matches!(
+            DottedNames::new("", "a", Some("")),
+            Err(Error::InvalidName { kind: "group", .. })
+        ));
+    }
+
+    #[test]
     fn refuses_empty_long_and_foreign_characters() {
         for bad in ["", "a.b", "a b", "ä", "a/b", "a*"] {
             let err = validate_destination(bad).unwrap_err();

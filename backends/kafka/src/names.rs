@@ -40,7 +40,6 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use event_binder_core::Error;
 
     #[test]
     fn group_names() {
@@ -48,31 +47,6 @@ mod tests {
         assert_eq!(names.topic, "t-orders");
         assert_eq!(names.group.as_deref(), Some("t-orders.billing"));
         assert_eq!(names.dead_letters, "t-orders.billing.dlq");
-    }
-
-    #[test]
-    fn anonymous_dead_letters_never_meet_a_group_named_dlq() {
-        let anonymous = Names::new("", "orders", None).unwrap();
-        assert_eq!(anonymous.group, None);
-        assert_eq!(anonymous.dead_letters, "orders..dlq");
-        let dlq_group = Names::new("", "orders", Some("dlq")).unwrap();
-        assert_eq!(dlq_group.dead_letters, "orders.dlq.dlq");
-        assert_ne!(dlq_group.dead_letters, anonymous.dead_letters);
-    }
-
-    #[test]
-    fn invalid_names_are_refused() {
-        assert!(matches!(
-            Names::new("", "a.b", None),
-            Err(Error::InvalidName {
-                kind: "destination",
-                ..
-            })
-        ));
-        assert!(matches!(
-            Names::new("", "a", Some("")),
-            Err(Error::InvalidName { kind: "group", .. })
-        ));
     }
 
     #[test]
