@@ -28,6 +28,24 @@ fn quick_retries(max_attempts: u32) -> RetryPolicy {
     RetryPolicy::new(max_attempts).backoff(Duration::from_millis(1), Duration::from_millis(5))
 }
 
+/// Sends `message` to `orders` and lets group `billing` take it `times` times without
+/// settling it. The group must exist already, or the message reaches nobody.
+async fn deliver_unsettled(bus: &MemoryChannel, message: Message, times: usize) {
+    bus.producer("orders")
+        .await
+        .unwrap()
+        .send(message)
+        .await
+        .unwrap();
+    let mut crashing = bus
+        .consumer(&Subscription::new("orders").group("billing"))
+        .await
+        .unwrap();
+    for _ in 0..times {
+        drop(receive(&mut *crashing).await);
+    }
+}
+
 /// A processor turning an order into two lines.
 fn splitter() -> Handler {
     Handler::processor(
@@ -156,21 +174,8 @@ async fn a_panicking_handler_is_retried_then_dead_lettered() {
 async fn a_message_delivered_too_often_is_dead_lettered_without_calling_the_handler() {
     let bus = MemoryChannel::new();
     bus.provision("orders", Some("billing")).await.unwrap();
-    bus.producer("orders")
-        .await
-        .unwrap()
-        .send(Message::new(r#"{"id":1}"#))
-        .await
-        .unwrap();
     // Three deliveries that were never settled, as if the process had crashed each time.
-    let mut crashing = bus
-        .consumer(&Subscription::new("orders").group("billing"))
-        .await
-        .unwrap();
-    for _ in 0..3 {
-        drop(receive(&mut *crashing).await);
-    }
-    drop(crashing);
+    deliver_unsettled(&bus, Message::new(r#"{"id":1}"#), 3).await;
 
     let calls = Arc::new(AtomicUsize::new(0));
     let handler = {
@@ -289,20 +294,7 @@ async fn a_handled_message_redelivered_past_the_cap_is_acknowledged_not_dead_let
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // The same message again, left unsettled three times (an ack lost, then crashes).
-    bus.producer("orders")
-        .await
-        .unwrap()
-        .send(message)
-        .await
-        .unwrap();
-    let mut crashing = bus
-        .consumer(&Subscription::new("orders").group("billing"))
-        .await
-        .unwrap();
-    for _ in 0..3 {
-        drop(receive(&mut *crashing).await);
-    }
-    drop(crashing);
+    deliver_unsettled(&bus, message, 3).await;
 
     let second = App::new(bus.clone())
         .idempotency(store)
