@@ -1,6 +1,9 @@
 //! Run with: `cargo run --example quickstart` (in-process, no broker needed), or give a
 //! channel URL to run the same handlers on a broker whose feature is compiled in, e.g.
-//! `cargo run --example quickstart --features rabbitmq -- amqp://guest:guest@127.0.0.1:5672/%2f`.
+//! `cargo run --example quickstart --features rabbitmq -- amqp://guest:guest@127.0.0.1:5672/%2f`,
+//! `--features kafka -- kafka://127.0.0.1:9092`, or, with credentials from the AWS provider
+//! chain (`AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test` for the emulator),
+//! `--features sns-sqs -- 'sns-sqs://us-east-1?endpoint=http://127.0.0.1:4566'`.
 //!
 //! One destination, `orders`, read by two groups: `billing` and `shipping` each get every
 //! order (fan-out). `billing` is a processor: what it returns is published to `invoices`

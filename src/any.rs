@@ -55,7 +55,7 @@ async fn open(url: &ChannelUrl) -> Result<Arc<dyn Channel>> {
         "memory" => memory(url),
         "amqp" | "amqps" => rabbitmq(url).await,
         "kafka" => kafka(url).await,
-        "sns-sqs" => not_yet(url, "sns-sqs"),
+        "sns-sqs" => sns_sqs(url).await,
         other => Err(Error::InvalidUrl {
             url: url.to_string(),
             reason: format!(
@@ -108,18 +108,19 @@ async fn kafka(url: &ChannelUrl) -> Result<Arc<dyn Channel>> {
     })
 }
 
-/// Backends whose cargo feature is reserved but whose crate has not landed yet.
-fn not_yet(url: &ChannelUrl, feature: &'static str) -> Result<Arc<dyn Channel>> {
-    if cfg!(feature = "sns-sqs") {
-        Err(Error::Unsupported(format!(
-            "the {feature} backend is not implemented yet in this version of event-binder"
-        )))
-    } else {
-        Err(Error::FeatureDisabled {
-            scheme: url.scheme().to_owned(),
-            feature,
-        })
-    }
+#[cfg(feature = "sns-sqs")]
+async fn sns_sqs(url: &ChannelUrl) -> Result<Arc<dyn Channel>> {
+    Ok(Arc::new(
+        event_binder_sns_sqs::SnsSqsChannel::from_url(url).await?,
+    ))
+}
+
+#[cfg(not(feature = "sns-sqs"))]
+async fn sns_sqs(url: &ChannelUrl) -> Result<Arc<dyn Channel>> {
+    Err(Error::FeatureDisabled {
+        scheme: url.scheme().to_owned(),
+        feature: "sns-sqs",
+    })
 }
 
 impl fmt::Debug for AnyChannel {
@@ -170,26 +171,23 @@ impl Channel for AnyChannel {
 mod tests {
     use super::*;
 
+    #[cfg(not(feature = "sns-sqs"))]
     #[tokio::test]
     async fn backends_not_compiled_in_name_their_feature() {
         let err = AnyChannel::connect("sns-sqs://us-east-1")
             .await
             .unwrap_err();
-        if cfg!(feature = "sns-sqs") {
-            assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
-        } else {
-            assert!(
-                matches!(
-                    err,
-                    Error::FeatureDisabled {
-                        feature: "sns-sqs",
-                        ..
-                    }
-                ),
-                "{err:?}"
-            );
-            assert!(err.to_string().contains("`sns-sqs`"), "{err}");
-        }
+        assert!(
+            matches!(
+                err,
+                Error::FeatureDisabled {
+                    feature: "sns-sqs",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`sns-sqs`"), "{err}");
     }
 
     #[cfg(not(feature = "rabbitmq"))]

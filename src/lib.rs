@@ -42,7 +42,7 @@
 //! | `macros` | yes | the [`handler`] attribute macro |
 //! | `rabbitmq` | no | `amqp://` and `amqps://` URLs: RabbitMQ through lapin |
 //! | `kafka` | no | `kafka://` URLs: Apache Kafka through rdkafka |
-//! | `sns-sqs` | no | `sns-sqs://` URLs (not available yet) |
+//! | `sns-sqs` | no | `sns-sqs://` URLs: Amazon SNS+SQS through the AWS SDK |
 
 mod any;
 
@@ -131,4 +131,11 @@ pub mod rabbitmq {
 pub mod kafka {
     #[doc(inline)]
     pub use event_binder_kafka::*;
+}
+
+/// The Amazon SNS+SQS backend (aws-sdk-sns, aws-sdk-sqs): `sns-sqs://` URLs.
+#[cfg(feature = "sns-sqs")]
+pub mod sns_sqs {
+    #[doc(inline)]
+    pub use event_binder_sns_sqs::*;
 }

@@ -6,3 +6,5 @@ mod kafka;
 mod memory;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
+#[cfg(feature = "sns-sqs")]
+mod sns_sqs;

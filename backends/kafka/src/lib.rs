@@ -90,10 +90,12 @@
 //!   again (they are then handled twice; idempotent handlers see them once). Queued
 //!   redeliveries of revoked partitions are dropped for the same reason. The wait blocks
 //!   the thread that polls the consumer (moved off the tokio worker on a multi-threaded
-//!   runtime), so handlers keep settling meanwhile. Known issue, seen against tansu 0.6.0
-//!   with librdkafka 2.12.1: a partition that changes hands while a fetch for it is in
-//!   flight can start, at its new owner, one record batch past the committed offset it was
-//!   assigned at, so that batch is never handled (`tests/rebalance.rs` shows it).
+//!   runtime), so handlers keep settling meanwhile. Known issue, tansu 0.6.0 only: asked
+//!   for an offset inside a record batch, its Fetch returns the batches that start after
+//!   it, so a partition resumed at a committed offset in mid-batch (after a rebalance or a
+//!   restart) skips the rest of that batch; Apache Kafka returns the batch holding the
+//!   offset. Records sent one at a time are batches of their own and are not affected;
+//!   `tests/rebalance.rs` checks rebalances that way.
 //! - **Anonymous subscriptions** are assigned every partition of the topic at the high
 //!   watermark read when the consumer opens (no group membership to wait for): they see
 //!   everything published after `consumer()` returns. Partitions added to the topic

@@ -1,0 +1,396 @@
+//! What the SNS+SQS backend adds to the conformance suite, against the moto emulator on
+//! 127.0.0.1:4566 (`scripts/sns-sqs.sh` installs and starts it): visibility extension for
+//! slow handlers, FIFO destinations, attribute packing and binary payloads over the wire,
+//! batching, foreign messages, anonymous queues cleaned up, and clear errors.
+
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use event_binder_core::{
+    App, Channel, Context, Error, Handler, HandlerSpec, Message, Subscription,
+};
+use event_binder_sns_sqs::{SnsSqsChannel, SnsSqsConfig, MAX_MESSAGE_SIZE};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+const URL: &str = "sns-sqs://us-east-1?endpoint=http://127.0.0.1:4566&wait_time_s=1";
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A random suffix, so that names never meet those of another run.
+fn unique() -> String {
+    let id = event_binder_core::new_message_id().replace('-', "");
+    id[id.len() - 12..].to_owned()
+}
+
+fn config() -> SnsSqsConfig {
+    SnsSqsConfig::new(URL)
+        .expect("the URL")
+        .prefix(format!("beh-{}-", unique()))
+        .credentials("test", "test")
+}
+
+async fn connect(config: SnsSqsConfig) -> SnsSqsChannel {
+    SnsSqsChannel::with_config(config)
+        .await
+        .expect("connecting to moto on 127.0.0.1:4566 (run scripts/sns-sqs.sh)")
+}
+
+async fn receive(consumer: &mut dyn event_binder_core::Consumer) -> event_binder_core::Delivery {
+    tokio::time::timeout(LIMIT, consumer.receive())
+        .await
+        .expect("a delivery within the limit")
+        .expect("receive")
+}
+
+/// A raw SQS client on the emulator, as a foreign producer or an operator would use it.
+async fn raw_sqs() -> aws_sdk_sqs::Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url("http://127.0.0.1:4566")
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .build_https(),
+        )
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&shared)
+}
+
+/// Counts calls per message number and wakes waiters on every change.
+#[derive(Default)]
+struct Calls {
+    counts: Mutex<HashMap<u64, usize>>,
+    changed: Notify,
+}
+
+impl Calls {
+    fn record(&self, n: u64) {
+        *self.counts.lock().unwrap().entry(n).or_default() += 1;
+        self.changed.notify_waiters();
+    }
+
+    fn count(&self, n: u64) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(&n)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    async fn wait_for(&self, n: u64, times: usize) {
+        let waiting = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.count(n) >= times {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(LIMIT, waiting)
+            .await
+            .unwrap_or_else(|_| panic!("message {n} was not handled {times} time(s)"));
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Job {
+    n: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_the_visibility_timeout_is_not_redelivered_while_it_runs() {
+    let visibility = Duration::from_secs(2);
+    let config = config().visibility_timeout(visibility);
+    let (destination, group) = ("jobs", "workers");
+    // Two members of one group, on two connections: without the extension, the second
+    // would get the message once its visibility timeout ran out.
+    let first = connect(config.clone()).await;
+    let second = connect(config).await;
+    first
+        .provision(destination, Some(group))
+        .await
+        .expect("provision");
+    let started = Arc::new(Calls::default());
+    let finished = Arc::new(Calls::default());
+    let handler = |started: Arc<Calls>, finished: Arc<Calls>| {
+        Handler::from_fn(
+            HandlerSpec::new("slow", destination).group(group),
+            move |job: Job, _ctx: Context| {
+                let (started, finished) = (started.clone(), finished.clone());
+                async move {
+                    started.record(job.n);
+                    // The work itself takes three visibility timeouts.
+                    tokio::time::sleep(visibility * 3).await;
+                    finished.record(job.n);
+                    Ok::<(), std::io::Error>(())
+                }
+            },
+        )
+    };
+    let apps = [
+        App::new(first.clone())
+            .handler(handler(started.clone(), finished.clone()))
+            .start()
+            .await
+            .expect("first app"),
+        App::new(second.clone())
+            .handler(handler(started.clone(), finished.clone()))
+            .start()
+            .await
+            .expect("second app"),
+    ];
+    first
+        .producer(destination)
+        .await
+        .expect("producer")
+        .send(Message::new(r#"{"n":1}"#))
+        .await
+        .expect("send");
+    finished.wait_for(1, 1).await;
+    // Watch one more visibility timeout after the handler finished: the message must not
+    // come back either (it was deleted).
+    tokio::time::sleep(visibility + Duration::from_secs(1)).await;
+    for app in apps {
+        app.shutdown().await.expect("shutdown");
+    }
+    assert_eq!(
+        started.count(1),
+        1,
+        "the message was handled more than once"
+    );
+    let extensions = first.requests().get("ChangeMessageVisibilityBatch")
+        + second.requests().get("ChangeMessageVisibilityBatch");
+    assert!(extensions >= 1, "the visibility was never extended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_destination_keeps_order_per_key_and_drops_repeated_ids() {
+    let destination = "ledger";
+    let channel = connect(config().fifo(destination)).await;
+    assert!(channel.topic_name(destination).unwrap().ends_with(".fifo"));
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group("audit"))
+        .await
+        .expect("consumer");
+    let producer = channel.producer(destination).await.expect("producer");
+    let keys = ["alpha", "beta", "gamma"];
+    let per_key = 20u64;
+    let messages: Vec<Message> = (0..per_key)
+        .flat_map(|n| {
+            keys.iter()
+                .map(move |key| Message::new(format!(r#"{{"n":{n}}}"#)).with_key(*key))
+        })
+        .collect();
+    producer.send_batch(messages.clone()).await.expect("send");
+    producer
+        .send(messages[0].clone())
+        .await
+        .expect("sending a repeated id is accepted");
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for _ in 0..messages.len() {
+        let delivery = receive(&mut *consumer).await;
+        let key = delivery.message().key().expect("a key").to_owned();
+        let job: Job = serde_json::from_slice(delivery.message().payload()).expect("json");
+        if let Some(previous) = last.get(&key) {
+            assert!(job.n > *previous, "key {key}: {} after {previous}", job.n);
+        }
+        last.insert(key, job.n);
+        delivery.ack().await.expect("ack");
+    }
+    assert!(last.values().all(|n| *n == per_key - 1), "{last:?}");
+    let repeated = tokio::time::timeout(Duration::from_secs(3), consumer.receive()).await;
+    assert!(
+        repeated.is_err(),
+        "a repeated id was delivered: {repeated:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_headers_and_binary_payloads_cross_the_wire_intact() {
+    let channel = connect(config()).await;
+    let mut consumer = channel
+        .consumer(&Subscription::new("mixed").group("g"))
+        .await
+        .expect("consumer");
+    let mut many = Message::new(vec![0u8, 255, 1, 2, 159]).with_key("k");
+    for i in 0..14 {
+        many = many.with_header(format!("h{i}"), format!("value {i}"));
+    }
+    many = many
+        .with_header("with space", "x")
+        .with_header("AWS.reserved", "y")
+        .with_header("empty", "");
+    let sent = [
+        many,
+        Message::new(Vec::new()),
+        Message::new("tab\tcontrol\u{1}char").with_header("one", "1"),
+    ];
+    let producer = channel.producer("mixed").await.expect("producer");
+    for message in &sent {
+        producer.send(message.clone()).await.expect("send");
+    }
+    let mut received = HashMap::new();
+    for _ in 0..sent.len() {
+        let delivery = receive(&mut *consumer).await;
+        received.insert(
+            delivery.message().id().to_owned(),
+            delivery.message().clone(),
+        );
+        delivery.ack().await.expect("ack");
+    }
+    for message in &sent {
+        let got = &received[message.id()];
+        assert_eq!(
+            got.payload(),
+            message.payload(),
+            "payload of {}",
+            message.id()
+        );
+        assert_eq!(
+            got.headers(),
+            message.headers(),
+            "headers of {}",
+            message.id()
+        );
+        assert_eq!(got.key(), message.key());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_share_publish_batch_requests() {
+    let channel = connect(config()).await;
+    channel
+        .provision("batched", Some("g"))
+        .await
+        .expect("provision");
+    let producer = channel.producer("batched").await.expect("producer");
+    let before = channel.requests();
+    let messages: Vec<Message> = (0..95)
+        .map(|n| Message::new(format!(r#"{{"n":{n}}}"#)))
+        .collect();
+    producer.send_batch(messages).await.expect("send");
+    let used = channel.requests().since(&before);
+    assert_eq!(used.get("PublishBatch"), 10, "{used:?}");
+    assert_eq!(used.total(), 10, "{used:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_from_a_foreign_producer_get_the_sqs_id() {
+    let channel = connect(config()).await;
+    let mut consumer = channel
+        .consumer(&Subscription::new("raw").group("g"))
+        .await
+        .expect("consumer");
+    let sqs = raw_sqs().await;
+    let queue_url = sqs
+        .get_queue_url()
+        .queue_name(channel.queue_name("raw", "g").unwrap())
+        .send()
+        .await
+        .expect("the group's queue")
+        .queue_url
+        .expect("a URL");
+    let sent = sqs
+        .send_message()
+        .queue_url(&queue_url)
+        .message_body(r#"{"n":7}"#)
+        .send()
+        .await
+        .expect("a raw send");
+    let delivery = receive(&mut *consumer).await;
+    assert_eq!(Some(delivery.message().id()), sent.message_id());
+    assert_eq!(delivery.message().payload().as_ref(), br#"{"n":7}"#);
+    assert_eq!(delivery.attempt(), 1);
+    delivery.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_queue_is_deleted_when_its_consumer_goes() {
+    let channel = connect(config()).await;
+    let topic_prefix = channel.topic_name("events").unwrap();
+    let mut consumer = channel
+        .consumer(&Subscription::new("events"))
+        .await
+        .expect("consumer");
+    let sqs = raw_sqs().await;
+    let anonymous_queues = || async {
+        sqs.list_queues()
+            .queue_name_prefix(format!("{topic_prefix}____"))
+            .send()
+            .await
+            .expect("listing queues")
+            .queue_urls
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|url| !url.ends_with("____dlq"))
+            .count()
+    };
+    assert_eq!(anonymous_queues().await, 1);
+    channel
+        .producer("events")
+        .await
+        .expect("producer")
+        .send(Message::new("{}"))
+        .await
+        .expect("send");
+    receive(&mut *consumer).await.ack().await.expect("ack");
+    drop(consumer);
+    let gone = async {
+        while anonymous_queues().await > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(LIMIT, gone)
+        .await
+        .expect("the anonymous queue was not deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_sent_is_refused_before_any_request() {
+    let channel = connect(config()).await;
+    let producer = channel.producer("limits").await.expect("producer");
+    let before = channel.requests();
+    // 200 KiB of binary is under the limit as bytes, over it once base64 makes it text.
+    let binary = Message::new(vec![0xffu8; 200 * 1024]);
+    assert!(binary.encoded_len() < MAX_MESSAGE_SIZE);
+    match producer.send(binary).await {
+        Err(Error::PayloadTooLarge { actual, limit }) => {
+            assert_eq!(limit, MAX_MESSAGE_SIZE);
+            assert!(actual > MAX_MESSAGE_SIZE);
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    let long = "x".repeat(40);
+    let refused = channel
+        .consumer(&Subscription::new(&long).group(&long))
+        .await;
+    match refused {
+        Err(Error::InvalidName { reason, .. }) => assert!(reason.contains("80"), "{reason}"),
+        other => panic!("expected InvalidName, got {other:?}"),
+    }
+    assert_eq!(channel.requests().since(&before).total(), 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_a_clear_error_without_secrets() {
+    let config = SnsSqsConfig::new(
+        "sns-sqs://us-east-1?endpoint=http://127.0.0.1:9&connect_timeout_ms=2000",
+    )
+    .unwrap()
+    .credentials("AKIDEXAMPLE", "very-secret-key");
+    assert!(!format!("{config:?}").contains("very-secret-key"));
+    let err = SnsSqsChannel::with_config(config).await.unwrap_err();
+    assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:9"), "{text}");
+    assert!(!text.contains("very-secret-key") && !format!("{err:?}").contains("very-secret-key"));
+}
