@@ -39,7 +39,7 @@
 //! | headers | String message attributes of the same names; when they would make more than 10 attributes (SNS's and SQS's limit), or a name or value SNS refuses, all of them travel as one JSON object in the attribute `message-headers`, unpacked on receipt |
 //! | key on a FIFO destination | also the message group id (order per key); a keyless message is its own group; the message id is the deduplication id |
 //! | `send` | a PublishBatch entry: sends within [`batch_window`](SnsSqsConfig::batch_window) share a request (up to 10, 256 KiB together); returns on SNS's answer |
-//! | receive | ReceiveMessage with long polling ([`wait_time`](SnsSqsConfig::wait_time)), up to 10 at once, as many as the consumer's prefetch has room for |
+//! | receive | ReceiveMessage with long polling ([`wait_time`](SnsSqsConfig::wait_time)) for up to 10 messages, once the consumer's buffer (its prefetch) has room for a whole batch |
 //! | ack | a DeleteMessageBatch entry, sent within the batch window |
 //! | nack | ChangeMessageVisibility to the retry delay (0 without one), in a batch |
 //! | dead letter | SendMessage to the dead-letter queue, awaited, then a delete |
