@@ -14,14 +14,8 @@ TANSU_VERSION=0.6.0
 CACHE=${EVENT_BINDER_CACHE:-$HOME/.cache/event-binder}/tansu-$TANSU_VERSION
 STARTUP_TIMEOUT=${KAFKA_STARTUP_TIMEOUT:-30}
 
-fail() {
-    echo "scripts/kafka.sh: $*" >&2
-    exit 1
-}
-
-answers() {
-    (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 if answers; then
     exit 0
@@ -46,9 +40,4 @@ setsid nohup "$CACHE/bin/tansu" broker \
     >"$CACHE/tansu.log" 2>&1 </dev/null &
 pid=$!
 
-deadline=$((SECONDS + STARTUP_TIMEOUT))
-until answers; do
-    kill -0 "$pid" 2>/dev/null || fail "tansu exited while starting; see $CACHE/tansu.log"
-    [ "$SECONDS" -lt "$deadline" ] || fail "tansu did not answer on $HOST:$PORT within ${STARTUP_TIMEOUT}s; see $CACHE/tansu.log"
-    sleep 0.2
-done
+wait_until_started "$pid" tansu "$CACHE/tansu.log"

@@ -14,14 +14,8 @@ TLS_DIR=/etc/rabbitmq/event-binder-tls
 CONF=/etc/rabbitmq/rabbitmq.conf
 STARTUP_TIMEOUT=${RABBITMQ_STARTUP_TIMEOUT:-120}
 
-fail() {
-    echo "scripts/rabbitmq.sh: $*" >&2
-    exit 1
-}
-
-answers() {
-    (exec 3<>"/dev/tcp/$HOST/${1:-$PORT}") 2>/dev/null
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then

@@ -12,14 +12,8 @@ MOTO_VERSION=5.2.5
 VENV=${EVENT_BINDER_CACHE:-$HOME/.cache/event-binder}/moto-$MOTO_VERSION
 STARTUP_TIMEOUT=${SNS_SQS_STARTUP_TIMEOUT:-30}
 
-fail() {
-    echo "scripts/sns-sqs.sh: $*" >&2
-    exit 1
-}
-
-answers() {
-    (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 if answers; then
     exit 0
@@ -38,9 +32,4 @@ echo "scripts/sns-sqs.sh: starting moto on $HOST:$PORT (log: $VENV/moto.log)" >&
 setsid nohup "$VENV/bin/moto_server" -H "$HOST" -p "$PORT" >"$VENV/moto.log" 2>&1 </dev/null &
 pid=$!
 
-deadline=$((SECONDS + STARTUP_TIMEOUT))
-until answers; do
-    kill -0 "$pid" 2>/dev/null || fail "moto exited while starting; see $VENV/moto.log"
-    [ "$SECONDS" -lt "$deadline" ] || fail "moto did not answer on $HOST:$PORT within ${STARTUP_TIMEOUT}s; see $VENV/moto.log"
-    sleep 0.2
-done
+wait_until_started "$pid" moto "$VENV/moto.log"
