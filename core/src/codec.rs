@@ -119,13 +119,14 @@ impl<T: Serialize + ?Sized> Encode for T {
 
 /// `application/json`, `application/json; charset=utf-8`, `application/cloudevents+json`, …
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == content_type::JSON || essence.ends_with("+json")
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let suffix = "+json";
+    essence.eq_ignore_ascii_case(content_type::JSON)
+        || essence
+            .len()
+            .checked_sub(suffix.len())
+            .and_then(|start| essence.get(start..))
+            .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
 }
 
 #[cfg(test)]
@@ -153,6 +154,27 @@ mod tests {
         let message =
             Message::new(r#"{"id":2}"#).with_content_type("application/json; charset=utf-8");
         assert_eq!(Order::decode(&message).unwrap(), Order { id: 2 });
+    }
+
+    #[test]
+    fn json_content_types_are_recognised_in_any_case() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/cloudevents+json ",
+            "application/VND.ACME+Json;v=2",
+        ] {
+            assert!(is_json(json), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/jsonl",
+            "+jso",
+            "",
+            "application/json+xml",
+        ] {
+            assert!(!is_json(other), "{other}");
+        }
     }
 
     #[test]

@@ -3,9 +3,12 @@
 
 use crate::error::Result;
 use async_trait::async_trait;
+use hashbrown::hash_map::RawEntryMut;
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -55,7 +58,9 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<S> {
 ///
 /// It remembers at most `capacity` handled ids per scope, each for at most `ttl`; the
 /// oldest are forgotten first. It lives in one process: deliveries handled by another process or
-/// before a restart are not known to it.
+/// before a restart are not known to it. Each scope has a lock of its own, so handlers do
+/// not wait on each other; an [`App`](crate::App) using this store calls it directly, with
+/// no boxed future per message.
 ///
 /// ```
 /// use event_binder_core::{Claim, IdempotencyStore, MemoryIdempotencyStore};
@@ -69,38 +74,195 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<S> {
 /// ```
 #[derive(Debug)]
 pub struct MemoryIdempotencyStore {
-    scopes: Mutex<HashMap<String, Scope>>,
-    released: Notify,
+    scopes: Mutex<HashMap<String, Arc<ScopeIds>>>,
+    limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
     capacity: usize,
     ttl: Duration,
 }
 
-/// One scope's ids. A handled id's key is shared by the map and the eviction queue.
-#[derive(Debug, Default)]
-struct Scope {
-    entries: HashMap<Arc<str>, Entry>,
-    /// Handled ids in the order they were completed, for eviction.
-    handled: VecDeque<(Arc<str>, Instant)>,
+/// One scope's ids, with the lock and the wake-up its claims share.
+#[derive(Debug)]
+pub(crate) struct ScopeIds {
+    ids: Mutex<Ids>,
+    /// The map's own hasher, so that an id is hashed outside the lock, once per operation.
+    hasher: RandomState,
+    released: Notify,
+    limits: Limits,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// A handled id's key is shared by the map and the eviction queue.
+#[derive(Debug)]
+struct Ids {
+    entries: hashbrown::HashMap<Arc<str>, Entry, RandomState>,
+    /// Handled ids in the order they were completed, with their hashes, for eviction.
+    handled: VecDeque<Handled>,
+    /// How many callers of `begin` wait for a claim in this scope to be released.
+    waiting: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Entry {
     InProgress,
     Handled(Instant),
 }
 
-impl Scope {
-    fn evict(&mut self, capacity: usize, ttl: Duration, now: Instant) {
-        while let Some((key, completed)) = self.handled.front() {
-            let expired = now.duration_since(*completed) >= ttl;
-            if self.handled.len() <= capacity && !expired {
+#[derive(Debug)]
+struct Handled {
+    id: Arc<str>,
+    hash: u64,
+    at: Instant,
+}
+
+impl Ids {
+    /// The entry of `id`, whose hash the caller computed (once per operation: message ids
+    /// are hashed with SipHash, which is not free).
+    fn entry<'a>(
+        &'a mut self,
+        hash: u64,
+        id: &str,
+    ) -> RawEntryMut<'a, Arc<str>, Entry, RandomState> {
+        self.entries
+            .raw_entry_mut()
+            .from_key_hashed_nocheck(hash, id)
+    }
+
+    fn evict(&mut self, limits: Limits, now: Instant) {
+        while let Some(oldest) = self.handled.pop_front() {
+            let expired = now.duration_since(oldest.at) >= limits.ttl;
+            if self.handled.len() < limits.capacity && !expired {
+                self.handled.push_front(oldest);
                 break;
             }
-            if matches!(self.entries.get(key), Some(Entry::Handled(at)) if at == completed) {
-                self.entries.remove(key);
+            let Handled { id, hash, at } = oldest;
+            // The id may have been claimed and handled again since: only its latest
+            // completion removes it.
+            if let RawEntryMut::Occupied(entry) = self.entry(hash, &id) {
+                if *entry.get() == Entry::Handled(at) {
+                    entry.remove();
+                }
             }
-            self.handled.pop_front();
         }
+    }
+}
+
+impl ScopeIds {
+    fn new(limits: Limits) -> Self {
+        let entries = hashbrown::HashMap::with_hasher(RandomState::new());
+        ScopeIds {
+            hasher: entries.hasher().clone(),
+            ids: Mutex::new(Ids {
+                entries,
+                handled: VecDeque::new(),
+                waiting: 0,
+            }),
+            released: Notify::new(),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ids> {
+        // A panic while holding this lock leaves the maps consistent: every update is a
+        // single insert or remove.
+        self.ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn hash(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// Claims `id`, or says it was handled; `None` while another caller holds its claim.
+    fn try_begin(&self, id: &str) -> Option<Claim> {
+        let hash = self.hash(id);
+        let ttl = self.limits.ttl;
+        match self.lock().entry(hash, id) {
+            RawEntryMut::Occupied(mut entry) => match *entry.get() {
+                Entry::InProgress => None,
+                Entry::Handled(at) if at.elapsed() < ttl => Some(Claim::AlreadyHandled),
+                Entry::Handled(_) => {
+                    entry.insert(Entry::InProgress);
+                    Some(Claim::Acquired)
+                }
+            },
+            RawEntryMut::Vacant(entry) => {
+                entry.insert_hashed_nocheck(hash, Arc::from(id), Entry::InProgress);
+                Some(Claim::Acquired)
+            }
+        }
+    }
+    pub(crate) async fn begin(&self, id: &str) -> Claim {
+        if let Some(claim) = self.try_begin(id) {
+            return claim;
+        }
+        self.lock().waiting += 1;
+        let _waiting = Waiting(self);
+        loop {
+            // Listening before looking again: a release between the look and the wait
+            // still wakes this caller.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(claim) = self.try_begin(id) {
+                return claim;
+            }
+            released.await;
+        }
+    }
+
+    pub(crate) fn complete(&self, id: &str) {
+        let hash = self.hash(id);
+        let now = Instant::now();
+        let waiting = {
+            let mut ids = self.lock();
+            let id = match ids.entry(hash, id) {
+                RawEntryMut::Occupied(mut entry) => {
+                    let (key, entry) = entry.get_key_value_mut();
+                    *entry = Entry::Handled(now);
+                    key.clone()
+                }
+                RawEntryMut::Vacant(entry) => {
+                    let key = Arc::<str>::from(id);
+                    entry.insert_hashed_nocheck(hash, key.clone(), Entry::Handled(now));
+                    key
+                }
+            };
+            ids.handled.push_back(Handled { id, hash, at: now });
+            ids.evict(self.limits, now);
+            ids.waiting
+        };
+        if waiting > 0 {
+            self.released.notify_waiters();
+        }
+    }
+
+    pub(crate) fn abandon(&self, id: &str) {
+        let hash = self.hash(id);
+        let waiting = {
+            let mut ids = self.lock();
+            if let RawEntryMut::Occupied(entry) = ids.entry(hash, id) {
+                if *entry.get() == Entry::InProgress {
+                    entry.remove();
+                }
+            }
+            ids.waiting
+        };
+        if waiting > 0 {
+            self.released.notify_waiters();
+        }
+    }
+}
+
+/// Counts a caller of [`ScopeIds::begin`] as waiting until it returns or is dropped.
+struct Waiting<'a>(&'a ScopeIds);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
     }
 }
 
@@ -120,24 +282,25 @@ impl MemoryIdempotencyStore {
     pub fn with_limits(capacity: usize, ttl: Duration) -> Self {
         MemoryIdempotencyStore {
             scopes: Mutex::new(HashMap::new()),
-            released: Notify::new(),
-            capacity: capacity.max(1),
-            ttl,
+            limits: Limits {
+                capacity: capacity.max(1),
+                ttl,
+            },
         }
     }
 
-    /// Runs `update` on a scope's ids under the lock.
-    fn with_scope<T>(&self, scope: &str, update: impl FnOnce(&mut Scope) -> T) -> T {
-        // A panic while holding this lock leaves the maps consistent: every update is a
-        // single insert or remove.
+    /// The ids of `scope`, created on first use.
+    pub(crate) fn scope(&self, scope: &str) -> Arc<ScopeIds> {
         let mut scopes = self
             .scopes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(ids) = scopes.get_mut(scope) {
-            return update(ids);
+        if let Some(ids) = scopes.get(scope) {
+            return ids.clone();
         }
-        update(scopes.entry(scope.to_owned()).or_default())
+        let ids = Arc::new(ScopeIds::new(self.limits));
+        scopes.insert(scope.to_owned(), ids.clone());
+        ids
     }
 }
 
@@ -150,53 +313,89 @@ impl Default for MemoryIdempotencyStore {
 #[async_trait]
 impl IdempotencyStore for MemoryIdempotencyStore {
     async fn begin(&self, scope: &str, id: &str) -> Result<Claim> {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            let claim = self.with_scope(scope, |ids| {
-                let now = Instant::now();
-                match ids.entries.get(id) {
-                    Some(Entry::InProgress) => None,
-                    Some(Entry::Handled(at)) if now.duration_since(*at) < self.ttl => {
-                        Some(Claim::AlreadyHandled)
-                    }
-                    _ => {
-                        ids.entries.insert(id.into(), Entry::InProgress);
-                        Some(Claim::Acquired)
-                    }
-                }
-            });
-            match claim {
-                Some(claim) => return Ok(claim),
-                None => released.await,
-            }
-        }
+        Ok(self.scope(scope).begin(id).await)
     }
 
     async fn complete(&self, scope: &str, id: &str) -> Result<()> {
-        self.with_scope(scope, |ids| {
-            let now = Instant::now();
-            let key = ids
-                .entries
-                .get_key_value(id)
-                .map_or_else(|| Arc::from(id), |(key, _)| key.clone());
-            ids.entries.insert(key.clone(), Entry::Handled(now));
-            ids.handled.push_back((key, now));
-            ids.evict(self.capacity, self.ttl, now);
-        });
-        self.released.notify_waiters();
+        self.scope(scope).complete(id);
         Ok(())
     }
 
     async fn abandon(&self, scope: &str, id: &str) -> Result<()> {
-        self.with_scope(scope, |ids| {
-            if matches!(ids.entries.get(id), Some(Entry::InProgress)) {
-                ids.entries.remove(id);
-            }
-        });
-        self.released.notify_waiters();
+        self.scope(scope).abandon(id);
         Ok(())
+    }
+}
+
+/// An app's idempotency store: the in-memory one, called directly, or any other through
+/// its trait.
+#[derive(Debug, Clone)]
+pub(crate) enum AppStore {
+    Memory(Arc<MemoryIdempotencyStore>),
+    Other(Arc<dyn IdempotencyStore>),
+}
+
+impl AppStore {
+    pub(crate) fn new<S: IdempotencyStore + 'static>(store: S) -> Self {
+        let store = Arc::new(store);
+        let any: Arc<dyn Any + Send + Sync> = store.clone();
+        match any.downcast::<MemoryIdempotencyStore>() {
+            Ok(memory) => AppStore::Memory(memory),
+            Err(any) => match any.downcast::<Arc<MemoryIdempotencyStore>>() {
+                Ok(shared) => AppStore::Memory(Arc::clone(&shared)),
+                Err(_) => AppStore::Other(store),
+            },
+        }
+    }
+
+    /// The store as one handler uses it, for ids of `scope`.
+    pub(crate) fn scoped(&self, scope: Arc<str>) -> ScopedStore {
+        match self {
+            AppStore::Memory(memory) => ScopedStore::Memory(memory.scope(&scope)),
+            AppStore::Other(store) => ScopedStore::Other {
+                store: store.clone(),
+                scope,
+            },
+        }
+    }
+}
+
+/// One handler's view of the app's store.
+#[derive(Debug)]
+pub(crate) enum ScopedStore {
+    Memory(Arc<ScopeIds>),
+    Other {
+        store: Arc<dyn IdempotencyStore>,
+        scope: Arc<str>,
+    },
+}
+
+impl ScopedStore {
+    pub(crate) async fn begin(&self, id: &str) -> Result<Claim> {
+        match self {
+            ScopedStore::Memory(ids) => Ok(ids.begin(id).await),
+            ScopedStore::Other { store, scope } => store.begin(scope, id).await,
+        }
+    }
+
+    pub(crate) async fn complete(&self, id: &str) -> Result<()> {
+        match self {
+            ScopedStore::Memory(ids) => {
+                ids.complete(id);
+                Ok(())
+            }
+            ScopedStore::Other { store, scope } => store.complete(scope, id).await,
+        }
+    }
+
+    pub(crate) async fn abandon(&self, id: &str) -> Result<()> {
+        match self {
+            ScopedStore::Memory(ids) => {
+                ids.abandon(id);
+                Ok(())
+            }
+            ScopedStore::Other { store, scope } => store.abandon(scope, id).await,
+        }
     }
 }
 
@@ -225,6 +424,32 @@ mod tests {
         assert!(!waiter.is_finished());
         store.complete("s", "a").await.unwrap();
         assert_eq!(waiter.await.unwrap(), Claim::AlreadyHandled);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_claim_passes_to_a_waiting_caller() {
+        let store = Arc::new(MemoryIdempotencyStore::new());
+        assert_eq!(store.begin("s", "a").await.unwrap(), Claim::Acquired);
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.begin("s", "a").await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        store.abandon("s", "a").await.unwrap();
+        assert_eq!(waiter.await.unwrap(), Claim::Acquired);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_stops_counting_as_waiting() {
+        let store = MemoryIdempotencyStore::new();
+        let ids = store.scope("s");
+        assert_eq!(ids.begin("a").await, Claim::Acquired);
+        let waiting = tokio::time::timeout(Duration::ZERO, ids.begin("a")).await;
+        assert!(waiting.is_err(), "the claim is held");
+        assert_eq!(ids.lock().waiting, 0);
+        ids.complete("a");
+        assert_eq!(ids.begin("a").await, Claim::AlreadyHandled);
     }
 
     #[tokio::test]

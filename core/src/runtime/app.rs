@@ -7,7 +7,7 @@ use super::IntoHandler;
 use crate::channel::{Channel, Consumer, Producer, Subscription};
 use crate::delivery::Delivery;
 use crate::error::{BoxError, Error, Result};
-use crate::idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
+use crate::idempotency::{AppStore, Claim, IdempotencyStore, MemoryIdempotencyStore, ScopedStore};
 use crate::message::{header, Message};
 use crate::publisher::Publisher;
 use std::collections::HashSet;
@@ -60,7 +60,7 @@ pub struct App {
     concurrency: usize,
     retry: RetryPolicy,
     shutdown_timeout: Duration,
-    idempotency: Arc<dyn IdempotencyStore>,
+    idempotency: AppStore,
     extensions: Extensions,
     publisher: Publisher,
 }
@@ -81,7 +81,7 @@ impl App {
             concurrency: Self::DEFAULT_CONCURRENCY,
             retry: RetryPolicy::default(),
             shutdown_timeout: Self::DEFAULT_SHUTDOWN_TIMEOUT,
-            idempotency: Arc::new(MemoryIdempotencyStore::new()),
+            idempotency: AppStore::new(MemoryIdempotencyStore::new()),
             extensions: Extensions::default(),
         }
     }
@@ -114,7 +114,7 @@ impl App {
 
     /// Replaces the in-memory idempotency store.
     pub fn idempotency(mut self, store: impl IdempotencyStore + 'static) -> Self {
-        self.idempotency = Arc::new(store);
+        self.idempotency = AppStore::new(store);
         self
     }
 
@@ -151,18 +151,19 @@ impl App {
                 Some(output) => Some(self.publisher.producer(output).await?),
                 None => None,
             };
-            let scope = format!(
+            let scope: Arc<str> = format!(
                 "{}/{}/{}",
                 spec.destination(),
                 spec.group_name().unwrap_or_default(),
                 spec.name()
-            );
+            )
+            .into();
             let worker = Worker {
                 retry: spec.retry_or(self.retry),
                 handler,
-                scope: scope.into(),
+                idempotency: self.idempotency.scoped(scope.clone()),
+                scope,
                 output,
-                idempotency: self.idempotency.clone(),
                 shared: shared.clone(),
                 abort: abort_rx.clone(),
             };
@@ -323,27 +324,39 @@ async fn consume(
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut failures = 0u32;
+    // The fast paths first: a free permit is taken without waiting, and a delivery that is
+    // ready is taken without listening for the stop signal (which is checked before). One
+    // at a time, deliveries are processed right here: no task, no permit.
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stopped| *stopped) => break,
-            permit = permits.clone().acquire_owned() => permit,
+        let permit = if concurrency == 1 {
+            None
+        } else if let Ok(permit) = permits.clone().try_acquire_owned() {
+            Some(permit)
+        } else {
+            let permit = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => break,
+                permit = permits.clone().acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { break };
+            Some(permit)
         };
-        let Ok(permit) = permit else { break };
+        if stop_requested(&stop) {
+            break;
+        }
         let received = tokio::select! {
             biased;
-            _ = stop.wait_for(|stopped| *stopped) => break,
             received = consumer.receive() => received,
+            _ = stop.wait_for(|stopped| *stopped) => break,
         };
         match received {
-            Ok(delivery) if concurrency == 1 => {
-                failures = 0;
-                // One at a time: no task to spawn; in-flight work still finishes on stop.
-                worker.process(delivery).await;
-                drop(permit);
-            }
             Ok(delivery) => {
                 failures = 0;
+                let Some(permit) = permit else {
+                    // In-flight work still finishes on stop: the loop only ends after it.
+                    worker.process(delivery).await;
+                    continue;
+                };
                 let worker = worker.clone();
                 tokio::spawn(async move {
                     worker.process(delivery).await;
@@ -382,13 +395,18 @@ async fn consume(
     drop(consumer);
 }
 
+/// Whether the app was stopped (or its [`RunningApp`] dropped).
+fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
 /// Everything needed to process one handler's deliveries.
 struct Worker {
     handler: Handler,
     scope: Arc<str>,
     retry: RetryPolicy,
     output: Option<Arc<dyn Producer>>,
-    idempotency: Arc<dyn IdempotencyStore>,
+    idempotency: ScopedStore,
     shared: Arc<Shared>,
     abort: watch::Receiver<bool>,
 }
@@ -405,7 +423,7 @@ impl Worker {
     async fn process(&self, delivery: Delivery) {
         let message = delivery.shared_message().clone();
         let id = message.id();
-        match self.idempotency.begin(&self.scope, id).await {
+        match self.idempotency.begin(id).await {
             Ok(Claim::Acquired) => {}
             Ok(Claim::AlreadyHandled) => {
                 tracing::debug!(message_id = %id, "already handled; acknowledging");
@@ -434,7 +452,7 @@ impl Worker {
         let outcome = self.call_with_retries(&delivery).await;
         match outcome {
             Outcome::Handled => {
-                if let Err(err) = self.idempotency.complete(&self.scope, id).await {
+                if let Err(err) = self.idempotency.complete(id).await {
                     tracing::warn!(message_id = %id, error = %err, "idempotency store failed to record the message as handled");
                 }
             }
@@ -455,7 +473,7 @@ impl Worker {
 
     /// Releases the claim on `id` without recording it as handled.
     async fn abandon(&self, id: &str) {
-        if let Err(err) = self.idempotency.abandon(&self.scope, id).await {
+        if let Err(err) = self.idempotency.abandon(id).await {
             tracing::warn!(message_id = %id, error = %err, "idempotency store failed to release a claim");
         }
     }
@@ -475,10 +493,11 @@ impl Worker {
                 Ok(call) => call,
                 Err(error) => return Outcome::Undecodable(error),
             };
+            // The handler first: one that finishes at once never listens for the abort.
             let result = tokio::select! {
                 biased;
-                _ = abort.wait_for(|aborted| *aborted) => return Outcome::Aborted,
                 result = self.run_once(call, delivery.message()) => result,
+                _ = abort.wait_for(|aborted| *aborted) => return Outcome::Aborted,
             };
             let error = match result {
                 Ok(()) => return Outcome::Handled,
