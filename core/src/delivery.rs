@@ -22,9 +22,70 @@ pub trait Acknowledger: Send + Sync + fmt::Debug {
 
     /// Move `dead_letter` (the message with its dead-letter headers) to the dead letters of
     /// this destination and group, then remove the original. Nothing may be lost between
-    /// the two: store the dead letter first.
+    /// the two: store the dead letter first. A dead letter is not held to the size limit of
+    /// sends; where the broker's own limit leaves no room for the dead-letter headers, see
+    /// [`shorten_dead_letter_error`] and [`as_delivered`].
     async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<()>;
 }
+
+/// Shortens the [`header::DEAD_LETTER_ERROR`] of a dead letter by at least `excess` bytes
+/// (on a character boundary, marked as shortened): for a backend whose broker limits the
+/// size of a message, and a dead letter that the error text puts over it.
+///
+/// ```
+/// use event_binder_core::{header, shorten_dead_letter_error, Message};
+///
+/// let dead_letter = Message::new("{}").with_header(header::DEAD_LETTER_ERROR, "é".repeat(100));
+/// let shortened = shorten_dead_letter_error(dead_letter, 50);
+/// let error = shortened.headers().get(header::DEAD_LETTER_ERROR).unwrap();
+/// assert!(error.ends_with(" [shortened]"));
+/// assert!(error.len() <= 200 - 50);
+/// ```
+pub fn shorten_dead_letter_error(dead_letter: Message, excess: usize) -> Message {
+    const MARKER: &str = " [shortened]";
+    let error = dead_letter
+        .headers()
+        .get(header::DEAD_LETTER_ERROR)
+        .unwrap_or_default();
+    let mut cut = error.len().saturating_sub(excess + MARKER.len());
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let shortened = format!("{}{MARKER}", &error[..cut]);
+    dead_letter.with_header(header::DEAD_LETTER_ERROR, shortened)
+}
+
+/// The message of a dead letter as it was delivered, without the dead-letter headers: what
+/// a backend stores when its broker has no room for them even with the error shortened
+/// (a message that was delivered fits, so it is never lost for want of room).
+///
+/// ```
+/// use event_binder_core::{as_delivered, header, Message};
+///
+/// let dead_letter = Message::new("{}")
+///     .with_header("tenant", "acme")
+///     .with_header(header::DEAD_LETTER_ERROR, "boom")
+///     .with_header(header::DEAD_LETTER_ATTEMPTS, "3");
+/// let delivered = as_delivered(dead_letter);
+/// assert_eq!(delivered.headers().get("tenant"), Some("acme"));
+/// assert_eq!(delivered.headers().get(header::DEAD_LETTER_ERROR), None);
+/// assert_eq!(delivered.headers().get(header::DEAD_LETTER_ATTEMPTS), None);
+/// ```
+pub fn as_delivered(mut dead_letter: Message) -> Message {
+    for name in DEAD_LETTER_HEADERS {
+        dead_letter.headers_mut().remove(name);
+    }
+    dead_letter
+}
+
+/// The headers [`Delivery::dead_letter`] adds.
+const DEAD_LETTER_HEADERS: [&str; 5] = [
+    header::DEAD_LETTER_ERROR,
+    header::DEAD_LETTER_ATTEMPTS,
+    header::DEAD_LETTER_DESTINATION,
+    header::DEAD_LETTER_GROUP,
+    header::DEAD_LETTER_TIME,
+];
 
 /// The destination and group a delivery came from, shared by all deliveries of a consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]

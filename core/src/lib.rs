@@ -26,7 +26,7 @@ pub mod conformance;
 
 pub use channel::{Capabilities, Channel, Consumer, Producer, Subscription};
 pub use codec::{Decode, Encode, Encoded, Raw};
-pub use delivery::{Acknowledger, Delivery, Origin};
+pub use delivery::{as_delivered, shorten_dead_letter_error, Acknowledger, Delivery, Origin};
 pub use error::{BoxError, Error, Result};
 pub use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 pub use message::{

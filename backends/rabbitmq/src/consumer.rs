@@ -8,7 +8,8 @@ use crate::pool::{ConfirmPool, Target};
 use crate::topology::{self, short, Role};
 use async_trait::async_trait;
 use event_binder_core::{
-    header, Acknowledger, Consumer, Delivery, Error, Message, Origin, Result, Subscription,
+    shorten_dead_letter_error, Acknowledger, Consumer, Delivery, Error, Message, Origin, Result,
+    Subscription,
 };
 use futures_core::Stream;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -403,17 +404,6 @@ fn fit_dead_letter(dead_letter: Message, dead_letters: &DeadLetters) -> Result<c
     else {
         return Ok(outgoing);
     };
-    let error = dead_letter
-        .headers()
-        .get(header::DEAD_LETTER_ERROR)
-        .unwrap_or_default();
-    let marker = " [shortened]";
-    let keep = error.len().saturating_sub(actual - limit + marker.len());
-    let mut cut = keep;
-    while !error.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let shortened = format!("{}{marker}", &error[..cut]);
-    let dead_letter = dead_letter.with_header(header::DEAD_LETTER_ERROR, shortened);
+    let dead_letter = shorten_dead_letter_error(dead_letter, actual - limit);
     convert::encode(&dead_letter, Some(name))
 }

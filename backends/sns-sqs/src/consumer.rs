@@ -3,7 +3,7 @@
 //! lease keeper (extends the visibility of messages held longer than half of it).
 
 use crate::channel::{lock, until_closed, Inner, Queue};
-use crate::config::whole_seconds;
+use crate::config::{whole_seconds, MAX_MESSAGE_SIZE};
 use crate::convert::{self, Encoded};
 use crate::error::{self, BACKEND};
 use crate::names::Names;
@@ -13,7 +13,8 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName,
 };
 use event_binder_core::{
-    Acknowledger, Consumer, Delivery, Error, Message, Origin, Result, Subscription,
+    as_delivered, header, shorten_dead_letter_error, Acknowledger, Consumer, Delivery, Error,
+    Message, Origin, Result, Subscription,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -232,7 +233,7 @@ impl Acknowledger for SqsAcknowledger {
     /// Sends the dead letter to the dead-letter queue (SendMessage, awaited), then deletes
     /// the original. If the send fails the original is released, to be delivered again.
     async fn dead_letter(mut self: Box<Self>, dead_letter: Message) -> Result<()> {
-        let encoded = Encoded::new(&dead_letter)?;
+        let encoded = fit_dead_letter(dead_letter)?;
         self.link
             .inner
             .sqs
@@ -252,6 +253,35 @@ impl Acknowledger for SqsAcknowledger {
         self.link.settle(Settle::Delete(receipt));
         Ok(())
     }
+}
+
+/// Encodes a dead letter within SQS's size limit. A message close to the limit leaves no
+/// room for the dead-letter headers: the error text is shortened to fit, and if even that
+/// is not enough the message is stored as it was delivered (it fitted then), the reason
+/// going to the log. Otherwise SQS would refuse it, and the message would come back
+/// forever.
+fn fit_dead_letter(dead_letter: Message) -> Result<Encoded> {
+    let encoded = Encoded::new(&dead_letter)?;
+    let Some(excess) = encoded
+        .size
+        .checked_sub(MAX_MESSAGE_SIZE)
+        .filter(|e| *e > 0)
+    else {
+        return Ok(encoded);
+    };
+    let shortened = shorten_dead_letter_error(dead_letter, excess);
+    let encoded = Encoded::new(&shortened)?;
+    if encoded.size <= MAX_MESSAGE_SIZE {
+        return Ok(encoded);
+    }
+    tracing::warn!(
+        message_id = shortened.id(),
+        reason = shortened.headers().get(header::DEAD_LETTER_ERROR),
+        size = encoded.size,
+        limit = MAX_MESSAGE_SIZE,
+        "sns-sqs: no room for the dead-letter headers; storing the dead letter as it was delivered"
+    );
+    Encoded::new(&as_delivered(shortened))
 }
 
 impl Drop for SqsAcknowledger {

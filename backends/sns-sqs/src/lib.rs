@@ -42,7 +42,7 @@
 //! | receive | ReceiveMessage with long polling ([`wait_time`](SnsSqsConfig::wait_time)) for up to 10 messages, once the consumer's buffer (its prefetch) has room for a whole batch |
 //! | ack | a DeleteMessageBatch entry, sent within the batch window |
 //! | nack | ChangeMessageVisibility to the retry delay (0 without one), in a batch |
-//! | dead letter | SendMessage to the dead-letter queue, awaited, then a delete |
+//! | dead letter | SendMessage to the dead-letter queue, awaited, then a delete; near the 256 KiB limit the error text is shortened, or the message stored as delivered |
 //! | attempt | SQS's `ApproximateReceiveCount` |
 //!
 //! Logical names hold letters, digits, `-` and `_`, and SNS and SQS allow nothing more,

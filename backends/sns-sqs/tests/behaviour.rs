@@ -1,11 +1,12 @@
 //! What the SNS+SQS backend adds to the conformance suite, against the moto emulator on
 //! 127.0.0.1:4566 (`scripts/sns-sqs.sh` installs and starts it): visibility extension for
 //! slow handlers, FIFO destinations, attribute packing and binary payloads over the wire,
-//! batching, foreign messages, anonymous queues cleaned up, and clear errors.
+//! batching, foreign messages, anonymous queues cleaned up, dead letters of the largest
+//! messages, and clear errors.
 
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use event_binder_core::{
-    App, Channel, Context, Error, Handler, HandlerSpec, Message, Subscription,
+    header, App, Channel, Context, Error, Handler, HandlerSpec, Message, Raw, Subscription,
 };
 use event_binder_sns_sqs::{SnsSqsChannel, SnsSqsConfig, MAX_MESSAGE_SIZE};
 use serde::Deserialize;
@@ -378,6 +379,83 @@ async fn what_cannot_be_sent_is_refused_before_any_request() {
         other => panic!("expected InvalidName, got {other:?}"),
     }
     assert_eq!(channel.requests().since(&before).total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_messages_at_the_size_limit_still_fit_their_queue() {
+    let channel = connect(config()).await;
+    let (destination, group) = ("large", "g");
+    channel
+        .provision(destination, Some(group))
+        .await
+        .expect("provision");
+    let producer = channel.producer(destination).await.expect("producer");
+    // One byte of payload is one byte of size here, so the refusal of a payload as large as
+    // the limit tells the largest payload that fits.
+    let probe = Message::new_with_id("full", "x".repeat(MAX_MESSAGE_SIZE));
+    let full_len = match producer.send(probe).await {
+        Err(Error::PayloadTooLarge { actual, .. }) => 2 * MAX_MESSAGE_SIZE - actual,
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    };
+    // No room at all for the dead-letter headers, and room for them but not for the error.
+    let full = Message::new_with_id("full", "x".repeat(full_len));
+    let roomy = Message::new_with_id("roomy", "y".repeat(full_len - 1_024));
+    producer
+        .send(full)
+        .await
+        .expect("a message of the largest size");
+    producer
+        .send(roomy)
+        .await
+        .expect("a message 1 KiB under it");
+
+    let error = "e".repeat(4_000);
+    let running = App::new(channel.clone())
+        .handler(Handler::from_fn(
+            HandlerSpec::new("fails", destination)
+                .group(group)
+                .max_attempts(1),
+            move |_: Raw, _ctx: Context| {
+                let error = error.clone();
+                async move { Err::<(), _>(std::io::Error::other(error)) }
+            },
+        ))
+        .start()
+        .await
+        .expect("app");
+    let mut dead_letters = channel
+        .dead_letters(destination, Some(group))
+        .await
+        .expect("dead-letter consumer");
+    let mut stored = HashMap::new();
+    for _ in 0..2 {
+        let delivery = receive(&mut *dead_letters).await;
+        stored.insert(
+            delivery.message().id().to_owned(),
+            delivery.message().clone(),
+        );
+        delivery.ack().await.expect("ack");
+    }
+    running.shutdown().await.expect("shutdown");
+
+    let full = &stored["full"];
+    assert_eq!(full.payload().len(), full_len);
+    assert_eq!(full.headers().get(header::DEAD_LETTER_ERROR), None);
+    assert_eq!(full.headers().get(header::DEAD_LETTER_ATTEMPTS), None);
+
+    let roomy = &stored["roomy"];
+    assert_eq!(roomy.payload().len(), full_len - 1_024);
+    let error = roomy
+        .headers()
+        .get(header::DEAD_LETTER_ERROR)
+        .expect("the error, shortened");
+    assert!(error.starts_with("eee") && error.ends_with(" [shortened]"));
+    assert!(error.len() < 1_024, "{} bytes", error.len());
+    assert_eq!(roomy.headers().get(header::DEAD_LETTER_ATTEMPTS), Some("1"));
+    assert_eq!(
+        roomy.headers().get(header::DEAD_LETTER_DESTINATION),
+        Some(destination)
+    );
 }
 
 #[tokio::test]
