@@ -33,7 +33,6 @@ use event_binder::memory::{MemoryChannel, MemoryConfig};
 use event_binder::{
     App, Channel, Context, Handler, HandlerSpec, MemoryIdempotencyStore, Message, Raw, Subscription,
 };
-use serde::{Deserialize, Serialize};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
 use std::hint::black_box;
@@ -43,29 +42,12 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, Notify};
 
+mod support;
+use support::{payload, OrderPlaced};
+
 /// Counts calls into the allocator, then defers to the system allocator.
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct OrderPlaced {
-    order_id: u64,
-    customer: String,
-    sku: String,
-    quantity: u32,
-    total_cents: u64,
-}
-
-fn payload(order_id: u64) -> bytes::Bytes {
-    let event = OrderPlaced {
-        order_id,
-        customer: format!("customer-{:06}", order_id % 100_000),
-        sku: "SKU-0001-BLUE".to_owned(),
-        quantity: 3,
-        total_cents: 12_345,
-    };
-    serde_json::to_vec(&event).expect("encode").into()
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Scenario {

@@ -15,40 +15,22 @@
 
 use event_binder::memory::{MemoryChannel, MemoryConfig};
 use event_binder::{App, Channel, Context, Handler, HandlerSpec, Message, Subscription};
-use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
+mod support;
+use support::{payload, OrderPlaced};
+
 const MESSAGES: usize = 300_000;
 const WARM_UP: usize = 30_000;
 const ROUNDS: usize = 3;
 const CAPACITY: usize = 10_000;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct OrderPlaced {
-    order_id: u64,
-    customer: String,
-    sku: String,
-    quantity: u32,
-    total_cents: u64,
-}
-
 fn payloads(count: usize) -> Vec<bytes::Bytes> {
-    (0..count as u64)
-        .map(|order_id| {
-            let event = OrderPlaced {
-                order_id,
-                customer: format!("customer-{:06}", order_id % 100_000),
-                sku: "SKU-0001-BLUE".to_owned(),
-                quantity: 3,
-                total_cents: 12_345,
-            };
-            serde_json::to_vec(&event).expect("encode").into()
-        })
-        .collect()
+    (0..count as u64).map(payload).collect()
 }
 
 fn decode(payload: &[u8]) {

@@ -412,8 +412,9 @@ mod tests {
         assert_eq!(store.begin("s", "a").await.unwrap(), Claim::Acquired);
     }
 
-    #[tokio::test]
-    async fn a_second_claim_waits_for_the_first_and_then_skips() {
+    /// A store where id `a` of scope `s` is claimed, and a second caller waiting for it.
+    async fn a_claim_and_a_waiter() -> (Arc<MemoryIdempotencyStore>, tokio::task::JoinHandle<Claim>)
+    {
         let store = Arc::new(MemoryIdempotencyStore::new());
         assert_eq!(store.begin("s", "a").await.unwrap(), Claim::Acquired);
         let waiter = tokio::spawn({
@@ -422,20 +423,19 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
+        (store, waiter)
+    }
+
+    #[tokio::test]
+    async fn a_second_claim_waits_for_the_first_and_then_skips() {
+        let (store, waiter) = a_claim_and_a_waiter().await;
         store.complete("s", "a").await.unwrap();
         assert_eq!(waiter.await.unwrap(), Claim::AlreadyHandled);
     }
 
     #[tokio::test]
     async fn an_abandoned_claim_passes_to_a_waiting_caller() {
-        let store = Arc::new(MemoryIdempotencyStore::new());
-        assert_eq!(store.begin("s", "a").await.unwrap(), Claim::Acquired);
-        let waiter = tokio::spawn({
-            let store = store.clone();
-            async move { store.begin("s", "a").await.unwrap() }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
+        let (store, waiter) = a_claim_and_a_waiter().await;
         store.abandon("s", "a").await.unwrap();
         assert_eq!(waiter.await.unwrap(), Claim::Acquired);
     }
