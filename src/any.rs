@@ -142,6 +142,10 @@ impl Channel for AnyChannel {
         self.inner.capabilities()
     }
 
+    fn orders_by_key(&self, destination: &str) -> bool {
+        self.inner.orders_by_key(destination)
+    }
+
     async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {
         self.inner.provision(destination, group).await
     }

@@ -46,6 +46,11 @@
 
 mod any;
 
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use any::AnyChannel;
 #[doc(inline)]
 pub use event_binder_core::*;

@@ -313,3 +313,407 @@ async fn a_handled_message_redelivered_past_the_cap_is_acknowledged_not_dead_let
     );
     assert_eq!(bus.queued("orders", "billing"), 0);
 }
+
+/// Polls `done` until it holds, failing after [`LIMIT`].
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An order whose `Deserialize` panics for order 13, as a buggy hand-written impl would.
+#[derive(Debug)]
+struct Touchy;
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let order = Order::deserialize(deserializer)?;
+        assert!(order.id != 13, "order 13 breaks the decoder");
+        Ok(Touchy)
+    }
+}
+
+/// A handler of `Touchy` orders in group `billing`, counting what it handled.
+fn touchy_handler(handled: Arc<AtomicUsize>, concurrency: usize) -> Handler {
+    Handler::from_fn(
+        HandlerSpec::new("touchy", "orders")
+            .group("billing")
+            .concurrency(concurrency),
+        move |_: Touchy, _: Context| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<(), std::io::Error>(()) }
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_panic_while_decoding_is_a_failure_and_the_handler_goes_on() {
+    let bus = MemoryChannel::new();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let mut dead = bus.dead_letters("orders", Some("billing")).await.unwrap();
+    let running = App::new(bus.clone())
+        .retry(quick_retries(2))
+        .handler(touchy_handler(handled.clone(), 1))
+        .start()
+        .await
+        .unwrap();
+    for id in 10..20 {
+        running
+            .publisher()
+            .publish("orders", &Order { id })
+            .await
+            .unwrap();
+    }
+    let delivery = receive(&mut *dead).await;
+    let headers = delivery.message().headers();
+    assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("2"));
+    let error = headers.get(header::DEAD_LETTER_ERROR).unwrap();
+    assert!(error.contains("order 13 breaks the decoder"), "{error}");
+    delivery.ack().await.unwrap();
+    wait_until("the 9 good orders", || handled.load(Ordering::SeqCst) == 9).await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panic_while_decoding_never_leaves_its_id_claimed() {
+    let bus = MemoryChannel::new();
+    bus.provision("orders", Some("billing")).await.unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let running = App::new(bus.clone())
+        .retry(quick_retries(2))
+        .handler(touchy_handler(handled.clone(), 4))
+        .start()
+        .await
+        .unwrap();
+    let producer = bus.producer("orders").await.unwrap();
+    let cursed = Message::new(r#"{"id":13}"#);
+    // The same message twice: the second copy must not wait for ever on the first's claim.
+    producer.send(cursed.clone()).await.unwrap();
+    for id in 20..30 {
+        producer
+            .send(Message::new(format!(r#"{{"id":{id}}}"#)))
+            .await
+            .unwrap();
+    }
+    producer.send(cursed).await.unwrap();
+    bus.wait_idle(LIMIT).await.unwrap();
+    assert_eq!(handled.load(Ordering::SeqCst), 10);
+    assert_eq!(bus.dead_lettered("orders", Some("billing")), 2);
+    running.shutdown().await.unwrap();
+}
+
+/// An event whose `Serialize` panics, as a buggy hand-written impl would.
+struct Unprintable;
+
+impl Serialize for Unprintable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("this event cannot be written")
+    }
+}
+
+#[tokio::test]
+async fn a_panic_while_encoding_a_processors_output_is_a_failure() {
+    let bus = MemoryChannel::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        Handler::processor(
+            HandlerSpec::new("bad-output", "orders")
+                .group("billing")
+                .output("invoices"),
+            move |_: Order, _: Context| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, std::io::Error>(Unprintable) }
+            },
+        )
+    };
+    let mut dead = bus.dead_letters("orders", Some("billing")).await.unwrap();
+    let running = App::new(bus.clone())
+        .retry(quick_retries(3))
+        .handler(handler)
+        .start()
+        .await
+        .unwrap();
+    running
+        .publisher()
+        .publish("orders", &Order { id: 1 })
+        .await
+        .unwrap();
+    let delivery = receive(&mut *dead).await;
+    let headers = delivery.message().headers();
+    assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("3"));
+    let error = headers.get(header::DEAD_LETTER_ERROR).unwrap();
+    assert!(error.contains("this event cannot be written"), "{error}");
+    delivery.ack().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    running.shutdown().await.unwrap();
+}
+
+/// The in-memory channel, but the first consumer it opens panics on its second receive,
+/// as a backend bug would.
+#[derive(Debug, Clone)]
+struct FlakyChannel {
+    inner: MemoryChannel,
+    panicked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug)]
+struct FlakyConsumer {
+    inner: Box<dyn event_binder::Consumer>,
+    receives: usize,
+    panicked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl event_binder::Consumer for FlakyConsumer {
+    fn subscription(&self) -> &Subscription {
+        self.inner.subscription()
+    }
+
+    async fn receive(&mut self) -> event_binder::Result<event_binder::Delivery> {
+        self.receives += 1;
+        if self.receives == 2 && !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("the consumer broke");
+        }
+        self.inner.receive().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for FlakyChannel {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+
+    fn capabilities(&self) -> event_binder::Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn provision(&self, destination: &str, group: Option<&str>) -> event_binder::Result<()> {
+        self.inner.provision(destination, group).await
+    }
+
+    async fn producer(
+        &self,
+        destination: &str,
+    ) -> event_binder::Result<Box<dyn event_binder::Producer>> {
+        self.inner.producer(destination).await
+    }
+
+    async fn consumer(
+        &self,
+        subscription: &Subscription,
+    ) -> event_binder::Result<Box<dyn event_binder::Consumer>> {
+        Ok(Box::new(FlakyConsumer {
+            inner: self.inner.consumer(subscription).await?,
+            receives: 0,
+            panicked: self.panicked.clone(),
+        }))
+    }
+
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+    ) -> event_binder::Result<Box<dyn event_binder::Consumer>> {
+        self.inner.dead_letters(destination, group).await
+    }
+
+    async fn close(&self) -> event_binder::Result<()> {
+        self.inner.close().await
+    }
+}
+
+#[tokio::test]
+async fn a_consume_loop_that_dies_is_started_again() {
+    let bus = MemoryChannel::new();
+    let flaky = FlakyChannel {
+        inner: bus.clone(),
+        panicked: Arc::default(),
+    };
+    let handled = Arc::new(AtomicUsize::new(0));
+    for concurrency in [1, 4] {
+        flaky.panicked.store(false, Ordering::SeqCst);
+        handled.store(0, Ordering::SeqCst);
+        let counting = {
+            let handled = handled.clone();
+            Handler::from_fn(
+                HandlerSpec::new("counted", "orders")
+                    .group("billing")
+                    .concurrency(concurrency),
+                move |_: Order, _: Context| {
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<(), std::io::Error>(()) }
+                },
+            )
+        };
+        let running = App::new(flaky.clone())
+            .handler(counting)
+            .start()
+            .await
+            .unwrap();
+        for id in 0..5 {
+            running
+                .publisher()
+                .publish("orders", &Order { id })
+                .await
+                .unwrap();
+        }
+        wait_until("every order after the consumer broke", || {
+            handled.load(Ordering::SeqCst) == 5
+        })
+        .await;
+        assert!(
+            flaky.panicked.load(Ordering::SeqCst),
+            "the consumer never broke"
+        );
+        running.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_running_app_lets_in_flight_handlers_finish() {
+    let bus = MemoryChannel::new();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let finished = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (started, finished) = (started.clone(), finished.clone());
+        Handler::from_fn(
+            HandlerSpec::new("slow", "orders").group("billing"),
+            move |_: Order, _: Context| {
+                let (started, finished) = (started.clone(), finished.clone());
+                async move {
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    Ok::<(), std::io::Error>(())
+                }
+            },
+        )
+    };
+    let running = App::new(bus.clone())
+        .handler(handler)
+        .start()
+        .await
+        .unwrap();
+    running
+        .publisher()
+        .publish("orders", &Order { id: 1 })
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, started.notified())
+        .await
+        .unwrap();
+    drop(running);
+    wait_until("the in-flight handler to finish", || {
+        finished.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    bus.wait_idle(LIMIT).await.unwrap();
+    assert_eq!(bus.queued("orders", "billing"), 0, "it was acknowledged");
+}
+
+#[tokio::test]
+async fn invalid_retry_policies_are_refused_at_start() {
+    let ok = || {
+        Handler::from_fn(
+            HandlerSpec::new("ok", "orders").group("billing"),
+            |_: Order, _: Context| async { Ok::<(), std::io::Error>(()) },
+        )
+    };
+    let defaults = RetryPolicy::default();
+    for (policy, what) in [
+        (
+            RetryPolicy {
+                multiplier: -2.0,
+                ..defaults
+            },
+            "multiplier",
+        ),
+        (
+            RetryPolicy {
+                multiplier: f64::NAN,
+                ..defaults
+            },
+            "multiplier",
+        ),
+        (
+            RetryPolicy {
+                max_attempts: 0,
+                ..defaults
+            },
+            "max_attempts",
+        ),
+        (
+            RetryPolicy {
+                max_deliveries: 0,
+                ..defaults
+            },
+            "max_deliveries",
+        ),
+        (
+            RetryPolicy {
+                initial_backoff: Duration::from_secs(5),
+                max_backoff: Duration::from_secs(1),
+                ..defaults
+            },
+            "initial_backoff",
+        ),
+    ] {
+        // Computing a delay never panics, whatever the fields say.
+        let _ = policy.delay_after(3);
+        let app_wide = App::new(MemoryChannel::new()).retry(policy).handler(ok());
+        let per_handler = App::new(MemoryChannel::new())
+            .handler(ok().with_spec(HandlerSpec::new("ok", "orders").retry(policy)));
+        for app in [app_wide, per_handler] {
+            match app.start().await {
+                Err(Error::Config(message)) => assert!(message.contains(what), "{message}"),
+                other => panic!("{what}: expected a configuration error, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_handlers_sharing_one_group_are_refused_naming_both() {
+    let named = |name: &'static str| {
+        Handler::from_fn(
+            HandlerSpec::new(name, "orders").group("billing"),
+            |_: Order, _: Context| async { Ok::<(), std::io::Error>(()) },
+        )
+    };
+    let err = App::new(MemoryChannel::new())
+        .handler(named("invoice"))
+        .handler(named("audit"))
+        .start()
+        .await
+        .unwrap_err();
+    let Error::Config(message) = err else {
+        panic!("expected a configuration error, got {err:?}");
+    };
+    assert!(
+        message.contains("invoice") && message.contains("audit") && message.contains("billing"),
+        "{message}"
+    );
+    // Anonymous subscriptions each see every message: two of them are fine.
+    let anonymous = |name: &'static str| {
+        Handler::from_fn(
+            HandlerSpec::new(name, "orders"),
+            |_: Order, _: Context| async { Ok::<(), std::io::Error>(()) },
+        )
+    };
+    App::new(MemoryChannel::new())
+        .handler(anonymous("a"))
+        .handler(anonymous("b"))
+        .start()
+        .await
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+}

@@ -171,6 +171,15 @@ pub trait Channel: Send + Sync + Debug + 'static {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// Whether messages of one key sent to `destination` are delivered in the order sent:
+    /// [`Capabilities::ordering_by_key`] unless the backend orders some destinations only
+    /// (SNS+SQS orders its FIFO destinations). The runtime keeps this order through
+    /// concurrent handlers.
+    fn orders_by_key(&self, destination: &str) -> bool {
+        let _ = destination;
+        self.capabilities().ordering_by_key
+    }
+
     /// Creates the destination and, if given, the group (idempotent). Consumers and
     /// producers provision what they need themselves; call this to create a durable group
     /// before its first consumer runs, so it keeps what is published meanwhile.
@@ -203,6 +212,10 @@ impl<C: Channel + ?Sized> Channel for std::sync::Arc<C> {
 
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
+    }
+
+    fn orders_by_key(&self, destination: &str) -> bool {
+        (**self).orders_by_key(destination)
     }
 
     async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {

@@ -1,6 +1,6 @@
 //! Deliveries: a received message, its attempt count, and the means to settle it.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::{header, millis_since_epoch, Message};
 use async_trait::async_trait;
 use std::fmt;
@@ -25,7 +25,50 @@ pub trait Acknowledger: Send + Sync + fmt::Debug {
     /// the two: store the dead letter first. A dead letter is not held to the size limit of
     /// sends; where the broker's own limit leaves no room for the dead-letter headers, see
     /// [`shorten_dead_letter_error`] and [`as_delivered`].
-    async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<()>;
+    ///
+    /// When the dead letter cannot be stored, leave the original unsettled and hand this
+    /// acknowledger back in [`DeadLetterFailed`]: [`Delivery::dead_letter`] then returns the
+    /// message to the group after a backoff, so a broken dead-letter destination neither
+    /// loses the message nor spins on it.
+    async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<(), DeadLetterFailed>;
+}
+
+/// A dead letter that could not be stored: why, and the original's acknowledger, still
+/// unsettled. Returned by [`Acknowledger::dead_letter`].
+#[derive(Debug)]
+pub struct DeadLetterFailed {
+    /// Why the dead letter could not be stored.
+    pub error: Error,
+    /// The original delivery's acknowledger, not settled yet.
+    pub unsettled: Box<dyn Acknowledger>,
+}
+
+impl DeadLetterFailed {
+    /// The failure of `acknowledger`'s dead letter, with `error` saying why.
+    pub fn new(error: Error, acknowledger: Box<dyn Acknowledger>) -> Self {
+        DeadLetterFailed {
+            error,
+            unsettled: acknowledger,
+        }
+    }
+}
+
+/// How long a message whose dead letter could not be stored waits before it is delivered
+/// again: 1 s after its first delivery, doubling with each delivery, at most a minute.
+///
+/// ```
+/// use event_binder_core::dead_letter_retry_delay;
+/// use std::time::Duration;
+///
+/// assert_eq!(dead_letter_retry_delay(1), Duration::from_secs(1));
+/// assert_eq!(dead_letter_retry_delay(3), Duration::from_secs(4));
+/// assert_eq!(dead_letter_retry_delay(u32::MAX), Duration::from_secs(60));
+/// ```
+pub fn dead_letter_retry_delay(attempt: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(60);
+    let doublings = attempt.saturating_sub(1).min(16);
+    FIRST.saturating_mul(1 << doublings).min(LONGEST)
 }
 
 /// Shortens the [`header::DEAD_LETTER_ERROR`] of a dead letter by at least `excess` bytes
@@ -178,12 +221,15 @@ impl Delivery {
 
     /// Moves the message to the dead letters of its destination and group, with headers
     /// saying why ([`header::DEAD_LETTER_ERROR`] and the others), then removes it.
+    ///
+    /// When the dead letter cannot be stored, the message stays safe: it is returned to the
+    /// group after [`dead_letter_retry_delay`] and the error says why.
     pub async fn dead_letter(self, reason: &str, attempts: u32) -> Result<()> {
         let Delivery {
             message,
             origin,
             acknowledger,
-            ..
+            attempt,
         } = self;
         let dead_letter = Arc::unwrap_or_clone(message)
             .with_header(header::DEAD_LETTER_ERROR, reason)
@@ -197,7 +243,23 @@ impl Delivery {
                 header::DEAD_LETTER_TIME,
                 millis_since_epoch(SystemTime::now()).to_string(),
             );
-        acknowledger.dead_letter(dead_letter).await
+        let Err(DeadLetterFailed { error, unsettled }) =
+            acknowledger.dead_letter(dead_letter).await
+        else {
+            return Ok(());
+        };
+        let delay = dead_letter_retry_delay(attempt);
+        tracing::error!(
+            destination = &*origin.destination,
+            group = origin.group.as_deref(),
+            error = %error,
+            retry_in = ?delay,
+            "the dead letter could not be stored; the message is kept and delivered again"
+        );
+        if let Err(nack) = unsettled.nack(Some(delay)).await {
+            tracing::warn!(error = %nack, "returning a message whose dead letter failed failed too");
+        }
+        Err(error)
     }
 }
 
@@ -209,5 +271,65 @@ impl fmt::Debug for Delivery {
             .field("group", &self.origin.group)
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An acknowledger whose dead-letter place refuses everything; it records how the
+    /// original was settled instead.
+    #[derive(Debug)]
+    struct BrokenDeadLetters {
+        settled: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Acknowledger for BrokenDeadLetters {
+        async fn ack(self: Box<Self>) -> Result<()> {
+            self.settled.lock().unwrap().push("ack".into());
+            Ok(())
+        }
+
+        async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<()> {
+            self.settled.lock().unwrap().push(format!("nack {delay:?}"));
+            Ok(())
+        }
+
+        async fn dead_letter(
+            self: Box<Self>,
+            _dead_letter: Message,
+        ) -> Result<(), DeadLetterFailed> {
+            let error = Error::broker("test", "the dead-letter queue is gone");
+            Err(DeadLetterFailed::new(error, self))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_that_cannot_be_stored_returns_the_message_after_a_backoff() {
+        for attempt in [1, 3, 40] {
+            let settled = Arc::new(Mutex::new(Vec::new()));
+            let delivery = Delivery::new(
+                Message::new("{}"),
+                attempt,
+                Origin::new("orders", Some("billing")),
+                Box::new(BrokenDeadLetters {
+                    settled: settled.clone(),
+                }),
+            );
+            let err = delivery.dead_letter("boom", 3).await.unwrap_err();
+            assert!(
+                err.to_string().contains("dead-letter queue is gone"),
+                "{err}"
+            );
+            let delay = dead_letter_retry_delay(attempt);
+            assert!(delay >= Duration::from_secs(1));
+            assert_eq!(
+                *settled.lock().unwrap(),
+                [format!("nack {:?}", Some(delay))]
+            );
+        }
     }
 }

@@ -397,6 +397,26 @@ impl ScopedStore {
             ScopedStore::Other { store, scope } => store.abandon(scope, id).await,
         }
     }
+
+    /// Releases a claim from a place that cannot wait (a `Drop`): at once in memory, in a
+    /// task of its own for other stores.
+    pub(crate) fn abandon_in_background(&self, id: &str) {
+        match self {
+            ScopedStore::Memory(ids) => ids.abandon(id),
+            ScopedStore::Other { store, scope } => {
+                let (store, scope, id) = (store.clone(), scope.clone(), id.to_owned());
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    tracing::warn!(message_id = %id, "no runtime to release a claim on; it stays until the store forgets it");
+                    return;
+                };
+                runtime.spawn(async move {
+                    if let Err(err) = store.abandon(&scope, &id).await {
+                        tracing::warn!(message_id = %id, error = %err, "idempotency store failed to release a claim");
+                    }
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,10 @@ pub mod conformance;
 
 pub use channel::{Capabilities, Channel, Consumer, Producer, Subscription};
 pub use codec::{Decode, Encode, Encoded, Raw};
-pub use delivery::{as_delivered, shorten_dead_letter_error, Acknowledger, Delivery, Origin};
+pub use delivery::{
+    as_delivered, dead_letter_retry_delay, shorten_dead_letter_error, Acknowledger,
+    DeadLetterFailed, Delivery, Origin,
+};
 pub use error::{BoxError, Error, Result};
 pub use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 pub use message::{
@@ -38,7 +41,7 @@ pub use runtime::{
     App, Context, Events, Handler, HandlerSpec, IntoHandler, OutputPolicy, Processor, RetryPolicy,
     RunningApp, Sink,
 };
-pub use url::{redact_url, ChannelUrl};
+pub use url::{is_secret_param, redact_url, ChannelUrl};
 
 /// Used by the code the `#[handler]` macro generates. Not a public API.
 #[doc(hidden)]

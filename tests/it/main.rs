@@ -6,5 +6,6 @@ mod kafka;
 mod memory;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
+mod secrets;
 #[cfg(feature = "sns-sqs")]
 mod sns_sqs;

@@ -21,3 +21,38 @@ async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
 // moto slows down as a queue grows (about 0.45 s a receive with 1,000 messages queued):
 // fewer messages in the heavy cases; every case runs.
 event_binder_core::conformance_tests!(connect, SuiteConfig::default().message_count(300));
+
+/// SNS+SQS keeps the order of a key on FIFO destinations only: the ordering cases again,
+/// with every destination FIFO (`fifo=*`).
+mod fifo {
+    use super::*;
+    use event_binder_core::conformance::{run, Case};
+
+    async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
+        let id = event_binder_core::new_message_id().replace('-', "");
+        let url = format!(
+            "sns-sqs://us-east-1?endpoint=http://127.0.0.1:4566&wait_time_s=1&fifo=*&prefix=fifo-{}-",
+            &id[id.len() - 12..]
+        );
+        let channel = AnyChannel::connect(&url).await?;
+        assert!(
+            channel.orders_by_key("any"),
+            "fifo=* declares every destination FIFO"
+        );
+        Ok(Arc::new(channel))
+    }
+
+    #[test]
+    fn order_is_kept_per_key() {
+        run(connect, SuiteConfig::default(), Case::OrderIsKeptPerKey);
+    }
+
+    #[test]
+    fn order_is_kept_per_key_through_the_runtime() {
+        run(
+            connect,
+            SuiteConfig::default(),
+            Case::OrderIsKeptPerKeyThroughTheRuntime,
+        );
+    }
+}

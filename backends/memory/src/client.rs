@@ -4,7 +4,8 @@ use crate::bus::{notified_before, Attach, Bus, Destination, Full, SlotRef};
 use crate::queue::{Entry, Take};
 use async_trait::async_trait;
 use event_binder_core::{
-    Acknowledger, Consumer, Delivery, Error, Message, Origin, Producer, Result, Subscription,
+    Acknowledger, Consumer, DeadLetterFailed, Delivery, Error, Message, Origin, Producer, Result,
+    Subscription,
 };
 use std::fmt;
 use std::pin::pin;
@@ -245,7 +246,10 @@ impl Acknowledger for MemoryAcknowledger {
         Ok(())
     }
 
-    async fn dead_letter(mut self: Box<Self>, dead_letter: Message) -> Result<()> {
+    async fn dead_letter(
+        mut self: Box<Self>,
+        dead_letter: Message,
+    ) -> Result<(), DeadLetterFailed> {
         let result = {
             let Some(entry) = self.entry.as_ref() else {
                 return Ok(());
@@ -261,11 +265,14 @@ impl Acknowledger for MemoryAcknowledger {
                 }
             }
         };
-        if result.is_ok() {
-            self.entry = None;
+        match result {
+            Ok(()) => {
+                self.entry = None;
+                Ok(())
+            }
+            // The entry is still here: the original stays unsettled.
+            Err(error) => Err(DeadLetterFailed::new(error, self)),
         }
-        // On an error the entry is still here, and dropping `self` returns it to its queue.
-        result
     }
 }
 

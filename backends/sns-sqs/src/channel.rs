@@ -7,6 +7,8 @@ use crate::names::Names;
 use crate::producer::{PublishQueue, SnsProducer};
 use crate::requests::{RequestCounter, RequestCounts};
 use async_trait::async_trait;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use event_binder_core::{
@@ -104,7 +106,7 @@ impl Inner {
         let created = request
             .send()
             .await
-            .map_err(|err| error::request(&format!("creating SNS topic {name}"), err))?;
+            .map_err(|err| self.request_error(&format!("creating SNS topic {name}"), err))?;
         let arn = created.topic_arn().ok_or_else(|| {
             Error::broker(
                 BACKEND,
@@ -152,12 +154,12 @@ impl Inner {
                     .queue_name(name)
                     .send()
                     .await
-                    .map_err(|err| error::request(&format!("finding SQS queue {name}"), err))?
+                    .map_err(|err| self.request_error(&format!("finding SQS queue {name}"), err))?
                     .queue_url()
                     .unwrap_or_default()
                     .to_owned()
             }
-            Err(err) => return Err(error::request(&format!("creating SQS queue {name}"), err)),
+            Err(err) => return Err(self.request_error(&format!("creating SQS queue {name}"), err)),
         };
         let attributes = self
             .sqs
@@ -166,7 +168,9 @@ impl Inner {
             .attribute_names(QueueAttributeName::QueueArn)
             .send()
             .await
-            .map_err(|err| error::request(&format!("reading the ARN of SQS queue {name}"), err))?;
+            .map_err(|err| {
+                self.request_error(&format!("reading the ARN of SQS queue {name}"), err)
+            })?;
         let arn = attributes
             .attributes()
             .and_then(|a| a.get(&QueueAttributeName::QueueArn))
@@ -184,29 +188,7 @@ impl Inner {
     /// send to the queue (a queue policy: AWS drops what a topic sends without one).
     /// Returns the subscription's ARN.
     pub(crate) async fn subscribe(&self, topic_arn: &str, queue: &Queue) -> Result<String> {
-        let policy = serde_json::json!({
-            "Version": "2012-10-17",
-            "Statement": [{
-                "Sid": "event-binder-topic-sends",
-                "Effect": "Allow",
-                "Principal": { "Service": "sns.amazonaws.com" },
-                "Action": "sqs:SendMessage",
-                "Resource": queue.arn,
-                "Condition": { "ArnEquals": { "aws:SourceArn": topic_arn } }
-            }]
-        });
-        self.sqs
-            .set_queue_attributes()
-            .queue_url(&queue.url)
-            .attributes(QueueAttributeName::Policy, policy.to_string())
-            .send()
-            .await
-            .map_err(|err| {
-                error::request(
-                    &format!("letting topic {topic_arn} send to {}", queue.arn),
-                    err,
-                )
-            })?;
+        self.allow_topic(topic_arn, queue).await?;
         let subscribed = self
             .sns
             .subscribe()
@@ -218,9 +200,63 @@ impl Inner {
             .send()
             .await
             .map_err(|err| {
-                error::request(&format!("subscribing {} to {topic_arn}", queue.arn), err)
+                self.request_error(&format!("subscribing {} to {topic_arn}", queue.arn), err)
             })?;
         Ok(subscribed.subscription_arn().unwrap_or_default().to_owned())
+    }
+
+    /// Lets a topic send to a queue: adds the statement [`topic_statement`] to the
+    /// queue's policy, keeping every other statement (an operator's, another tool's), and
+    /// sends nothing when the policy already holds it. A policy that is not a JSON object
+    /// is left alone, with an error, rather than overwritten.
+    async fn allow_topic(&self, topic_arn: &str, queue: &Queue) -> Result<()> {
+        let what = format!("letting topic {topic_arn} send to {}", queue.arn);
+        let current = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&queue.url)
+            .attribute_names(QueueAttributeName::Policy)
+            .send()
+            .await
+            .map_err(|err| self.request_error(&format!("{what}: reading its policy"), err))?;
+        let current = current
+            .attributes()
+            .and_then(|attributes| attributes.get(&QueueAttributeName::Policy))
+            .filter(|policy| !policy.trim().is_empty());
+        let Some(policy) = merge_policy(current.map(String::as_str), topic_arn, &queue.arn)
+            .map_err(|reason| Error::broker(BACKEND, format!("{what}: {reason}")))?
+        else {
+            return Ok(());
+        };
+        self.sqs
+            .set_queue_attributes()
+            .queue_url(&queue.url)
+            .attributes(QueueAttributeName::Policy, policy)
+            .send()
+            .await
+            .map_err(|err| self.request_error(&what, err))?;
+        Ok(())
+    }
+
+    /// An SDK error as event-binder's; [`Error::Timeout`] when the request got no answer
+    /// within the configured timeouts.
+    pub(crate) fn request_error<E, R>(&self, what: &str, err: SdkError<E, R>) -> Error
+    where
+        E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+        R: fmt::Debug + Send + Sync + 'static,
+    {
+        error::request_within(what, err, self.config.operation_timeout)
+    }
+
+    /// The timeouts of a receive, which long-polls for the wait time on top of the
+    /// configured ones.
+    pub(crate) fn receive_timeouts(&self) -> TimeoutConfig {
+        let config = &self.config;
+        TimeoutConfig::builder()
+            .connect_timeout(config.connect_timeout)
+            .operation_attempt_timeout(config.attempt_timeout + config.wait_time)
+            .operation_timeout(config.operation_timeout + config.wait_time)
+            .build()
     }
 
     /// Creates a destination's topic, a group's queue subscribed to it, and the group's
@@ -259,6 +295,69 @@ impl Inner {
             task,
         });
     }
+}
+
+/// The `Sid` of the queue policy statement that lets a group's topic send to its queue.
+const TOPIC_STATEMENT_ID: &str = "event-binder-topic-sends";
+
+/// The queue policy statement that lets a topic send to a queue.
+fn topic_statement(topic_arn: &str, queue_arn: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Sid": TOPIC_STATEMENT_ID,
+        "Effect": "Allow",
+        "Principal": { "Service": "sns.amazonaws.com" },
+        "Action": "sqs:SendMessage",
+        "Resource": queue_arn,
+        "Condition": { "ArnEquals": { "aws:SourceArn": topic_arn } }
+    })
+}
+
+/// The queue policy with [`topic_statement`] in it: `current` with its statements kept
+/// (a single statement object becomes a list) and ours added, replacing any earlier one
+/// of ours, or a new policy when there is none. `None` when `current` already holds
+/// exactly our statement, once. An error when `current` is not a JSON object whose
+/// `Statement` is an object or a list.
+fn merge_policy(
+    current: Option<&str>,
+    topic_arn: &str,
+    queue_arn: &str,
+) -> std::result::Result<Option<String>, String> {
+    let ours = topic_statement(topic_arn, queue_arn);
+    let mut policy = match current {
+        None => serde_json::json!({ "Version": "2012-10-17", "Statement": [] }),
+        Some(text) => serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .ok_or(
+                "the queue's policy is not a JSON object; fix or remove it, it was left as it is",
+            )?,
+    };
+    let statements = match policy.get_mut("Statement").map(serde_json::Value::take) {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(statements)) => statements,
+        Some(statement @ serde_json::Value::Object(_)) => vec![statement],
+        Some(_) => {
+            return Err(
+                "the Statement of the queue's policy is neither a statement nor a list \
+                 of them; fix it, it was left as it is"
+                    .into(),
+            )
+        }
+    };
+    let is_ours = |statement: &serde_json::Value| {
+        statement.get("Sid").and_then(serde_json::Value::as_str) == Some(TOPIC_STATEMENT_ID)
+    };
+    if statements.iter().filter(|s| is_ours(s)).count() == 1 && statements.contains(&ours) {
+        return Ok(None);
+    }
+    let mut merged: Vec<serde_json::Value> =
+        statements.into_iter().filter(|s| !is_ours(s)).collect();
+    merged.push(ours);
+    policy["Statement"] = serde_json::Value::Array(merged);
+    if policy.get("Version").is_none() {
+        policy["Version"] = "2012-10-17".into();
+    }
+    Ok(Some(policy.to_string()))
 }
 
 /// Resolves once the channel is closed (or dropped).
@@ -317,8 +416,10 @@ impl SnsSqsChannel {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        let timeouts = TimeoutConfig::builder()
             .connect_timeout(config.connect_timeout)
+            .operation_attempt_timeout(config.attempt_timeout)
+            .operation_timeout(config.operation_timeout)
             .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(config.region.clone()))
@@ -437,6 +538,11 @@ impl Channel for SnsSqsChannel {
             .max_message_size(MAX_MESSAGE_SIZE)
     }
 
+    /// FIFO destinations keep the order of each key; standard ones keep none.
+    fn orders_by_key(&self, destination: &str) -> bool {
+        self.inner.config.is_fifo(destination)
+    }
+
     /// Creates the topic and, with a group, the group's queue (subscribed to the topic)
     /// and its dead-letter queue.
     async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {
@@ -510,5 +616,59 @@ impl Channel for SnsSqsChannel {
             settler.finish().await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:orders";
+    const QUEUE: &str = "arn:aws:sqs:us-east-1:123456789012:orders__billing";
+
+    fn statements(policy: &str) -> Vec<serde_json::Value> {
+        let policy: serde_json::Value = serde_json::from_str(policy).unwrap();
+        policy["Statement"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn a_queue_without_a_policy_gets_ours() {
+        let policy = merge_policy(None, TOPIC, QUEUE).unwrap().unwrap();
+        assert_eq!(statements(&policy), [topic_statement(TOPIC, QUEUE)]);
+    }
+
+    #[test]
+    fn other_statements_are_kept_and_ours_is_added_once() {
+        let foreign = serde_json::json!({
+            "Sid": "operator", "Effect": "Allow", "Principal": "*",
+            "Action": "sqs:ReceiveMessage", "Resource": QUEUE
+        });
+        // A single statement object, as AWS also allows.
+        let current =
+            serde_json::json!({ "Version": "2012-10-17", "Id": "p", "Statement": foreign });
+        let merged = merge_policy(Some(&current.to_string()), TOPIC, QUEUE)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            statements(&merged),
+            [foreign.clone(), topic_statement(TOPIC, QUEUE)]
+        );
+        assert!(merged.contains(r#""Id":"p""#), "{merged}");
+        assert_eq!(merge_policy(Some(&merged), TOPIC, QUEUE).unwrap(), None);
+        // An outdated statement of ours (another topic) is replaced, not doubled.
+        let other = merge_policy(Some(&merged), "arn:aws:sns:us-east-1:1:other", QUEUE)
+            .unwrap()
+            .unwrap();
+        let kept = statements(&other);
+        assert_eq!(kept.len(), 2, "{other}");
+        assert_eq!(kept[0], foreign);
+    }
+
+    #[test]
+    fn a_policy_that_cannot_be_read_is_not_overwritten() {
+        for broken in ["not json", "[1]", r#"{"Statement": 3}"#] {
+            let err = merge_policy(Some(broken), TOPIC, QUEUE).unwrap_err();
+            assert!(err.contains("left as it is"), "{broken}: {err}");
+        }
     }
 }

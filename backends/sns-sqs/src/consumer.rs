@@ -5,7 +5,7 @@
 use crate::channel::{lock, until_closed, Inner, Queue};
 use crate::config::{whole_seconds, MAX_MESSAGE_SIZE};
 use crate::convert::{self, Encoded};
-use crate::error::{self, BACKEND};
+use crate::error;
 use crate::names::Names;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
@@ -13,8 +13,8 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName,
 };
 use event_binder_core::{
-    as_delivered, header, shorten_dead_letter_error, Acknowledger, Consumer, Delivery, Error,
-    Message, Origin, Result, Subscription,
+    as_delivered, header, shorten_dead_letter_error, Acknowledger, Consumer, DeadLetterFailed,
+    Delivery, Error, Message, Origin, Result, Subscription,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -133,6 +133,7 @@ impl QueueLink {
             Box::new(SqsAcknowledger {
                 link: self.clone(),
                 receipt,
+                received_at,
                 settled: false,
             }),
         ))
@@ -184,6 +185,9 @@ async fn remove_anonymous(inner: &Inner, subscription: &str, queue_url: &str) {
 struct SqsAcknowledger {
     link: Arc<QueueLink>,
     receipt: String,
+    /// When the receive that returned this receipt handle was sent: SQS keeps a message
+    /// hidden at most 12 hours from then.
+    received_at: Instant,
     settled: bool,
 }
 
@@ -216,9 +220,14 @@ impl Acknowledger for SqsAcknowledger {
         Ok(())
     }
 
+    /// Makes the message visible again after the delay: whole seconds, rounded up, and
+    /// capped at what SQS allows (12 hours from the receive, which it counts from; it
+    /// refuses more rather than shortening it).
     async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<()> {
         let receipt = self.finish();
-        let seconds = delay.map_or(0, whole_seconds).min(MAX_VISIBILITY_SECONDS);
+        let seconds = delay
+            .map_or(0, whole_seconds)
+            .min(visibility_left(self.received_at.elapsed()));
         let (done, answer) = oneshot::channel();
         self.link.settle(Settle::Visibility {
             receipt,
@@ -231,35 +240,52 @@ impl Acknowledger for SqsAcknowledger {
     }
 
     /// Sends the dead letter to the dead-letter queue (SendMessage, awaited), then deletes
-    /// the original. If the send fails the original is released, to be delivered again.
-    async fn dead_letter(mut self: Box<Self>, dead_letter: Message) -> Result<()> {
-        let encoded = fit_dead_letter(dead_letter)?;
-        self.link
-            .inner
-            .sqs
-            .send_message()
-            .queue_url(&self.link.dead_letter_url)
-            .message_body(&encoded.body)
-            .set_message_attributes(Some(encoded.sqs_attributes()))
-            .send()
-            .await
-            .map_err(|err| {
-                error::request(
-                    &format!("sending a dead letter to {}", self.link.dead_letter_url),
-                    err,
-                )
-            })?;
+    /// the original. If the send fails the original is handed back unsettled.
+    async fn dead_letter(
+        mut self: Box<Self>,
+        dead_letter: Message,
+    ) -> Result<(), DeadLetterFailed> {
+        let sent = match fit_dead_letter(dead_letter) {
+            Ok(encoded) => self
+                .link
+                .inner
+                .sqs
+                .send_message()
+                .queue_url(&self.link.dead_letter_url)
+                .message_body(&encoded.body)
+                .set_message_attributes(Some(encoded.sqs_attributes()))
+                .send()
+                .await
+                .map_err(|err| {
+                    self.link.inner.request_error(
+                        &format!("sending a dead letter to {}", self.link.dead_letter_url),
+                        err,
+                    )
+                }),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
+            return Err(DeadLetterFailed::new(error, self));
+        }
         let receipt = self.finish();
         self.link.settle(Settle::Delete(receipt));
         Ok(())
     }
 }
 
+/// The longest visibility timeout SQS still accepts for a message received `held` ago:
+/// 12 hours from the receive, less what has passed (rounded up, so never too long).
+fn visibility_left(held: Duration) -> u64 {
+    MAX_VISIBILITY_SECONDS.saturating_sub(whole_seconds(held))
+}
+
 /// Encodes a dead letter within SQS's size limit. A message close to the limit leaves no
 /// room for the dead-letter headers: the error text is shortened to fit, and if even that
 /// is not enough the message is stored as it was delivered (it fitted then), the reason
-/// going to the log. Otherwise SQS would refuse it, and the message would come back
-/// forever.
+/// going to the log. A foreign producer's message at the limit carried none of the
+/// attributes this backend adds (id, timestamp): those are left out until it fits, the
+/// id last (the dead letter then gets the dead-letter queue's message id). Otherwise SQS
+/// would refuse it, and the message would come back forever.
 fn fit_dead_letter(dead_letter: Message) -> Result<Encoded> {
     let encoded = Encoded::new(&dead_letter)?;
     let Some(excess) = encoded
@@ -281,7 +307,19 @@ fn fit_dead_letter(dead_letter: Message) -> Result<Encoded> {
         limit = MAX_MESSAGE_SIZE,
         "sns-sqs: no room for the dead-letter headers; storing the dead letter as it was delivered"
     );
-    Encoded::new(&as_delivered(shortened))
+    let delivered = as_delivered(shortened);
+    let mut encoded = Encoded::new(&delivered)?;
+    let dropped = encoded.drop_own_attributes_to_fit(MAX_MESSAGE_SIZE);
+    if !dropped.is_empty() {
+        tracing::warn!(
+            message_id = delivered.id(),
+            ?dropped,
+            size = encoded.size,
+            limit = MAX_MESSAGE_SIZE,
+            "sns-sqs: a dead letter at the size limit is stored without these attributes"
+        );
+    }
+    Ok(encoded)
 }
 
 impl Drop for SqsAcknowledger {
@@ -339,6 +377,7 @@ impl SqsConsumer {
             queue.url.clone(),
             settles,
             inner.config.batch_window,
+            inner.config.operation_timeout,
         ));
         inner.register_settler(&settler, settling);
         let link = Arc::new(QueueLink {
@@ -352,7 +391,7 @@ impl SqsConsumer {
         });
         tokio::spawn(keep_leases(
             Arc::downgrade(&link),
-            inner.config.visibility_timeout,
+            Duration::from_secs(whole_seconds(inner.config.visibility_timeout)),
         ));
         let (deliveries_tx, deliveries) =
             mpsc::channel(usize::from(subscription.prefetch_count()).max(1));
@@ -407,6 +446,11 @@ async fn poll(
     // Receive only when a whole batch fits: asking for whatever room is left makes more,
     // smaller requests (AWS bills per request).
     let batch = deliveries.max_capacity().min(MAX_BATCH);
+    // A receive long-polls: its timeouts are the configured ones plus the wait time.
+    let receive_timeouts = link.inner.receive_timeouts();
+    let limit = receive_timeouts
+        .operation_timeout()
+        .unwrap_or(config.operation_timeout);
     let mut failures = 0u32;
     loop {
         let room = tokio::select! {
@@ -431,6 +475,10 @@ async fn poll(
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default().timeout_config(receive_timeouts.clone()),
+            )
             .send()
             .await;
         match answer {
@@ -446,8 +494,11 @@ async fn poll(
             }
             Err(err) => {
                 failures = failures.saturating_add(1);
-                let error =
-                    error::request(&format!("receiving from SQS queue {}", link.queue.url), err);
+                let error = error::request_within(
+                    &format!("receiving from SQS queue {}", link.queue.url),
+                    err,
+                    limit,
+                );
                 if deliveries.send(Err(error)).await.is_err() {
                     return;
                 }
@@ -497,6 +548,7 @@ async fn run_settler(
     queue_url: String,
     mut settles: mpsc::UnboundedReceiver<Settle>,
     window: Duration,
+    limit: Duration,
 ) {
     let mut in_flight = JoinSet::new();
     while let Some(first) = settles.recv().await {
@@ -541,6 +593,7 @@ async fn run_settler(
                 sqs.clone(),
                 queue_url.clone(),
                 changes,
+                limit,
             ));
         }
         while in_flight.try_join_next().is_some() {}
@@ -597,6 +650,7 @@ async fn change_visibility_batch(
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
     changes: Vec<Change>,
+    limit: Duration,
 ) {
     let mut entries = Vec::with_capacity(changes.len());
     let mut waiting = Vec::with_capacity(changes.len());
@@ -641,13 +695,62 @@ async fn change_visibility_batch(
             }
         }
         Err(err) => {
-            let err = error::request(&what, err);
+            let err = error::request_within(&what, err, limit);
             tracing::debug!(error = %err, "visibility changes failed");
             for (_, done) in waiting {
                 if let Some(done) = done {
-                    let _ = done.send(Err(Error::broker(BACKEND, err.to_string())));
+                    let _ = done.send(Err(error::duplicate(&err)));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A foreign producer's message of exactly the largest size (a body and nothing
+    /// else), decoded as the consumer does and dead-lettered as the runtime does.
+    #[test]
+    fn a_foreign_message_at_the_size_limit_still_fits_as_a_dead_letter() {
+        let body = "x".repeat(MAX_MESSAGE_SIZE);
+        let delivered = convert::decode(
+            Some(&body),
+            &HashMap::new(),
+            "6f1c2d3e-0000-4000-8000-000000000000",
+            Some(1_700_000_000_000),
+        );
+        let dead_letter = delivered
+            .clone()
+            .with_header(header::DEAD_LETTER_ERROR, "it failed")
+            .with_header(header::DEAD_LETTER_ATTEMPTS, "3");
+        let encoded = fit_dead_letter(dead_letter).unwrap();
+        assert!(
+            encoded.size <= MAX_MESSAGE_SIZE,
+            "{} bytes, over the limit of {MAX_MESSAGE_SIZE}",
+            encoded.size
+        );
+        assert_eq!(encoded.body, body, "the payload is kept whole");
+
+        // One with room for its id keeps it, and only the timestamp goes.
+        let roomy = convert::decode(
+            Some(&body[..MAX_MESSAGE_SIZE - 60]),
+            &HashMap::new(),
+            "6f1c2d3e-0000-4000-8000-000000000000",
+            Some(1_700_000_000_000),
+        );
+        let encoded = fit_dead_letter(roomy.with_header(header::DEAD_LETTER_ERROR, "e")).unwrap();
+        assert!(encoded.size <= MAX_MESSAGE_SIZE);
+        let names: Vec<&str> = encoded.attributes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [header::MESSAGE_ID]);
+    }
+
+    #[test]
+    fn a_visibility_never_passes_twelve_hours_from_the_receive() {
+        assert_eq!(visibility_left(Duration::ZERO), 43_200);
+        assert_eq!(visibility_left(Duration::from_millis(1)), 43_199);
+        assert_eq!(visibility_left(Duration::from_secs(43_200)), 0);
+        assert_eq!(visibility_left(Duration::MAX), 0);
     }
 }

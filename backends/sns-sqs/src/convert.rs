@@ -99,6 +99,32 @@ impl Encoded {
         })
     }
 
+    /// Drops the attributes this backend adds on top of the message itself, the least
+    /// needed first (timestamp, content type, key, then id), until the message fits
+    /// `limit`, and tells which were dropped. The headers and the payload encoding stay:
+    /// without them the message would change. For a message that came from a foreign
+    /// producer at the size limit, which carried none of them, this gives back what it
+    /// was.
+    pub(crate) fn drop_own_attributes_to_fit(&mut self, limit: usize) -> Vec<&'static str> {
+        let mut dropped = Vec::new();
+        for name in [
+            header::TIMESTAMP,
+            header::CONTENT_TYPE,
+            header::KEY,
+            header::MESSAGE_ID,
+        ] {
+            if self.size <= limit {
+                break;
+            }
+            if let Some(index) = self.attributes.iter().position(|(n, _)| n == name) {
+                let (name_, value) = self.attributes.remove(index);
+                self.size -= name_.len() + STRING.len() + value.len();
+                dropped.push(name);
+            }
+        }
+        dropped
+    }
+
     /// The attributes as SNS takes them.
     pub(crate) fn sns_attributes(
         &self,

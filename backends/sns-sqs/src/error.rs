@@ -31,6 +31,44 @@ where
     Error::broker_source(BACKEND, format!("{what}: {detail}"), detail)
 }
 
+/// Like [`request`], but a request that got no answer within its timeouts (the SDK's
+/// operation or attempt timeout) is an [`Error::Timeout`]: `limit` is the longest the
+/// request could take, retries included.
+pub(crate) fn request_within<E, R>(
+    what: &str,
+    error: SdkError<E, R>,
+    limit: std::time::Duration,
+) -> Error
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match &error {
+        SdkError::TimeoutError(_) => Error::Timeout {
+            what: format!(
+                "{BACKEND}: {what} ({}; is the endpoint reachable? The limits are \
+                 SnsSqsConfig::operation_timeout and attempt_timeout)",
+                DisplayErrorContext(&error)
+            ),
+            after: limit,
+        },
+        _ => request(what, error),
+    }
+}
+
+/// The same error again, for each of the senders that shared a failed batch request
+/// ([`Error`] is not `Clone`): a timeout stays a timeout; anything else becomes an
+/// [`Error::Broker`] with the same text.
+pub(crate) fn duplicate(error: &Error) -> Error {
+    match error {
+        Error::Timeout { what, after } => Error::Timeout {
+            what: what.clone(),
+            after: *after,
+        },
+        other => Error::broker(BACKEND, other.to_string()),
+    }
+}
+
 /// The AWS error code of a failed request, if AWS answered one.
 pub(crate) fn code<E, R>(error: &SdkError<E, R>) -> Option<&str>
 where

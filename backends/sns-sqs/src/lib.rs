@@ -41,7 +41,7 @@
 //! | `send` | a PublishBatch entry: sends within [`batch_window`](SnsSqsConfig::batch_window) share a request (up to 10, 256 KiB together); returns on SNS's answer |
 //! | receive | ReceiveMessage with long polling ([`wait_time`](SnsSqsConfig::wait_time)) for up to 10 messages, once the consumer's buffer (its prefetch) has room for a whole batch |
 //! | ack | a DeleteMessageBatch entry, sent within the batch window |
-//! | nack | ChangeMessageVisibility to the retry delay (0 without one), in a batch |
+//! | nack | ChangeMessageVisibility to the retry delay (0 without one; whole seconds, rounded up, at most the 12 hours from the receive SQS allows), in a batch |
 //! | dead letter | SendMessage to the dead-letter queue, awaited, then a delete; near the 256 KiB limit the error text is shortened, or the message stored as delivered |
 //! | attempt | SQS's `ApproximateReceiveCount` |
 //!
@@ -88,6 +88,18 @@
 //!   subscription; the emulator does at once). Their queue is unsubscribed and deleted
 //!   once the consumer and its deliveries are gone; a process that crashes leaves it
 //!   behind.
+//! - **Timeouts.** Every request has an
+//!   [`attempt_timeout`](SnsSqsConfig::attempt_timeout) per attempt and an
+//!   [`operation_timeout`](SnsSqsConfig::operation_timeout) with its retries (a receive
+//!   gets its long-polling [`wait_time`](SnsSqsConfig::wait_time) on top of both): a
+//!   publish, acknowledgement or receive that gets no answer fails with
+//!   [`Error::Timeout`](event_binder_core::Error::Timeout) instead of hanging, and the
+//!   consumer keeps polling.
+//! - **Queue policies.** A group's queue needs a policy statement letting its topic send
+//!   (`Sid` `event-binder-topic-sends`). It is merged into the policy the queue has: other
+//!   statements are kept, ours is there once, and nothing is written when it already is.
+//!   (SQS has no conditional write: a policy changed by someone else at the very moment a
+//!   group is subscribed can still lose that change.)
 //! - **Counting requests.** [`SnsSqsChannel::requests`] tells how many requests of each
 //!   operation the channel has sent (AWS bills per request).
 

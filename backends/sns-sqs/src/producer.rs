@@ -43,6 +43,7 @@ impl PublishQueue {
             sns: inner.sns.clone(),
             topic_arn,
             window: inner.config.batch_window,
+            limit: inner.config.operation_timeout,
             max_in_flight: if fifo { 1 } else { MAX_IN_FLIGHT },
         };
         // The task holds no reference to the channel, so a channel dropped without
@@ -93,6 +94,8 @@ struct Batcher {
     sns: aws_sdk_sns::Client,
     topic_arn: String,
     window: Duration,
+    /// The operation timeout, for the errors of requests that got no answer.
+    limit: Duration,
     max_in_flight: usize,
 }
 
@@ -214,9 +217,9 @@ impl Batcher {
                 }
             }
             Err(err) => {
-                let err = error::request(&what, err);
+                let err = error::request_within(&what, err, self.limit);
                 for (_, done) in waiting {
-                    let _ = done.send(Err(Error::broker(BACKEND, err.to_string())));
+                    let _ = done.send(Err(error::duplicate(&err)));
                 }
             }
         }

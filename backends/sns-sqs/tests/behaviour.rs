@@ -472,3 +472,337 @@ async fn an_unreachable_endpoint_is_a_clear_error_without_secrets() {
     assert!(text.contains("127.0.0.1:9"), "{text}");
     assert!(!text.contains("very-secret-key") && !format!("{err:?}").contains("very-secret-key"));
 }
+
+/// A real TCP peer between the SDK and moto: it forwards both ways until it is told to
+/// stall; from then on it accepts connections and reads requests but never forwards or
+/// answers them (a hung load balancer, a stalled network). A connection that stalled
+/// stays stalled; after `resume` new connections forward again.
+struct StallingProxy {
+    address: std::net::SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingProxy {
+    async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a local port");
+        let address = listener.local_addr().expect("its address");
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stalled.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let stalled = flag.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    if stalled.load(Ordering::SeqCst) {
+                        // Hold the connection, read what comes, answer nothing.
+                        while matches!(client.read(&mut buffer).await, Ok(n) if n > 0) {}
+                        return;
+                    }
+                    let Ok(upstream) = tokio::net::TcpStream::connect("127.0.0.1:4566").await
+                    else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_upstream, mut to_upstream) = upstream.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_upstream, &mut to_client).await;
+                    });
+                    let mut forwarding = true;
+                    loop {
+                        let n = match from_client.read(&mut buffer).await {
+                            Ok(n) if n > 0 => n,
+                            _ => return,
+                        };
+                        forwarding = forwarding && !stalled.load(Ordering::SeqCst);
+                        if forwarding && to_upstream.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        StallingProxy { address, stalled }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "sns-sqs://us-east-1?endpoint=http://{}&wait_time_s=1",
+            self.address
+        )
+    }
+
+    fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn resume(&self) {
+        self.stalled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Well above every timeout configured below: a request that outlives it hung.
+const HUNG: Duration = Duration::from_secs(20);
+
+fn stalling_config(proxy: &StallingProxy) -> SnsSqsConfig {
+    SnsSqsConfig::new(&proxy.url())
+        .expect("the URL")
+        .prefix(format!("stall-{}-", unique()))
+        .credentials("test", "test")
+        .attempt_timeout(Duration::from_millis(300))
+        .operation_timeout(Duration::from_secs(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_an_endpoint_that_never_answers_times_out() {
+    let proxy = StallingProxy::start().await;
+    let config = stalling_config(&proxy);
+    let operation_timeout = config.operation_timeout;
+    let channel = connect(config).await;
+    let producer = channel.producer("stalled").await.expect("producer");
+    proxy.stall();
+    let started = std::time::Instant::now();
+    let sent = tokio::time::timeout(HUNG, producer.send(Message::new("{}")))
+        .await
+        .expect("the publish hung instead of timing out");
+    let took = started.elapsed();
+    match sent {
+        Err(Error::Timeout { what, after }) => {
+            assert_eq!(after, operation_timeout);
+            assert!(what.contains("publishing to SNS topic"), "{what}");
+        }
+        other => panic!("expected Error::Timeout, got {other:?}"),
+    }
+    assert!(
+        took < operation_timeout + Duration::from_secs(2),
+        "the publish failed only after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_from_an_endpoint_that_never_answers_times_out_and_recovers() {
+    let proxy = StallingProxy::start().await;
+    let channel = connect(stalling_config(&proxy)).await;
+    let config = channel.config().clone();
+    let mut consumer = channel
+        .consumer(&Subscription::new("stalled").group("g"))
+        .await
+        .expect("consumer");
+    let producer = channel.producer("stalled").await.expect("producer");
+    proxy.stall();
+    let received = tokio::time::timeout(HUNG, consumer.receive())
+        .await
+        .expect("the receive hung instead of timing out");
+    match received {
+        // A receive long-polls: its bound is the operation timeout plus the wait time.
+        Err(Error::Timeout { what, after }) => {
+            assert_eq!(after, config.operation_timeout + config.wait_time);
+            assert!(what.contains("receiving from SQS queue"), "{what}");
+        }
+        other => panic!("expected Error::Timeout, got {other:?}"),
+    }
+    // The poller carries on once the endpoint answers again.
+    proxy.resume();
+    let message = Message::new(r#"{"n":1}"#);
+    producer.send(message.clone()).await.expect("send");
+    let delivery = loop {
+        match tokio::time::timeout(LIMIT, consumer.receive())
+            .await
+            .expect("no delivery after the endpoint came back")
+        {
+            Ok(delivery) => break delivery,
+            // Receives sent while it was stalled may still time out.
+            Err(Error::Timeout { .. }) => continue,
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(delivery.message().id(), message.id());
+    delivery.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_policy_already_there_is_merged_not_overwritten() {
+    let config = config();
+    let (destination, group) = ("guarded", "g");
+    let channel = connect(config.clone()).await;
+    channel
+        .provision(destination, Some(group))
+        .await
+        .expect("provision");
+    let sqs = raw_sqs().await;
+    let queue_url = sqs
+        .get_queue_url()
+        .queue_name(channel.queue_name(destination, group).unwrap())
+        .send()
+        .await
+        .expect("the group's queue")
+        .queue_url
+        .expect("a URL");
+    let policy_statements = || async {
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::Policy)
+            .send()
+            .await
+            .expect("reading the policy");
+        let policy = attributes
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::Policy))
+            .expect("a policy")
+            .clone();
+        let policy: serde_json::Value = serde_json::from_str(&policy).expect("JSON");
+        policy["Statement"].as_array().expect("statements").clone()
+    };
+    let sid = |statement: &serde_json::Value| statement["Sid"].as_str().map(str::to_owned);
+    let ours = policy_statements().await;
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    // An operator replaces the policy with one of their own.
+    let foreign = serde_json::json!({
+        "Sid": "operator-reads",
+        "Effect": "Allow",
+        "Principal": { "AWS": "arn:aws:iam::123456789012:root" },
+        "Action": "sqs:ReceiveMessage",
+        "Resource": "*"
+    });
+    sqs.set_queue_attributes()
+        .queue_url(&queue_url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::Policy,
+            serde_json::json!({ "Version": "2012-10-17", "Statement": [foreign] }).to_string(),
+        )
+        .send()
+        .await
+        .expect("setting a foreign policy");
+    // Another instance starts and subscribes the group again, twice.
+    for _ in 0..2 {
+        let again = connect(config.clone()).await;
+        again
+            .provision(destination, Some(group))
+            .await
+            .expect("provision again");
+        let statements = policy_statements().await;
+        let sids: Vec<_> = statements.iter().map(sid).collect();
+        assert_eq!(statements.len(), 2, "{statements:?}");
+        assert!(
+            sids.contains(&Some("operator-reads".into())),
+            "the foreign statement was dropped: {statements:?}"
+        );
+        assert_eq!(
+            sids.iter().filter(|s| **s == sid(&ours[0])).count(),
+            1,
+            "{statements:?}"
+        );
+    }
+    // With the statement in place, nothing more is written.
+    let last = connect(config).await;
+    last.provision(destination, Some(group))
+        .await
+        .expect("provision");
+    assert_eq!(last.requests().get("SetQueueAttributes"), 0);
+    // And the topic still reaches the queue.
+    let mut consumer = last
+        .consumer(&Subscription::new(destination).group(group))
+        .await
+        .expect("consumer");
+    last.producer(destination)
+        .await
+        .expect("producer")
+        .send(Message::new("{}"))
+        .await
+        .expect("send");
+    receive(&mut *consumer).await.ack().await.expect("ack");
+}
+
+#[tokio::test]
+async fn a_config_out_of_range_is_refused_when_connecting() {
+    let mut config = config();
+    // Set straight on the public field, past the setters' rounding.
+    config.visibility_timeout = Duration::ZERO;
+    match SnsSqsChannel::with_config(config).await {
+        Err(Error::Config(reason)) => {
+            assert!(
+                reason.contains("SnsSqsConfig::visibility_timeout"),
+                "{reason}"
+            );
+            assert!(reason.contains("1 s to 12 hours"), "{reason}");
+        }
+        other => panic!("expected Error::Config, got {other:?}"),
+    }
+    let mut config = self::config();
+    config.attempt_timeout = Duration::ZERO;
+    assert!(matches!(
+        SnsSqsChannel::with_config(config).await,
+        Err(Error::Config(reason)) if reason.contains("attempt_timeout")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_with_a_delay_hides_the_message_for_that_long_and_caps_it() {
+    let channel = connect(config()).await;
+    let (destination, group) = ("delayed", "g");
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group(group))
+        .await
+        .expect("consumer");
+    let producer = channel.producer(destination).await.expect("producer");
+    producer.send(Message::new("{}")).await.expect("send");
+    let delay = Duration::from_millis(2_500);
+    let nacked = std::time::Instant::now();
+    receive(&mut *consumer)
+        .await
+        .nack(Some(delay))
+        .await
+        .expect("nack");
+    let again = receive(&mut *consumer).await;
+    let hidden = nacked.elapsed();
+    // Whole seconds, rounded up: 3 s.
+    assert!(
+        hidden >= Duration::from_millis(2_900),
+        "back after {hidden:?}, before the delay"
+    );
+    assert_eq!(again.attempt(), 2);
+    again.ack().await.expect("ack");
+    // Far past SQS's 12 hours: capped, not refused, and no panic. (Moto counts the 12
+    // hours from the send, AWS from the receive: a message received at once satisfies
+    // both.)
+    producer.send(Message::new("{}")).await.expect("send");
+    receive(&mut *consumer)
+        .await
+        .nack(Some(Duration::MAX))
+        .await
+        .expect("a capped nack");
+    // Sends the ack's delete.
+    channel.close().await.expect("close");
+    let sqs = raw_sqs().await;
+    let queue_url = sqs
+        .get_queue_url()
+        .queue_name(channel.queue_name(destination, group).unwrap())
+        .send()
+        .await
+        .expect("the queue")
+        .queue_url
+        .expect("a URL");
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .expect("attributes");
+    let count = |name| {
+        attributes
+            .attributes()
+            .and_then(|a| a.get(&name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    assert_eq!(count(A::ApproximateNumberOfMessagesNotVisible), "1");
+    assert_eq!(count(A::ApproximateNumberOfMessages), "0");
+}

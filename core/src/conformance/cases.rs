@@ -50,6 +50,10 @@ pub enum Case {
     UndecodablePayloadIsDeadLetteredWithoutRetries,
     /// Messages with the same key arrive in the order sent (when the backend claims it).
     OrderIsKeptPerKey,
+    /// Through an [`App`] at concurrency 16, handlers of one key never run at once, start
+    /// in the order sent, and a message being retried is never overtaken by a later one of
+    /// its key; different keys still run concurrently (when the backend claims ordering).
+    OrderIsKeptPerKeyThroughTheRuntime,
     /// Shutdown finishes and acknowledges what is in flight; a new app then handles the
     /// rest; every message is handled exactly once.
     GracefulShutdownLosesNothingAndHandlesNothingTwice,
@@ -64,7 +68,7 @@ pub enum Case {
 
 impl Case {
     /// Every case, in the order the suite lists them.
-    pub const ALL: [Case; 18] = [
+    pub const ALL: [Case; 19] = [
         Case::PublishSubscribeKeepsEverythingIntact,
         Case::ConcurrentPublishersAndConsumersLoseNothing,
         Case::DestinationsAreIsolated,
@@ -79,6 +83,7 @@ impl Case {
         Case::RetriesThenDeadLettersWithHeaders,
         Case::UndecodablePayloadIsDeadLetteredWithoutRetries,
         Case::OrderIsKeptPerKey,
+        Case::OrderIsKeptPerKeyThroughTheRuntime,
         Case::GracefulShutdownLosesNothingAndHandlesNothingTwice,
         Case::OversizedMessageIsRefused,
         Case::InvalidNamesAreRefused,
@@ -103,6 +108,7 @@ pub(super) async fn run(case: Case, channel: Arc<dyn Channel>, config: SuiteConf
         Case::RetriesThenDeadLettersWithHeaders => suite.retries_then_dead_letter().await,
         Case::UndecodablePayloadIsDeadLetteredWithoutRetries => suite.undecodable().await,
         Case::OrderIsKeptPerKey => suite.order_per_key().await,
+        Case::OrderIsKeptPerKeyThroughTheRuntime => suite.order_per_key_through_runtime().await,
         Case::GracefulShutdownLosesNothingAndHandlesNothingTwice => suite.graceful_shutdown().await,
         Case::OversizedMessageIsRefused => suite.oversized().await,
         Case::InvalidNamesAreRefused => suite.invalid_names().await,
@@ -798,10 +804,10 @@ impl Suite {
     }
 
     async fn order_per_key(&self) {
-        if !self.channel.capabilities().ordering_by_key {
+        let (destination, group) = (unique("order"), unique("g"));
+        if !self.channel.orders_by_key(&destination) {
             return;
         }
-        let (destination, group) = (unique("order"), unique("g"));
         let mut consumer = self.consumer(&destination, Some(&group)).await;
         let keys = ["alpha", "beta", "gamma"];
         let per_key = 50u64;
@@ -828,6 +834,110 @@ impl Suite {
         assert!(
             last.values().all(|n| *n == per_key - 1),
             "last per key: {last:?}"
+        );
+    }
+
+    async fn order_per_key_through_runtime(&self) {
+        let (destination, group) = (unique("rt-order"), unique("g"));
+        if !self.channel.orders_by_key(&destination) {
+            return;
+        }
+        let (keys, per_key) = (10u64, 20u64);
+        /// Per key: the sequence numbers in the order their handlers started, whether one
+        /// runs now, and the largest number of handlers running at once (any key).
+        #[derive(Default)]
+        struct Seen {
+            started: HashMap<u64, Vec<u64>>,
+            running: HashSet<u64>,
+            overlaps: Vec<String>,
+            now: usize,
+            most_at_once: usize,
+        }
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let handled = Recorder::<u64>::new();
+        let handler = {
+            let (seen, handled) = (seen.clone(), handled.clone());
+            Handler::from_fn(
+                HandlerSpec::new("ordered", destination.as_str()).group(group.as_str()),
+                move |event: Probe, ctx: Context| {
+                    let (seen, handled) = (seen.clone(), handled.clone());
+                    async move {
+                        let (key, seq) = (event.n / per_key, event.n % per_key);
+                        {
+                            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                            if !seen.running.insert(key) {
+                                seen.overlaps.push(format!("key {key} seq {seq}"));
+                            }
+                            seen.now += 1;
+                            seen.most_at_once = seen.most_at_once.max(seen.now);
+                            seen.started.entry(key).or_default().push(seq);
+                        }
+                        // A few ms of jitter, so that later messages would overtake.
+                        tokio::time::sleep(Duration::from_millis((event.n * 7) % 5)).await;
+                        let fails = seq % 7 == 3 && ctx.attempt() == 1;
+                        {
+                            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                            seen.running.remove(&key);
+                            seen.now -= 1;
+                        }
+                        if fails {
+                            return Err(format!("probe {} fails once", event.n));
+                        }
+                        handled.record(event.n);
+                        Ok(())
+                    }
+                },
+            )
+        };
+        let running = expect(
+            App::new(self.channel.clone())
+                .concurrency(16)
+                .retry(fast_retries(3))
+                .handler(handler)
+                .start()
+                .await,
+            "starting the app",
+        );
+        let messages: Vec<Message> = (0..per_key)
+            .flat_map(|seq| {
+                (0..keys).map(move |key| probe(key * per_key + seq).with_key(format!("k{key}")))
+            })
+            .collect();
+        let producer = expect(
+            self.channel.producer(&destination).await,
+            "opening a producer",
+        );
+        expect(producer.send_batch(messages.clone()).await, "send_batch");
+        handled
+            .wait_for(
+                self.config.timeout,
+                "every keyed message to be handled",
+                |seen| seen.len() == messages.len(),
+            )
+            .await;
+        expect(running.shutdown().await, "shutdown");
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            seen.overlaps.is_empty(),
+            "handlers of one key ran at once: {:?}",
+            seen.overlaps
+        );
+        for (key, order) in &seen.started {
+            let mut expected: Vec<u64> = Vec::new();
+            for seq in 0..per_key {
+                expected.push(seq);
+                if seq % 7 == 3 {
+                    expected.push(seq);
+                }
+            }
+            assert_eq!(
+                order, &expected,
+                "key {key}: handlers started out of order (a retried message is never overtaken)"
+            );
+        }
+        assert!(
+            seen.most_at_once > 1,
+            "different keys must still run concurrently"
         );
     }
 

@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
             retries_then_dead_letters_with_headers => RetriesThenDeadLettersWithHeaders,
             undecodable_payload_is_dead_lettered_without_retries => UndecodablePayloadIsDeadLetteredWithoutRetries,
             order_is_kept_per_key => OrderIsKeptPerKey,
+            order_is_kept_per_key_through_the_runtime => OrderIsKeptPerKeyThroughTheRuntime,
             graceful_shutdown_loses_nothing_and_handles_nothing_twice => GracefulShutdownLosesNothingAndHandlesNothingTwice,
             oversized_message_is_refused => OversizedMessageIsRefused,
             invalid_names_are_refused => InvalidNamesAreRefused,

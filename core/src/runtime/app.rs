@@ -2,6 +2,7 @@
 
 use super::context::{Context, Extensions, Shared};
 use super::handler::{Handler, HandlerFuture};
+use super::keys::{KeyTurns, Turn};
 use super::retry::RetryPolicy;
 use super::IntoHandler;
 use crate::channel::{Channel, Consumer, Producer, Subscription};
@@ -10,7 +11,8 @@ use crate::error::{BoxError, Error, Result};
 use crate::idempotency::{AppStore, Claim, IdempotencyStore, MemoryIdempotencyStore, ScopedStore};
 use crate::message::{header, Message};
 use crate::publisher::Publisher;
-use std::collections::HashSet;
+use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -131,6 +133,11 @@ impl App {
 
     /// Opens every handler's consumer and starts consuming. When this returns, every
     /// subscription is active.
+    ///
+    /// Fails with [`Error::Config`] before opening anything when the app is not sound:
+    /// invalid names, a zero concurrency, an invalid [`RetryPolicy`], a processor without
+    /// an output (or an output without a processor), or two handlers on one destination
+    /// and group (they would split its messages between them).
     pub async fn start(self) -> Result<RunningApp> {
         self.validate()?;
         let shared = Arc::new(Shared {
@@ -158,6 +165,8 @@ impl App {
                 spec.name()
             )
             .into();
+            let key_turns = (concurrency > 1 && self.channel.orders_by_key(spec.destination()))
+                .then(Arc::default);
             let worker = Worker {
                 retry: spec.retry_or(self.retry),
                 handler,
@@ -166,19 +175,25 @@ impl App {
                 output,
                 shared: shared.clone(),
                 abort: abort_rx.clone(),
+                // One at a time, deliveries are handled in order anyway.
+                key_turns,
             };
-            pending.push((Arc::new(worker), consumer, concurrency));
+            let binding = Binding {
+                worker: Arc::new(worker),
+                channel: self.channel.clone(),
+                subscription,
+                concurrency,
+            };
+            pending.push((binding, consumer));
         }
         let workers = pending
             .into_iter()
-            .map(|(worker, consumer, concurrency)| {
-                tokio::spawn(consume(worker, consumer, concurrency, stop_rx.clone()))
-            })
+            .map(|(binding, consumer)| tokio::spawn(binding.run(consumer, stop_rx.clone())))
             .collect();
         Ok(RunningApp {
             workers,
             stop,
-            abort,
+            abort: Some(abort),
             shutdown_timeout: self.shutdown_timeout,
             publisher: self.publisher,
         })
@@ -193,7 +208,8 @@ impl App {
     }
 
     fn validate(&self) -> Result<()> {
-        let mut seen = HashSet::new();
+        self.retry.validate()?;
+        let mut consumers: HashMap<(&str, &str), &str> = HashMap::new();
         for handler in &self.handlers {
             let spec = handler.spec();
             crate::validate_destination(spec.destination())?;
@@ -209,6 +225,9 @@ impl App {
                     "handler {name} has a concurrency of 0; it would never run"
                 )));
             }
+            spec.retry_or(self.retry)
+                .validate()
+                .map_err(|err| Error::Config(format!("handler {name}: {err}")))?;
             match (handler.publishes(), spec.output_destination()) {
                 (true, None) => {
                     return Err(Error::Config(format!(
@@ -222,12 +241,21 @@ impl App {
                 }
                 _ => {}
             }
-            if !seen.insert((name, spec.destination(), spec.group_name())) {
-                return Err(Error::Config(format!(
-                    "handler {name} is registered twice on {} / {:?}",
-                    spec.destination(),
-                    spec.group_name()
-                )));
+            // Anonymous subscriptions each see every message; two members of one group in
+            // one app would split the group's messages between two different handlers.
+            let Some(group) = spec.group_name() else {
+                continue;
+            };
+            if let Some(other) = consumers.insert((spec.destination(), group), name) {
+                let destination = spec.destination();
+                return Err(Error::Config(if other == name {
+                    format!("handler {name} is registered twice on destination {destination:?}, group {group:?}")
+                } else {
+                    format!(
+                        "handlers {other} and {name} both consume destination {destination:?} in group {group:?}, \
+                         so each would get only part of its messages; give one of them another group"
+                    )
+                }));
             }
         }
         Ok(())
@@ -246,13 +274,20 @@ impl fmt::Debug for App {
 }
 
 /// A started [`App`]. Call [`shutdown`](Self::shutdown) to stop it gracefully and wait for
-/// that. Dropping it stops it too, without waiting: its handlers take no new deliveries,
-/// and the ones in flight finish in the background.
+/// that.
+///
+/// Dropping it stops it too, without waiting: its handlers take no new deliveries, and
+/// the ones in flight finish in the background, each handler call running to its end.
+/// What is still running after the shutdown timeout is handed back to the broker (and
+/// delivered again), exactly as [`shutdown`](Self::shutdown) does; that needs the Tokio
+/// runtime to go on running meanwhile. Dropped outside a runtime, in-flight handlers
+/// finish with no timeout.
 #[must_use = "dropping a RunningApp stops its handlers; keep it, and call shutdown to stop"]
 pub struct RunningApp {
     workers: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
-    abort: watch::Sender<bool>,
+    /// `None` once [`shutdown`](Self::shutdown) or `Drop` took it.
+    abort: Option<watch::Sender<bool>>,
     shutdown_timeout: Duration,
     publisher: Publisher,
 }
@@ -269,30 +304,60 @@ impl RunningApp {
     /// the result is an [`Error::Timeout`].
     pub async fn shutdown(mut self) -> Result<()> {
         self.stop.send_replace(true);
-        let deadline = Instant::now() + self.shutdown_timeout;
-        let mut workers = std::mem::take(&mut self.workers).into_iter();
-        while let Some(mut worker) = workers.next() {
-            match timeout_at(deadline, &mut worker).await {
-                Ok(joined) => log_join(joined),
-                Err(_) => {
-                    self.abort.send_replace(true);
-                    // Aborted deliveries are nacked right away; allow the broker a moment.
-                    let grace = Instant::now() + ABORT_GRACE;
-                    let _ = timeout_at(grace, worker).await.map(log_join);
-                    for rest in workers {
-                        let _ = timeout_at(grace, rest).await.map(log_join);
-                    }
-                    return Err(Error::Timeout {
-                        what:
-                            "graceful shutdown (in-flight messages were handed back to the broker)"
-                                .into(),
-                        after: self.shutdown_timeout,
-                    });
+        let workers = std::mem::take(&mut self.workers);
+        finish(workers, self.abort.take(), self.shutdown_timeout).await
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        let Some(abort) = self.abort.take() else {
+            return;
+        };
+        self.stop.send_replace(true);
+        let workers = std::mem::take(&mut self.workers);
+        let timeout = self.shutdown_timeout;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = finish(workers, Some(abort), timeout).await {
+                    tracing::warn!(error = %err, "stopping a dropped app");
                 }
+            });
+        }
+    }
+}
+
+/// Waits for every binding to finish its in-flight deliveries within `timeout`; past it,
+/// tells the rest to hand theirs back (through `abort`) and gives them a moment for that.
+async fn finish(
+    workers: Vec<JoinHandle<()>>,
+    abort: Option<watch::Sender<bool>>,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut workers = workers.into_iter();
+    while let Some(mut worker) = workers.next() {
+        match timeout_at(deadline, &mut worker).await {
+            Ok(joined) => log_join(joined),
+            Err(_) => {
+                if let Some(abort) = &abort {
+                    abort.send_replace(true);
+                }
+                // Aborted deliveries are nacked right away; allow the broker a moment.
+                let grace = Instant::now() + ABORT_GRACE;
+                let _ = timeout_at(grace, worker).await.map(log_join);
+                for rest in workers {
+                    let _ = timeout_at(grace, rest).await.map(log_join);
+                }
+                return Err(Error::Timeout {
+                    what: "graceful shutdown (in-flight messages were handed back to the broker)"
+                        .into(),
+                    after: timeout,
+                });
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 impl fmt::Debug for RunningApp {
@@ -306,12 +371,84 @@ impl fmt::Debug for RunningApp {
 
 /// How long aborted deliveries get to be handed back after the shutdown timeout.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
-/// The longest pause between two failed `receive` calls (a broker outage).
+/// The longest pause between two failed attempts to receive or to open a consumer.
 const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(5);
 
 fn log_join(joined: std::result::Result<(), tokio::task::JoinError>) {
     if let Err(err) = joined {
         tracing::error!(error = %err, "a handler's consumer task failed");
+    }
+}
+
+/// The pause after `failures` failed attempts in a row to reach the broker.
+fn broker_backoff(failures: u32) -> Duration {
+    RetryPolicy::default()
+        .backoff(Duration::from_millis(100), MAX_RECEIVE_BACKOFF)
+        .delay_after(failures)
+}
+
+/// Waits until `abort` says so. A dropped sender is no abort: a dropped [`RunningApp`]
+/// lets its handlers finish.
+async fn aborted(abort: &mut watch::Receiver<bool>) {
+    if abort.wait_for(|aborted| *aborted).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Whether the app was stopped (or its [`RunningApp`] dropped).
+fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// One registered handler at run time: what it consumes, and its worker.
+struct Binding {
+    worker: Arc<Worker>,
+    channel: Arc<dyn Channel>,
+    subscription: Subscription,
+    concurrency: usize,
+}
+
+impl Binding {
+    /// Runs the consume loop until the app stops. A loop that dies (a panic in the
+    /// backend's consumer, say) is logged and started again on a new consumer: a binding
+    /// never stops silently.
+    async fn run(self, mut consumer: Box<dyn Consumer>, mut stop: watch::Receiver<bool>) {
+        let name = self.worker.handler.spec().name();
+        loop {
+            let looping = consume(
+                self.worker.clone(),
+                consumer,
+                self.concurrency,
+                stop.clone(),
+            );
+            let Err(panic) = CatchUnwind::new(async move {
+                looping.await;
+                Ok::<_, BoxError>(())
+            })
+            .await
+            else {
+                return;
+            };
+            tracing::error!(handler = name, error = %panic, "the consume loop died; starting it again");
+            let mut failures = 0u32;
+            consumer = loop {
+                if stop_requested(&stop) {
+                    return;
+                }
+                match self.channel.consumer(&self.subscription).await {
+                    Ok(consumer) => break consumer,
+                    Err(err) => {
+                        failures = failures.saturating_add(1);
+                        let pause = broker_backoff(failures);
+                        tracing::warn!(handler = name, error = %err, retry_in = ?pause, "reopening the consumer failed");
+                        tokio::select! {
+                            _ = stop.wait_for(|stopped| *stopped) => return,
+                            () = sleep(pause) => {}
+                        }
+                    }
+                }
+            };
+        }
     }
 }
 
@@ -354,27 +491,33 @@ async fn consume(
                 failures = 0;
                 let Some(permit) = permit else {
                     // In-flight work still finishes on stop: the loop only ends after it.
-                    worker.process(delivery).await;
+                    worker.process_guarded(delivery, None).await;
                     continue;
                 };
+                // The place in its key's line is taken here, in delivery order.
+                let turn = worker
+                    .key_turns
+                    .as_ref()
+                    .zip(delivery.message().key())
+                    .map(|(turns, key)| turns.enter(key));
                 let worker = worker.clone();
                 tokio::spawn(async move {
-                    worker.process(delivery).await;
+                    worker.process_guarded(delivery, turn).await;
                     drop(permit);
                 });
             }
             Err(Error::ShutDown(what)) => {
-                tracing::debug!(
-                    handler = worker.handler.spec().name(),
-                    "{what} is shut down"
-                );
+                if !stop_requested(&stop) {
+                    tracing::warn!(
+                        handler = worker.handler.spec().name(),
+                        "{what} is shut down; the handler takes no more deliveries"
+                    );
+                }
                 break;
             }
             Err(err) => {
                 failures = failures.saturating_add(1);
-                let pause = RetryPolicy::default()
-                    .backoff(Duration::from_millis(100), MAX_RECEIVE_BACKOFF)
-                    .delay_after(failures);
+                let pause = broker_backoff(failures);
                 tracing::warn!(
                     handler = worker.handler.spec().name(),
                     error = %err,
@@ -395,11 +538,6 @@ async fn consume(
     drop(consumer);
 }
 
-/// Whether the app was stopped (or its [`RunningApp`] dropped).
-fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
-    *stop.borrow() || stop.has_changed().is_err()
-}
-
 /// Everything needed to process one handler's deliveries.
 struct Worker {
     handler: Handler,
@@ -409,6 +547,8 @@ struct Worker {
     idempotency: ScopedStore,
     shared: Arc<Shared>,
     abort: watch::Receiver<bool>,
+    /// Order per key, where the backend claims it and deliveries run concurrently.
+    key_turns: Option<Arc<KeyTurns>>,
 }
 
 /// How the handler calls for one delivery ended.
@@ -420,11 +560,41 @@ enum Outcome {
 }
 
 impl Worker {
+    /// Processes one delivery once its key's turn comes. A panic anywhere in it is
+    /// logged; the delivery goes back to the broker and its claim is released.
+    async fn process_guarded(&self, delivery: Delivery, mut turn: Option<Turn>) {
+        if let Some(turn) = &mut turn {
+            if turn.ready().await && *self.abort.borrow() {
+                // Its turn came after the shutdown timeout: hand it back untried, so that
+                // it keeps its place before the later ones of its key.
+                let id = delivery.message().id().to_owned();
+                self.report(delivery.nack(None).await, &id, "nack");
+                return;
+            }
+        }
+        let message = delivery.shared_message().clone();
+        let processing = self.process(delivery);
+        if let Err(panic) = CatchUnwind::new(async move {
+            processing.await;
+            Ok::<_, BoxError>(())
+        })
+        .await
+        {
+            tracing::error!(
+                handler = self.handler.spec().name(),
+                message_id = message.id(),
+                error = %panic,
+                "processing a delivery panicked; it goes back to the broker"
+            );
+        }
+        drop(turn);
+    }
+
     async fn process(&self, delivery: Delivery) {
         let message = delivery.shared_message().clone();
         let id = message.id();
-        match self.idempotency.begin(id).await {
-            Ok(Claim::Acquired) => {}
+        let claim = match self.idempotency.begin(id).await {
+            Ok(Claim::Acquired) => ClaimGuard::new(&self.idempotency, id),
             Ok(Claim::AlreadyHandled) => {
                 tracing::debug!(message_id = %id, "already handled; acknowledging");
                 self.report(delivery.ack().await, id, "ack");
@@ -439,24 +609,20 @@ impl Worker {
                 );
                 return;
             }
-        }
+        };
         if delivery.attempt() > self.retry.max_deliveries {
             let reason = format!(
                 "delivered {} times without being settled (did the handler crash the process?)",
                 delivery.attempt()
             );
-            self.abandon(id).await;
+            claim.abandon().await;
             self.dead_letter(delivery, &reason, 0).await;
             return;
         }
         let outcome = self.call_with_retries(&delivery).await;
         match outcome {
-            Outcome::Handled => {
-                if let Err(err) = self.idempotency.complete(id).await {
-                    tracing::warn!(message_id = %id, error = %err, "idempotency store failed to record the message as handled");
-                }
-            }
-            _ => self.abandon(id).await,
+            Outcome::Handled => claim.complete().await,
+            _ => claim.abandon().await,
         }
         match outcome {
             Outcome::Handled => self.report(delivery.ack().await, id, "ack"),
@@ -471,13 +637,6 @@ impl Worker {
         }
     }
 
-    /// Releases the claim on `id` without recording it as handled.
-    async fn abandon(&self, id: &str) {
-        if let Err(err) = self.idempotency.abandon(id).await {
-            tracing::warn!(message_id = %id, error = %err, "idempotency store failed to release a claim");
-        }
-    }
-
     async fn call_with_retries(&self, delivery: &Delivery) -> Outcome {
         let mut abort = self.abort.clone();
         let max_attempts = self.retry.max_attempts.max(1);
@@ -489,15 +648,22 @@ impl Worker {
                 delivery.origin().clone(),
                 self.shared.clone(),
             );
-            let call = match self.handler.call(delivery.message(), ctx) {
-                Ok(call) => call,
-                Err(error) => return Outcome::Undecodable(error),
-            };
-            // The handler first: one that finishes at once never listens for the abort.
-            let result = tokio::select! {
-                biased;
-                result = self.run_once(call, delivery.message()) => result,
-                _ = abort.wait_for(|aborted| *aborted) => return Outcome::Aborted,
+            // Decoding is the user's code too (a `Deserialize` impl): a panic there is a
+            // failed attempt like any other.
+            let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.handler.call(delivery.message(), ctx)
+            }));
+            let result = match call {
+                Ok(Ok(call)) => {
+                    // The handler first: one that finishes at once never listens for the abort.
+                    tokio::select! {
+                        biased;
+                        result = self.run_once(call, delivery.message()) => result,
+                        () = aborted(&mut abort) => return Outcome::Aborted,
+                    }
+                }
+                Ok(Err(error)) => return Outcome::Undecodable(error),
+                Err(panic) => Err(panic_error("decoding panicked", &*panic)),
             };
             let error = match result {
                 Ok(()) => return Outcome::Handled,
@@ -520,28 +686,32 @@ impl Worker {
             );
             tokio::select! {
                 biased;
-                _ = abort.wait_for(|aborted| *aborted) => return Outcome::Aborted,
+                () = aborted(&mut abort) => return Outcome::Aborted,
                 () = sleep(pause) => {}
             }
             attempt += 1;
         }
     }
 
-    /// Calls the handler once (a panic is an error), then publishes what it returned.
+    /// Calls the handler once, then publishes what it returned; a panic in either (the
+    /// handler, or encoding its output) is an error.
     async fn run_once(&self, call: HandlerFuture, input: &Message) -> Result<(), BoxError> {
-        let outputs = CatchUnwind { inner: call }.await?;
-        let Some(producer) = &self.output else {
-            return Ok(());
-        };
-        let outputs = outputs
-            .into_iter()
-            .enumerate()
-            .map(|(index, output)| self.derive_output(input, index, output))
-            .collect::<Vec<_>>();
-        if outputs.is_empty() {
-            return Ok(());
-        }
-        producer.send_batch(outputs).await.map_err(BoxError::from)
+        CatchUnwind::new(async move {
+            let outputs = call.await?;
+            let Some(producer) = &self.output else {
+                return Ok(());
+            };
+            let outputs = outputs
+                .into_iter()
+                .enumerate()
+                .map(|(index, output)| self.derive_output(input, index, output))
+                .collect::<Vec<_>>();
+            if outputs.is_empty() {
+                return Ok(());
+            }
+            producer.send_batch(outputs).await.map_err(BoxError::from)
+        })
+        .await
     }
 
     /// An output's id is derived from the input's, so a retried processor publishes
@@ -586,6 +756,48 @@ impl Worker {
     }
 }
 
+/// A claimed message id. Completed or abandoned explicitly; dropped otherwise (a panic,
+/// a cancelled task), it is abandoned, so no claim stays "in progress" for ever.
+struct ClaimGuard<'a> {
+    store: &'a ScopedStore,
+    id: &'a str,
+    settled: bool,
+}
+
+impl<'a> ClaimGuard<'a> {
+    fn new(store: &'a ScopedStore, id: &'a str) -> Self {
+        ClaimGuard {
+            store,
+            id,
+            settled: false,
+        }
+    }
+
+    /// Records the id as handled.
+    async fn complete(mut self) {
+        self.settled = true;
+        if let Err(err) = self.store.complete(self.id).await {
+            tracing::warn!(message_id = %self.id, error = %err, "idempotency store failed to record the message as handled");
+        }
+    }
+
+    /// Releases the claim without recording the id as handled.
+    async fn abandon(mut self) {
+        self.settled = true;
+        if let Err(err) = self.store.abandon(self.id).await {
+            tracing::warn!(message_id = %self.id, error = %err, "idempotency store failed to release a claim");
+        }
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.store.abandon_in_background(self.id);
+        }
+    }
+}
+
 /// An error and its sources, joined with ": ".
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -601,26 +813,41 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Turns a panic while polling the handler's future into an error.
-struct CatchUnwind {
-    inner: HandlerFuture,
+/// The error for a panic, `what` panicked and the panic's message.
+fn panic_error(what: &str, panic: &(dyn Any + Send)) -> BoxError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    format!("{what}: {text}").into()
 }
 
-impl Future for CatchUnwind {
-    type Output = Result<Vec<Message>, BoxError>;
+pin_project_lite::pin_project! {
+    /// Turns a panic while polling a fallible future into an error.
+    struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.inner;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+impl<F> CatchUnwind<F> {
+    fn new(inner: F) -> Self {
+        CatchUnwind { inner }
+    }
+}
+
+impl<F, T> Future for CatchUnwind<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(poll) => poll,
-            Err(panic) => {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Poll::Ready(Err(format!("handler panicked: {text}").into()))
-            }
+            Err(panic) => Poll::Ready(Err(panic_error("handler panicked", &*panic))),
         }
     }
 }

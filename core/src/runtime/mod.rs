@@ -3,6 +3,7 @@
 mod app;
 mod context;
 mod handler;
+mod keys;
 mod retry;
 
 pub use app::{App, RunningApp};

@@ -1,5 +1,6 @@
 //! How often and how fast a failing handler is tried again.
 
+use crate::error::{Error, Result};
 use std::time::Duration;
 
 /// Retry in process with exponential backoff, then dead-letter.
@@ -55,16 +56,49 @@ impl RetryPolicy {
         self
     }
 
-    /// The wait after failed attempt `attempt` (from 1).
+    /// The wait after failed attempt `attempt` (from 1). Never panics: a policy that
+    /// [`validate`](Self::validate) would refuse waits `max_backoff`.
     pub fn delay_after(&self, attempt: u32) -> Duration {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let factor = self.multiplier.powi(exponent);
         let secs = self.initial_backoff.as_secs_f64() * factor;
-        if secs.is_finite() && secs < self.max_backoff.as_secs_f64() {
-            Duration::from_secs_f64(secs)
-        } else {
-            self.max_backoff
+        match Duration::try_from_secs_f64(secs) {
+            Ok(delay) if delay < self.max_backoff => delay,
+            _ => self.max_backoff,
         }
+    }
+
+    /// Checks the policy; an [`App`](crate::App) calls this for every policy it uses, so a
+    /// policy built through its public fields is checked too.
+    ///
+    /// ```
+    /// use event_binder_core::{Error, RetryPolicy};
+    ///
+    /// assert!(RetryPolicy::default().validate().is_ok());
+    /// let policy = RetryPolicy { multiplier: -2.0, ..RetryPolicy::default() };
+    /// assert!(matches!(policy.validate(), Err(Error::Config(_))));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let refuse = |what: String| Err(Error::Config(format!("retry policy: {what}")));
+        if self.max_attempts == 0 {
+            return refuse("max_attempts is 0; it must be at least 1".into());
+        }
+        if self.max_deliveries == 0 {
+            return refuse("max_deliveries is 0; it must be at least 1".into());
+        }
+        if !self.multiplier.is_finite() || self.multiplier < 1.0 {
+            return refuse(format!(
+                "multiplier is {}; it must be a finite number of at least 1.0",
+                self.multiplier
+            ));
+        }
+        if self.initial_backoff > self.max_backoff {
+            return refuse(format!(
+                "initial_backoff ({:?}) is longer than max_backoff ({:?})",
+                self.initial_backoff, self.max_backoff
+            ));
+        }
+        Ok(())
     }
 }
 
