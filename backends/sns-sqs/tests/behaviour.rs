@@ -806,3 +806,52 @@ async fn a_nack_with_a_delay_hides_the_message_for_that_long_and_caps_it() {
     assert_eq!(count(A::ApproximateNumberOfMessagesNotVisible), "1");
     assert_eq!(count(A::ApproximateNumberOfMessages), "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_and_backs_off() {
+    let channel = connect(config()).await;
+    let (destination, group) = ("broken-dlq", "g");
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group(group))
+        .await
+        .expect("consumer");
+    let producer = channel.producer(destination).await.expect("producer");
+    let sent = Message::new("{}");
+    producer.send(sent.clone()).await.expect("send");
+    // The third delivery: its backoff (4 s) is well above the poller's long poll (1 s).
+    for _ in 0..2 {
+        receive(&mut *consumer).await.nack(None).await.expect("nack");
+    }
+    let delivery = receive(&mut *consumer).await;
+    assert_eq!(delivery.attempt(), 3);
+    // An operator deletes the dead-letter queue: dead letters now fail.
+    let sqs = raw_sqs().await;
+    let dead_letter_queue = sqs
+        .get_queue_url()
+        .queue_name(channel.dead_letter_queue_name(destination, Some(group)).unwrap())
+        .send()
+        .await
+        .expect("the dead-letter queue")
+        .queue_url
+        .expect("a URL");
+    sqs.delete_queue()
+        .queue_url(&dead_letter_queue)
+        .send()
+        .await
+        .expect("deleting the dead-letter queue");
+    delivery
+        .dead_letter("the handler gave up", 3)
+        .await
+        .expect_err("a dead letter to a deleted queue fails");
+    let failed = std::time::Instant::now();
+    // Kept, and back only after the backoff: not at once, again and again.
+    let again = receive(&mut *consumer).await;
+    let hidden = failed.elapsed();
+    assert_eq!(again.message().id(), sent.id());
+    assert!(
+        hidden >= event_binder_core::dead_letter_retry_delay(3) - Duration::from_millis(100),
+        "back after {hidden:?}, without a backoff"
+    );
+    again.ack().await.expect("ack");
+    channel.close().await.expect("close");
+}
