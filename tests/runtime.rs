@@ -128,7 +128,6 @@ async fn processor_outputs_keep_the_key_name_their_cause_and_have_stable_ids() {
 
 #[tokio::test]
 async fn a_panicking_handler_is_retried_then_dead_lettered() {
-    let bus = MemoryChannel::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let handler = {
         let calls = calls.clone();
@@ -145,29 +144,38 @@ async fn a_panicking_handler_is_retried_then_dead_lettered() {
             },
         )
     };
-    let mut dead = bus.dead_letters("orders", Some("billing")).await.unwrap();
-    let running = App::new(bus.clone())
-        .retry(quick_retries(4))
-        .handler(handler)
-        .start()
-        .await
-        .unwrap();
-    running
-        .publisher()
-        .publish("orders", &Order { id: 3 })
-        .await
-        .unwrap();
-    let delivery = receive(&mut *dead).await;
-    let headers = delivery.message().headers();
-    assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("4"));
-    let error = headers.get(header::DEAD_LETTER_ERROR).unwrap();
+    let (attempts, error) = dead_letter_of(handler, 4, Order { id: 3 }).await;
+    assert_eq!(attempts, "4");
     assert!(
         error.contains("handler panicked: order 3 is cursed"),
         "{error}"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+/// Runs `handler` (group `billing` of `orders`) with `max_attempts` on a bus of its own,
+/// publishes `order`, and returns the `dead-letter-attempts` and `dead-letter-error`
+/// headers of its dead letter.
+async fn dead_letter_of(handler: Handler, max_attempts: u32, order: Order) -> (String, String) {
+    let bus = MemoryChannel::new();
+    let mut dead = bus.dead_letters("orders", Some("billing")).await.unwrap();
+    let running = App::new(bus.clone())
+        .retry(quick_retries(max_attempts))
+        .handler(handler)
+        .start()
+        .await
+        .unwrap();
+    running.publisher().publish("orders", &order).await.unwrap();
+    let delivery = receive(&mut *dead).await;
+    let headers = delivery.message().headers();
+    let header = |name| headers.get(name).unwrap_or_default().to_owned();
+    let found = (
+        header(header::DEAD_LETTER_ATTEMPTS),
+        header(header::DEAD_LETTER_ERROR),
+    );
     delivery.ack().await.unwrap();
     running.shutdown().await.unwrap();
+    found
 }
 
 #[tokio::test]
@@ -418,7 +426,6 @@ impl Serialize for Unprintable {
 
 #[tokio::test]
 async fn a_panic_while_encoding_a_processors_output_is_a_failure() {
-    let bus = MemoryChannel::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let handler = {
         let calls = calls.clone();
@@ -432,26 +439,10 @@ async fn a_panic_while_encoding_a_processors_output_is_a_failure() {
             },
         )
     };
-    let mut dead = bus.dead_letters("orders", Some("billing")).await.unwrap();
-    let running = App::new(bus.clone())
-        .retry(quick_retries(3))
-        .handler(handler)
-        .start()
-        .await
-        .unwrap();
-    running
-        .publisher()
-        .publish("orders", &Order { id: 1 })
-        .await
-        .unwrap();
-    let delivery = receive(&mut *dead).await;
-    let headers = delivery.message().headers();
-    assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("3"));
-    let error = headers.get(header::DEAD_LETTER_ERROR).unwrap();
+    let (attempts, error) = dead_letter_of(handler, 3, Order { id: 1 }).await;
+    assert_eq!(attempts, "3");
     assert!(error.contains("this event cannot be written"), "{error}");
-    delivery.ack().await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    running.shutdown().await.unwrap();
 }
 
 /// The in-memory channel, but the first consumer it opens panics on its second receive,
