@@ -1,6 +1,6 @@
 //! [`RabbitChannel`]: the [`Channel`] of the RabbitMQ backend.
 
-use crate::config::RabbitConfig;
+use crate::config::{QueueType, RabbitConfig};
 use crate::consumer::{DeadLetters, RabbitConsumer, Source};
 use crate::error::BACKEND;
 use crate::link::{Link, State};
@@ -106,6 +106,11 @@ impl RabbitChannel {
         })
     }
 
+    /// Whether the queue `role` consumes counts deliveries: a quorum queue does.
+    fn counts_deliveries(&self, role: Role) -> bool {
+        role.queue_type(self.link.config.queue_type) == QueueType::Quorum
+    }
+
     fn prefetch(&self, subscription: &Subscription) -> u16 {
         self.link
             .config
@@ -136,9 +141,10 @@ impl Channel for RabbitChannel {
         BACKEND
     }
 
-    /// No ordering by key (a requeued message goes back ahead of later ones, but a
-    /// consumer holding several deliveries may settle them in any order, and competing
-    /// consumers interleave); durable groups; the configured largest message.
+    /// No ordering by key (a requeued message goes back ahead of later ones on a classic
+    /// queue and behind them on a quorum queue, a consumer holding several deliveries may
+    /// settle them in any order, and competing consumers interleave); durable groups; the
+    /// configured largest message.
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .ordering_by_key(false)
@@ -177,15 +183,17 @@ impl Channel for RabbitChannel {
         let group = subscription.group_name();
         let names = self.names(subscription.destination(), group)?;
         let dead_letters = self.dead_letters(&names);
+        let role = if group.is_some() {
+            Role::Group
+        } else {
+            Role::Anonymous
+        };
         let source = Source {
-            role: if group.is_some() {
-                Role::Group
-            } else {
-                Role::Anonymous
-            },
+            role,
             prefetch: self.prefetch(subscription),
             origin: Origin::new(subscription.destination(), group),
             names,
+            counts_deliveries: self.counts_deliveries(role),
         };
         let consumer = RabbitConsumer::open(
             self.link.clone(),
@@ -212,6 +220,7 @@ impl Channel for RabbitChannel {
             prefetch: self.prefetch(&subscription),
             origin: Origin::new(destination, group),
             names,
+            counts_deliveries: self.counts_deliveries(Role::DeadLetters),
         };
         let consumer =
             RabbitConsumer::open(self.link.clone(), subscription, source, dead_letters).await?;

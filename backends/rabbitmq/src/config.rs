@@ -4,7 +4,79 @@ use event_binder_core::{validate_prefix, ChannelUrl, Error, Result};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
+
+/// The type of the durable queues a [`RabbitChannel`](crate::RabbitChannel) declares: the
+/// queues of groups and the dead-letter queues.
+///
+/// The server-named queues of anonymous subscriptions are exclusive and auto-delete, which
+/// RabbitMQ allows for classic queues only: they stay classic whatever is chosen here.
+///
+/// | | [`Classic`](Self::Classic) (the default) | [`Quorum`](Self::Quorum) |
+/// |---|---|---|
+/// | replicated across a cluster | no: one node holds the queue | yes (Raft) |
+/// | `attempt` of a delivery | 1, or 2 once redelivered | the broker's `x-delivery-count` + 1: 1, 2, 3, … |
+/// | a message that crashes the process every time | redelivered forever | dead-lettered after [`RetryPolicy::max_deliveries`](event_binder_core::RetryPolicy::max_deliveries) |
+/// | latency | lower | higher (a quorum of nodes writes each message) |
+/// | exclusive / auto-delete queues, priorities | yes | no |
+///
+/// A queue keeps the type it was declared with: switching an existing group to another type
+/// makes its declaration fail (RabbitMQ: `inequivalent arg 'x-queue-type'`) until the queue
+/// is deleted or its messages moved to a queue of the new type.
+///
+/// ```
+/// use event_binder_rabbitmq::{QueueType, RabbitConfig};
+///
+/// let config = RabbitConfig::new("amqp://127.0.0.1/%2f?queue_type=quorum")?;
+/// assert_eq!(config.queue_type, QueueType::Quorum);
+/// assert_eq!("classic".parse::<QueueType>()?, QueueType::Classic);
+/// assert_eq!(QueueType::default(), QueueType::Classic);
+/// # Ok::<(), event_binder_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// Classic queues (declared without `x-queue-type`, so existing queues keep working):
+    /// one node, lowest latency; RabbitMQ only says whether a delivery was redelivered, so
+    /// `attempt` is 1 or 2.
+    #[default]
+    Classic,
+    /// Quorum queues (`x-queue-type: quorum`): replicated, and counting the deliveries of
+    /// each message (`x-delivery-count`), which `attempt` reports.
+    Quorum,
+}
+
+impl QueueType {
+    /// The name RabbitMQ and the `queue_type` URL parameter use: `classic` or `quorum`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl fmt::Display for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for QueueType {
+    type Err = Error;
+
+    /// `classic` or `quorum`; anything else is an [`Error::Config`].
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            other => Err(Error::Config(format!(
+                "queue type {other:?} is not one RabbitMQ event-binder supports: use classic or quorum"
+            ))),
+        }
+    }
+}
 
 /// How a [`RabbitChannel`](crate::RabbitChannel) connects and behaves.
 ///
@@ -22,11 +94,37 @@ use std::time::Duration;
 /// | `reconnect_max_ms` | [`reconnect_max_backoff`](Self::reconnect_max_backoff) | 5 s |
 /// | `max_message_size` | [`max_message_size`](Self::max_message_size) | 16 MiB |
 /// | `queue_expires_ms` | [`queue_expires`](Self::queue_expires) | never |
+/// | `queue_type` | [`queue_type`](Self::queue_type) | `classic` |
 /// | `cacertfile` | [`ca_certificate_file`](Self::ca_certificate_file) | the system's roots only |
 ///
 /// lapin's own parameters (`heartbeat`, `frame_max`, `channel_max`, `connection_timeout`,
 /// `auth_mechanism`) are passed on to it; any other parameter is an
 /// [`Error::InvalidUrl`].
+///
+/// Every setting is checked once, whichever way it was set (URL, setter or field): reading
+/// a URL fails with [`Error::InvalidUrl`] naming the parameter, and connecting
+/// ([`RabbitChannel::with_config`](crate::RabbitChannel::with_config)) with
+/// [`Error::Config`] naming the field, each saying what is allowed:
+///
+/// | setting | allowed |
+/// |---|---|
+/// | `prefetch` | 1 to 65535 (or unset) |
+/// | `send_timeout`, `connect_timeout` | 1 ms to 24 h |
+/// | `reconnect_initial_backoff` | 1 ms to `reconnect_max_backoff` |
+/// | `reconnect_max_backoff` | `reconnect_initial_backoff` to 24 h |
+/// | `max_message_size` | 1 byte to 512 MiB (RabbitMQ's own ceiling) |
+/// | `queue_expires` | 1 ms to 2³² − 1 ms, about 49 days (or unset) |
+/// | `prefix` | letters, digits, `-` and `_` |
+///
+/// ```
+/// use event_binder_core::Error;
+/// use event_binder_rabbitmq::RabbitConfig;
+///
+/// let err = RabbitConfig::new("amqp://127.0.0.1/%2f?reconnect_initial_ms=0").unwrap_err();
+/// assert!(matches!(err, Error::InvalidUrl { .. }));
+/// assert!(err.to_string().contains("reconnect_initial_ms"), "{err}");
+/// # Ok::<(), event_binder_core::Error>(())
+/// ```
 ///
 /// ```
 /// use event_binder_rabbitmq::RabbitConfig;
@@ -79,6 +177,12 @@ pub struct RabbitConfig {
     /// roots: for a broker whose certificate a private CA signed. Read at each connection,
     /// so a renewed file is picked up on reconnect.
     pub ca_certificate_file: Option<PathBuf>,
+    /// The type of the group and dead-letter queues: [`QueueType::Classic`] (the default)
+    /// or [`QueueType::Quorum`], which counts deliveries so that `attempt` grows past 2 and
+    /// a message that crashes the process every time is dead-lettered after
+    /// [`RetryPolicy::max_deliveries`](event_binder_core::RetryPolicy::max_deliveries).
+    /// Anonymous subscriptions' queues are always classic.
+    pub queue_type: QueueType,
 }
 
 impl RabbitConfig {
@@ -92,6 +196,16 @@ impl RabbitConfig {
     pub const DEFAULT_RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(5);
     /// The default [`max_message_size`](Self::max_message_size): 16 MiB.
     pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+    /// The largest [`max_message_size`](Self::max_message_size) accepted: 512 MiB, the
+    /// most RabbitMQ itself can be configured to take.
+    pub const MAX_MAX_MESSAGE_SIZE: usize = 512 * 1024 * 1024;
+    /// The longest [`send_timeout`](Self::send_timeout),
+    /// [`connect_timeout`](Self::connect_timeout) and
+    /// [`reconnect_max_backoff`](Self::reconnect_max_backoff) accepted: 24 hours.
+    pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+    /// The longest [`queue_expires`](Self::queue_expires) accepted: 2³² − 1 ms (RabbitMQ's
+    /// limit for `x-expires`).
+    pub const MAX_QUEUE_EXPIRES: Duration = Duration::from_millis(u32::MAX as u64);
 
     /// Reads `amqp://user:pass@host:port/vhost` or `amqps://…`, with the query parameters
     /// listed above.
@@ -119,6 +233,7 @@ impl RabbitConfig {
             max_message_size: Self::DEFAULT_MAX_MESSAGE_SIZE,
             queue_expires: None,
             ca_certificate_file: None,
+            queue_type: QueueType::Classic,
         };
         for (name, value) in url.as_url().query_pairs() {
             let number = || -> Result<u64> {
@@ -139,7 +254,12 @@ impl RabbitConfig {
                     let prefetch = u16::try_from(number()?)
                         .ok()
                         .filter(|n| *n > 0)
-                        .ok_or_else(|| invalid(url, "parameter prefetch: use 1 to 65535"))?;
+                        .ok_or_else(|| {
+                            invalid(
+                                url,
+                                format!("parameter prefetch: {value} is not 1 to 65535"),
+                            )
+                        })?;
                     config.prefetch = Some(prefetch);
                 }
                 "send_timeout_ms" => config.send_timeout = millis()?,
@@ -151,12 +271,14 @@ impl RabbitConfig {
                         invalid(url, "parameter max_message_size: the number is too large")
                     })?;
                 }
-                "queue_expires_ms" => {
-                    let expires = millis()?;
-                    if expires.is_zero() {
-                        return Err(invalid(url, "parameter queue_expires_ms: use at least 1"));
-                    }
-                    config.queue_expires = Some(expires);
+                "queue_expires_ms" => config.queue_expires = Some(millis()?),
+                "queue_type" => {
+                    config.queue_type = value.parse().map_err(|_| {
+                        invalid(
+                            url,
+                            format!("parameter queue_type: {value:?} is not classic or quorum"),
+                        )
+                    })?;
                 }
                 "cacertfile" => config.ca_certificate_file = Some(PathBuf::from(&*value)),
                 name if LAPIN_PARAMETERS.contains(&name) => {}
@@ -166,14 +288,22 @@ impl RabbitConfig {
                         format!(
                             "unknown parameter {other:?}; the RabbitMQ backend takes prefix, \
                              prefetch, send_timeout_ms, connect_timeout_ms, reconnect_initial_ms, \
-                             reconnect_max_ms, max_message_size, queue_expires_ms, cacertfile, \
-                             and lapin's \
+                             reconnect_max_ms, max_message_size, queue_expires_ms, queue_type, \
+                             cacertfile, and lapin's \
                              {}",
                             LAPIN_PARAMETERS.join(", ")
                         ),
                     ))
                 }
             }
+        }
+        if let Err(bad) = config.check() {
+            return Err(match bad {
+                Invalid::Prefix(err) => err,
+                Invalid::Setting {
+                    parameter, problem, ..
+                } => invalid(url, format!("parameter {parameter}: {problem}")),
+            });
         }
         config.amqp_uri()?;
         Ok(config)
@@ -191,9 +321,10 @@ impl RabbitConfig {
         self
     }
 
-    /// Sets the [`prefetch`](Self::prefetch) of every consumer (0 is taken as 1).
+    /// Sets the [`prefetch`](Self::prefetch) of every consumer (1 to 65535; 0 is refused
+    /// when connecting).
     pub fn prefetch(mut self, prefetch: u16) -> Self {
-        self.prefetch = Some(prefetch.max(1));
+        self.prefetch = Some(prefetch);
         self
     }
 
@@ -209,10 +340,11 @@ impl RabbitConfig {
         self
     }
 
-    /// Sets the first and the longest wait between reconnection attempts.
+    /// Sets the first and the longest wait between reconnection attempts (at least 1 ms,
+    /// the longest no shorter than the first, at most 24 h: checked when connecting).
     pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.reconnect_initial_backoff = initial;
-        self.reconnect_max_backoff = max.max(initial);
+        self.reconnect_max_backoff = max;
         self
     }
 
@@ -228,22 +360,157 @@ impl RabbitConfig {
         self
     }
 
+    /// Sets the [`queue_type`](Self::queue_type).
+    ///
+    /// ```
+    /// use event_binder_rabbitmq::{QueueType, RabbitConfig};
+    ///
+    /// let config = RabbitConfig::new("amqp://127.0.0.1/%2f")?.queue_type(QueueType::Quorum);
+    /// assert_eq!(config.queue_type, QueueType::Quorum);
+    /// # Ok::<(), event_binder_core::Error>(())
+    /// ```
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
     /// The URL, with its password hidden when displayed.
     pub fn url(&self) -> &ChannelUrl {
         &self.url
     }
 
-    /// Checks what the setters could not.
-    pub(crate) fn validate(&self) -> Result<()> {
-        validate_prefix(&self.prefix)?;
-        if self
-            .queue_expires
-            .is_some_and(|after| after.as_millis() == 0)
-        {
-            return Err(Error::Config(
-                "queue_expires must be at least 1 ms; leave it unset for queues that never expire"
+    /// Checks every setting (see the table above), whichever way it was set: the first
+    /// out of range is an [`Error::Config`] naming the field and what it may be; an invalid
+    /// prefix is an [`Error::InvalidName`].
+    /// [`RabbitChannel::with_config`](crate::RabbitChannel::with_config) calls it before
+    /// connecting.
+    ///
+    /// ```
+    /// use event_binder_core::Error;
+    /// use event_binder_rabbitmq::RabbitConfig;
+    /// use std::time::Duration;
+    ///
+    /// let mut config = RabbitConfig::new("amqp://127.0.0.1/%2f")?;
+    /// assert!(config.validate().is_ok());
+    /// config.send_timeout = Duration::ZERO;
+    /// let err = config.validate().unwrap_err();
+    /// assert!(matches!(&err, Error::Config(text) if text.contains("send_timeout")), "{err}");
+    /// # Ok::<(), event_binder_core::Error>(())
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        self.check().map_err(|bad| match bad {
+            Invalid::Prefix(err) => err,
+            Invalid::Setting { field, problem, .. } => {
+                Error::Config(format!("RabbitConfig::{field}: {problem}"))
+            }
+        })
+    }
+
+    /// The first setting out of range, if any.
+    fn check(&self) -> std::result::Result<(), Invalid> {
+        validate_prefix(&self.prefix).map_err(Invalid::Prefix)?;
+        let setting = |field, parameter, problem: String| {
+            Err(Invalid::Setting {
+                field,
+                parameter,
+                problem,
+            })
+        };
+        let max = Self::MAX_DURATION;
+        let duration = |value: Duration, least: Duration, most: Duration, field, parameter| {
+            if value < least.max(Duration::from_millis(1)) || value > most {
+                setting(
+                    field,
+                    parameter,
+                    format!(
+                        "{value:?} is out of range: use {} to {}",
+                        show(least.max(Duration::from_millis(1))),
+                        show(most)
+                    ),
+                )
+            } else {
+                Ok(())
+            }
+        };
+        if self.prefetch == Some(0) {
+            return setting(
+                "prefetch",
+                "prefetch",
+                "0 is out of range: use 1 to 65535, or leave it unset for the subscription's"
                     .into(),
-            ));
+            );
+        }
+        duration(
+            self.send_timeout,
+            Duration::ZERO,
+            max,
+            "send_timeout",
+            "send_timeout_ms",
+        )?;
+        duration(
+            self.connect_timeout,
+            Duration::ZERO,
+            max,
+            "connect_timeout",
+            "connect_timeout_ms",
+        )?;
+        if self.reconnect_initial_backoff.is_zero() {
+            return setting(
+                "reconnect_initial_backoff",
+                "reconnect_initial_ms",
+                "0 ms would retry without pause: use 1 ms to reconnect_max_backoff".into(),
+            );
+        }
+        duration(
+            self.reconnect_max_backoff,
+            Duration::ZERO,
+            max,
+            "reconnect_max_backoff",
+            "reconnect_max_ms",
+        )?;
+        if self.reconnect_initial_backoff > self.reconnect_max_backoff {
+            return setting(
+                "reconnect_initial_backoff",
+                "reconnect_initial_ms",
+                format!(
+                    "{:?} is longer than reconnect_max_backoff ({:?}): use 1 ms to {}",
+                    self.reconnect_initial_backoff,
+                    self.reconnect_max_backoff,
+                    show(self.reconnect_max_backoff)
+                ),
+            );
+        }
+        if self.max_message_size == 0 || self.max_message_size > Self::MAX_MAX_MESSAGE_SIZE {
+            return setting(
+                "max_message_size",
+                "max_message_size",
+                format!(
+                    "{} bytes is out of range: use 1 to {} (512 MiB)",
+                    self.max_message_size,
+                    Self::MAX_MAX_MESSAGE_SIZE
+                ),
+            );
+        }
+        if let Some(expires) = self.queue_expires {
+            duration(
+                expires,
+                Duration::ZERO,
+                Self::MAX_QUEUE_EXPIRES,
+                "queue_expires",
+                "queue_expires_ms",
+            )
+            .map_err(|bad| match bad {
+                Invalid::Setting {
+                    field,
+                    parameter,
+                    problem,
+                } => Invalid::Setting {
+                    field,
+                    parameter,
+                    problem: format!("{problem}, or leave it unset for queues that never expire"),
+                },
+                other => other,
+            })?;
         }
         Ok(())
     }
@@ -354,6 +621,7 @@ impl fmt::Debug for RabbitConfig {
             .field("max_message_size", &self.max_message_size)
             .field("queue_expires", &self.queue_expires)
             .field("ca_certificate_file", &self.ca_certificate_file)
+            .field("queue_type", &self.queue_type)
             .finish()
     }
 }
@@ -366,6 +634,30 @@ const LAPIN_PARAMETERS: [&str; 5] = [
     "connection_timeout",
     "auth_mechanism",
 ];
+
+/// What [`RabbitConfig::check`] found wrong.
+enum Invalid {
+    /// The prefix, with core's error.
+    Prefix(Error),
+    /// A setting out of range: its field, its URL parameter, and what is wrong and allowed.
+    Setting {
+        field: &'static str,
+        parameter: &'static str,
+        problem: String,
+    },
+}
+
+/// A duration in the unit a person would say: `1 ms`, `24 h`.
+fn show(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis % 3_600_000 == 0 {
+        format!("{} h", millis / 3_600_000)
+    } else if millis % 1000 == 0 {
+        format!("{} s", millis / 1000)
+    } else {
+        format!("{millis} ms")
+    }
+}
 
 fn invalid(url: &ChannelUrl, reason: impl Into<String>) -> Error {
     Error::InvalidUrl {
@@ -489,17 +781,169 @@ mod tests {
     }
 
     #[test]
-    fn setters() {
+    fn setters_store_what_they_are_given_and_validation_judges_it() {
         let config = RabbitConfig::new("amqp://h")
             .unwrap()
             .prefix("p-")
-            .prefetch(0)
-            .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_secs(1))
             .max_message_size(10)
-            .queue_expires(Duration::from_secs(1));
-        assert_eq!(config.prefetch, Some(1));
-        assert_eq!(config.reconnect_max_backoff, Duration::from_secs(2));
+            .queue_expires(Duration::from_secs(1))
+            .queue_type(QueueType::Quorum);
+        assert_eq!(config.queue_type, QueueType::Quorum);
         assert!(config.validate().is_ok());
-        assert!(config.clone().prefix("a b").validate().is_err());
+        assert!(matches!(
+            config.clone().prefix("a b").validate(),
+            Err(Error::InvalidName { .. })
+        ));
+        let zero_prefetch = config.clone().prefetch(0);
+        assert_eq!(zero_prefetch.prefetch, Some(0), "not silently changed");
+        assert_config_error(&zero_prefetch, "prefetch", "1 to 65535");
+        let backwards = config
+            .clone()
+            .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1));
+        assert_config_error(
+            &backwards,
+            "reconnect_initial_backoff",
+            "reconnect_max_backoff",
+        );
+    }
+
+    /// `validate` fails with `Error::Config` naming `field` and saying `allowed`.
+    fn assert_config_error(config: &RabbitConfig, field: &str, allowed: &str) {
+        match config.validate() {
+            Err(Error::Config(text)) => {
+                assert!(text.contains(field), "{text:?} does not name {field}");
+                assert!(text.contains(allowed), "{text:?} does not say {allowed:?}");
+            }
+            other => panic!("expected Error::Config naming {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_public_field_is_validated() {
+        let base = RabbitConfig::new("amqp://h").unwrap();
+        type Spoil = fn(&mut RabbitConfig);
+        let cases: Vec<(&str, &str, Spoil)> = vec![
+            ("prefetch", "1 to 65535", |c| c.prefetch = Some(0)),
+            ("send_timeout", "1 ms to 24 h", |c| {
+                c.send_timeout = Duration::ZERO;
+            }),
+            ("send_timeout", "1 ms to 24 h", |c| {
+                c.send_timeout = Duration::MAX;
+            }),
+            ("connect_timeout", "1 ms to 24 h", |c| {
+                c.connect_timeout = Duration::ZERO;
+            }),
+            ("connect_timeout", "1 ms to 24 h", |c| {
+                c.connect_timeout = Duration::from_secs(90_000);
+            }),
+            ("reconnect_initial_backoff", "1 ms", |c| {
+                c.reconnect_initial_backoff = Duration::ZERO;
+            }),
+            ("reconnect_initial_backoff", "reconnect_max_backoff", |c| {
+                c.reconnect_initial_backoff = Duration::from_secs(10);
+                c.reconnect_max_backoff = Duration::from_secs(1);
+            }),
+            ("reconnect_max_backoff", "1 ms to 24 h", |c| {
+                c.reconnect_initial_backoff = Duration::from_millis(1);
+                c.reconnect_max_backoff = Duration::MAX;
+            }),
+            ("reconnect_initial_backoff", "1 ms", |c| {
+                c.reconnect_initial_backoff = Duration::ZERO;
+                c.reconnect_max_backoff = Duration::ZERO;
+            }),
+            ("max_message_size", "1 to 536870912", |c| {
+                c.max_message_size = 0;
+            }),
+            ("max_message_size", "1 to 536870912", |c| {
+                c.max_message_size = usize::MAX;
+            }),
+            ("queue_expires", "1 ms to 4294967295 ms", |c| {
+                c.queue_expires = Some(Duration::ZERO);
+            }),
+            ("queue_expires", "1 ms to 4294967295 ms", |c| {
+                c.queue_expires = Some(Duration::from_micros(999));
+            }),
+            ("queue_expires", "1 ms to 4294967295 ms", |c| {
+                c.queue_expires = Some(Duration::from_millis(1 << 32));
+            }),
+        ];
+        for (field, allowed, spoil) in cases {
+            let mut config = base.clone();
+            spoil(&mut config);
+            assert_config_error(&config, field, allowed);
+        }
+        let mut edges = base.clone();
+        edges.prefetch = Some(u16::MAX);
+        edges.send_timeout = RabbitConfig::MAX_DURATION;
+        edges.connect_timeout = Duration::from_millis(1);
+        edges.reconnect_initial_backoff = Duration::from_millis(1);
+        edges.reconnect_max_backoff = Duration::from_millis(1);
+        edges.max_message_size = RabbitConfig::MAX_MAX_MESSAGE_SIZE;
+        edges.queue_expires = Some(RabbitConfig::MAX_QUEUE_EXPIRES);
+        assert!(edges.validate().is_ok(), "{:?}", edges.validate());
+    }
+
+    #[test]
+    fn url_parameters_out_of_range_are_invalid_urls_naming_the_parameter() {
+        for (query, parameter, allowed) in [
+            ("reconnect_initial_ms=0", "reconnect_initial_ms", "1 ms"),
+            ("reconnect_max_ms=0", "reconnect_max_ms", "1 ms to 24 h"),
+            (
+                "reconnect_initial_ms=5000&reconnect_max_ms=100",
+                "reconnect_initial_ms",
+                "reconnect_max_backoff",
+            ),
+            ("send_timeout_ms=0", "send_timeout_ms", "1 ms to 24 h"),
+            (
+                "send_timeout_ms=86400001",
+                "send_timeout_ms",
+                "1 ms to 24 h",
+            ),
+            ("connect_timeout_ms=0", "connect_timeout_ms", "1 ms to 24 h"),
+            ("prefetch=0", "prefetch", "1 to 65535"),
+            ("prefetch=65536", "prefetch", "1 to 65535"),
+            ("max_message_size=0", "max_message_size", "1 to 536870912"),
+            ("queue_expires_ms=0", "queue_expires_ms", "1 ms"),
+            (
+                "queue_expires_ms=4294967296",
+                "queue_expires_ms",
+                "4294967295 ms",
+            ),
+            ("queue_type=stream", "queue_type", "classic or quorum"),
+        ] {
+            let url = format!("amqp://u:hunter2@h/?{query}");
+            match RabbitConfig::new(&url) {
+                Err(Error::InvalidUrl { reason, url: shown }) => {
+                    assert!(reason.contains(parameter), "{query}: {reason:?}");
+                    assert!(reason.contains(allowed), "{query}: {reason:?}");
+                    assert!(!shown.contains("hunter2"), "{shown}");
+                }
+                other => panic!("{query}: expected Error::InvalidUrl, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn queue_type_is_read_from_the_url() {
+        let default = RabbitConfig::new("amqp://h").unwrap();
+        assert_eq!(default.queue_type, QueueType::Classic);
+        let quorum = RabbitConfig::new("amqp://h?queue_type=quorum").unwrap();
+        assert_eq!(quorum.queue_type, QueueType::Quorum);
+        assert!(format!("{quorum:?}").contains("Quorum"));
+        let classic = RabbitConfig::new("amqp://h?queue_type=classic").unwrap();
+        assert_eq!(classic.queue_type, QueueType::Classic);
+        assert_eq!(QueueType::Quorum.to_string(), "quorum");
+        assert!(matches!(
+            "Quorum".parse::<QueueType>(),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn secret_query_parameters_never_show() {
+        let err = RabbitConfig::new("amqp://h/?api_token=s3cr3t-value").unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t-value"), "{err}");
+        assert!(!format!("{err:?}").contains("s3cr3t-value"), "{err:?}");
     }
 }

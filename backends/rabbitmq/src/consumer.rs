@@ -8,11 +8,11 @@ use crate::pool::{ConfirmPool, Target};
 use crate::topology::{self, short, Role};
 use async_trait::async_trait;
 use event_binder_core::{
-    shorten_dead_letter_error, Acknowledger, Consumer, Delivery, Error, Message, Origin, Result,
-    Subscription,
+    shorten_dead_letter_error, Acknowledger, Consumer, DeadLetterFailed, Delivery, Error, Message,
+    Origin, Result, Subscription,
 };
 use futures_core::Stream;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -30,6 +30,8 @@ pub(crate) struct Source {
     pub(crate) role: Role,
     pub(crate) prefetch: u16,
     pub(crate) origin: Arc<Origin>,
+    /// Whether the queue counts deliveries (`x-delivery-count`: a quorum queue).
+    pub(crate) counts_deliveries: bool,
 }
 
 /// Everything a delivery needs to dead-letter itself.
@@ -148,6 +150,13 @@ impl RabbitConsumer {
             data,
             ..
         } = delivery;
+        let attempt = convert::attempt(
+            redelivered,
+            self.source
+                .counts_deliveries
+                .then(|| convert::delivery_count(&properties))
+                .flatten(),
+        );
         let message = convert::decode(exchange.as_str(), routing_key.as_str(), &properties, data);
         let settle = Settle {
             channel: channel.clone(),
@@ -156,7 +165,7 @@ impl RabbitConsumer {
         };
         Delivery::new(
             message,
-            if redelivered { 2 } else { 1 },
+            attempt,
             self.source.origin.clone(),
             Box::new(settle),
         )
@@ -237,14 +246,9 @@ async fn open_session(
                 .basic_qos(source.prefetch, BasicQosOptions::default())
                 .await
                 .map_err(|err| Failure::from_lapin(err, "setting the prefetch"))?;
-            let queue = topology::declare(
-                &channel,
-                &source.names,
-                source.role,
-                link.config.queue_expires,
-            )
-            .await?
-            .unwrap_or_default();
+            let queue = topology::declare(&channel, &source.names, source.role, &link.config)
+                .await?
+                .unwrap_or_default();
             let consumer = channel
                 .basic_consume(
                     short(&queue),
@@ -313,13 +317,14 @@ impl Settle {
         }
     }
 
+    /// Puts the message back in its queue with `basic.reject` and requeue: for one delivery
+    /// the same as `basic.nack`, but from RabbitMQ 4.3 on only a reject counts as a failed
+    /// delivery in a quorum queue's `x-delivery-count` (a nack leaves it alone), so the
+    /// attempt grows on every version.
     async fn requeue(&self) -> Result<()> {
-        let options = BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        };
+        let options = BasicRejectOptions { requeue: true };
         self.settled(
-            self.channel.basic_nack(self.delivery_tag, options).await,
+            self.channel.basic_reject(self.delivery_tag, options).await,
             "requeue",
         )
     }
@@ -348,9 +353,10 @@ impl Acknowledger for Settle {
         self.ack_now()
     }
 
-    /// Requeues the message (`basic.nack` with requeue). With a delay, the nack is sent
-    /// after it by a task of its own, and the message stays unacknowledged (counting
-    /// against the prefetch) meanwhile; dropping the consumer before then requeues it too.
+    /// Requeues the message (`basic.reject` with requeue, which a quorum queue counts in
+    /// `x-delivery-count`). With a delay, the reject is sent after it by a task of its own,
+    /// and the message stays unacknowledged (counting against the prefetch) meanwhile;
+    /// dropping the consumer before then requeues it too.
     async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<()> {
         match delay {
             Some(delay) if !delay.is_zero() => {
@@ -367,8 +373,8 @@ impl Acknowledger for Settle {
     }
 
     /// Publishes the dead letter to the dead-letter queue (confirmed), then acknowledges
-    /// the original; if the publish fails, requeues the original and returns the error.
-    async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<()> {
+    /// the original; if the publish fails, hands the original back unsettled.
+    async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<(), DeadLetterFailed> {
         let published = match fit_dead_letter(dead_letter, &self.dead_letters) {
             Ok(outgoing) => {
                 let target = Target::Queue {
@@ -382,13 +388,14 @@ impl Acknowledger for Settle {
             Err(err) => Err(err),
         };
         match published {
-            Ok(()) => self.ack_now(),
-            Err(err) => {
-                if let Err(requeue) = self.requeue().await {
-                    tracing::debug!(error = %requeue, "rabbitmq: requeueing after a failed dead letter failed");
+            Ok(()) => {
+                // Stored: a lost ack only means the message comes back (at least once).
+                if let Err(error) = self.ack_now() {
+                    tracing::warn!(%error, "rabbitmq: acknowledging a dead-lettered message failed");
                 }
-                Err(err)
+                Ok(())
             }
+            Err(error) => Err(DeadLetterFailed::new(error, self)),
         }
     }
 }

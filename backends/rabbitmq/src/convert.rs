@@ -30,6 +30,41 @@ const BROKER_HEADERS: [&str; 4] = [
     "x-last-death",
 ];
 
+/// The header in which a quorum queue counts the earlier deliveries of a message (absent
+/// on the first). It is the delivery's `attempt`, not a header of the message: taken out
+/// on receipt, refused on sending.
+pub(crate) const DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// The earlier deliveries a quorum queue counted for this one, from its `x-delivery-count`
+/// header (whatever integer type the broker used); `None` when absent or not a count.
+pub(crate) fn delivery_count(properties: &BasicProperties) -> Option<u64> {
+    let value = properties.headers().as_ref()?.inner().get(DELIVERY_COUNT)?;
+    match value {
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::Timestamp(n) => Some(*n),
+        AMQPValue::ShortString(text) => text.as_str().parse().ok(),
+        AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The attempt of a delivery: 1 for the first. With a delivery count (quorum queues), the
+/// count + 1; RabbitMQ's `redelivered` flag makes it at least 2 (from 4.3 a nack with
+/// requeue redelivers without counting). Without one (classic queues), 1 or 2.
+pub(crate) fn attempt(redelivered: bool, delivery_count: Option<u64>) -> u32 {
+    let flagged = if redelivered { 2 } else { 1 };
+    let counted = delivery_count
+        .map(|count| u32::try_from(count.saturating_add(1)).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    counted.max(flagged)
+}
+
 /// A message ready for `basic.publish`.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -63,6 +98,15 @@ pub(crate) fn encode(message: &Message, routing_key: Option<&str>) -> Result<Out
     let mut headers = BTreeMap::new();
     let mut table_len = 4;
     let mut add = |name: &str, value: &str| -> Result<()> {
+        if name == DELIVERY_COUNT {
+            return Err(Error::InvalidName {
+                kind: "header",
+                name: name.to_owned(),
+                reason: "RabbitMQ's quorum queues count deliveries in it (the delivery's \
+                         attempt); a message cannot set it"
+                    .to_owned(),
+            });
+        }
         let key = ShortString::try_new(name).map_err(|_| Error::InvalidName {
             kind: "header",
             name: name.to_owned(),
@@ -148,6 +192,9 @@ pub(crate) fn decode(
             headers.insert(name.as_str(), render(value));
         }
     }
+    // The broker's count of earlier deliveries is the delivery's attempt, not a header:
+    // kept, it would travel on with a dead letter and count against it in its next queue.
+    headers.remove(DELIVERY_COUNT);
     let key = headers.remove(header::KEY).or_else(|| {
         (!exchange.is_empty() && !routing_key.is_empty()).then(|| routing_key.to_owned())
     });
@@ -437,6 +484,52 @@ mod tests {
         let other = decode("orders", "", &properties, b"{ }".to_vec());
         assert_ne!(first.id(), other.id());
         assert_eq!(first.headers().get("source"), Some("legacy"));
+    }
+
+    #[test]
+    fn the_delivery_count_is_the_attempt_and_never_a_header() {
+        let with_count = |value: AMQPValue| {
+            let mut table = FieldTable::default();
+            table.insert(DELIVERY_COUNT.into(), value);
+            table.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+            BasicProperties::default().with_headers(table)
+        };
+        assert_eq!(delivery_count(&BasicProperties::default()), None);
+        for value in [
+            AMQPValue::LongInt(3),
+            AMQPValue::LongLongInt(3),
+            AMQPValue::LongUInt(3),
+            AMQPValue::ShortInt(3),
+            AMQPValue::LongString("3".into()),
+        ] {
+            assert_eq!(
+                delivery_count(&with_count(value.clone())),
+                Some(3),
+                "{value:?}"
+            );
+        }
+        assert_eq!(delivery_count(&with_count(AMQPValue::LongInt(-1))), None);
+        let properties = with_count(AMQPValue::LongInt(3));
+        let message = decode("orders", "", &properties, b"{}".to_vec());
+        assert_eq!(message.headers().get(DELIVERY_COUNT), None);
+        assert_eq!(message.headers().get("tenant"), Some("acme"));
+
+        assert_eq!(attempt(false, None), 1);
+        assert_eq!(attempt(true, None), 2);
+        assert_eq!(attempt(true, Some(1)), 2);
+        assert_eq!(attempt(true, Some(4)), 5);
+        assert_eq!(
+            attempt(true, Some(0)),
+            2,
+            "redelivered without counting (4.3 nack)"
+        );
+        assert_eq!(attempt(true, Some(u64::MAX)), u32::MAX);
+
+        let forged = Message::new("b").with_header(DELIVERY_COUNT, "7");
+        assert!(matches!(
+            encode(&forged, None),
+            Err(Error::InvalidName { kind: "header", .. })
+        ));
     }
 
     #[test]

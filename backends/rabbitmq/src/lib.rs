@@ -24,10 +24,10 @@
 //! | event-binder | RabbitMQ |
 //! |---|---|
 //! | destination | a durable topic exchange `{prefix}{destination}` |
-//! | group | a durable queue `{prefix}{destination}.{group}`, bound to the exchange with `#` (every message) |
+//! | group | a durable queue `{prefix}{destination}.{group}`, bound to the exchange with `#` (every message); classic, or quorum with `?queue_type=quorum` |
 //! | anonymous subscription | a server-named, exclusive, auto-delete queue bound with `#`; it goes away with its consumer |
-//! | dead letters of a group | a durable queue `{prefix}{destination}.{group}.dlq` |
-//! | dead letters of anonymous subscriptions | one durable queue per destination, `{prefix}{destination}..dlq` |
+//! | dead letters of a group | a durable queue `{prefix}{destination}.{group}.dlq` (of the same [`QueueType`]) |
+//! | dead letters of anonymous subscriptions | one durable queue per destination, `{prefix}{destination}..dlq` (of the same [`QueueType`]) |
 //! | payload | the message body, untouched (no envelope) |
 //! | message id | the `message-id` property |
 //! | content type | the `content-type` property |
@@ -36,8 +36,8 @@
 //! | headers | the header table, as long strings |
 //! | `send` | `basic.publish` (mandatory, persistent) on a confirm-mode channel, returning after the publisher confirm |
 //! | prefetch | `basic.qos` on each consumer's own channel: [`RabbitConfig::prefetch`], else the subscription's (the handler's concurrency) |
-//! | ack / nack / dead letter | `basic.ack` (handed to the connection; the broker does not answer it) / `basic.nack` with requeue / a confirmed publish to the dead-letter queue, then `basic.ack` |
-//! | attempt | 1, or 2 when the broker flags the delivery as redelivered (RabbitMQ counts no further on classic queues) |
+//! | ack / nack / dead letter | `basic.ack` (handed to the connection; the broker does not answer it) / `basic.reject` with requeue / a confirmed publish to the dead-letter queue, then `basic.ack` |
+//! | attempt | quorum queues: the `x-delivery-count` header + 1 (1, 2, 3, …); classic queues: 1, or 2 when the broker flags the delivery as redelivered (RabbitMQ counts no further) |
 //!
 //! Logical names hold only letters, digits, `-` and `_`, so the dots keep every physical
 //! name distinct: a group named `dlq` has the queue `{prefix}{destination}.dlq`, which never
@@ -46,12 +46,61 @@
 //! physical names are also available from [`RabbitChannel::exchange_name`],
 //! [`RabbitChannel::queue_name`] and [`RabbitChannel::dead_letter_queue_name`].
 //!
+//! # Queue types: which to pick
+//!
+//! [`RabbitConfig::queue_type`] (`?queue_type=quorum` in the URL) chooses the type of the
+//! group and dead-letter queues; the default is [`QueueType::Classic`], so that queues
+//! declared by earlier versions keep matching their declaration. **For a new deployment
+//! pick quorum**: quorum queues are replicated across a cluster's nodes, and they count
+//! the deliveries of each message, which classic queues do not. That count is what
+//! [`RetryPolicy::max_deliveries`](event_binder_core::RetryPolicy::max_deliveries) needs to
+//! stop a poison message that crashes the process (or hangs until it is killed) every time:
+//! on a quorum queue its `attempt` grows 1, 2, 3, … with every delivery left unsettled, and
+//! the runtime dead-letters it once past the cap; on a classic queue `attempt` is 1 or 2,
+//! so such a message comes back forever. Classic queues remain the choice for the lowest
+//! latency on a single node, where replication and poison-message protection do not matter.
+//!
+//! - **What counts.** A quorum queue's `x-delivery-count` counts the times a message came
+//!   back: its consumer's channel or connection went (a crash), or it was requeued. This
+//!   backend requeues with `basic.reject`, which counts on every RabbitMQ version (from 4.3
+//!   a `basic.nack` no longer does); the count is the delivery's `attempt`, minus one, and
+//!   is not among the message's headers (nor may a message set it: sending one with an
+//!   `x-delivery-count` header is an [`Error::InvalidName`](event_binder_core::Error::InvalidName)),
+//!   so a dead letter starts again at attempt 1 in its dead-letter queue. Requeues the
+//!   runtime makes without a failure (at a shutdown timeout, or when the idempotency store
+//!   fails) count too: keep `max_deliveries` well above how often that may happen to one
+//!   message (the default, 10, is).
+//! - **No broker delivery limit.** The queues are declared without `x-delivery-limit`: the
+//!   runtime decides when a message was delivered too often, and dead-letters it to the
+//!   group's dead-letter queue with the reason, where a broker limit would drop it (no
+//!   dead-letter exchange is configured) without a word. RabbitMQ 4 applies a default limit
+//!   of 20 to quorum queues all the same: keep `max_deliveries` below 20 there (the default,
+//!   10, is), or raise the limit with a `delivery-limit` policy.
+//! - **Anonymous subscriptions** stay on classic queues: RabbitMQ allows exclusive,
+//!   auto-delete, server-named queues only as classic ones. Their shared dead-letter queue
+//!   follows the configured type.
+//! - **Requeued messages.** A nacked message goes back to the end of a quorum queue, behind
+//!   those already waiting (seen on RabbitMQ 3.10; RabbitMQ 4 does the same), where a
+//!   classic queue puts it back at the head. Nothing here depends on either, and ordering
+//!   by key is not claimed on any queue type. A nack with a delay waits in this client, as
+//!   on classic queues.
+//! - **Switching** an existing group from one type to the other makes its declaration fail
+//!   with the broker's `inequivalent arg 'x-queue-type'` error: delete the queue, or move its
+//!   messages to a queue of the new type, first.
+//! - A virtual host (or node) whose *default queue type* is quorum makes the queues
+//!   declared as classic here quorum ones; `attempt` then still reads 1 or 2: set
+//!   `queue_type=quorum` to match.
+//!
 //! # Semantics
 //!
 //! - **Sending** returns once the broker has confirmed the message, stored to disk in
 //!   every durable queue it reached. A message no queue takes (no group was provisioned and
 //!   no subscription runs) is returned by the broker and the send fails with
-//!   [`Error::Broker`](event_binder_core::Error::Broker) saying so; so does a nacked one.
+//!   [`Error::Broker`](event_binder_core::Error::Broker) saying so. A message the broker
+//!   nacks (a queue process failed to take it: with quorum queues, RabbitMQ 3.x nacks a
+//!   message one of whose queues, such as a just dropped anonymous subscription's, was
+//!   being deleted) is published again after a short pause, three times at most, and then
+//!   the send fails with `Error::Broker`; a copy that did arrive has the same id.
 //!   Nothing is dropped silently: provision a group before sending to a destination nobody
 //!   consumes yet. `send_batch` publishes the whole batch, then waits for all confirms.
 //! - **Sizes.** A message larger than [`RabbitConfig::max_message_size`] (as counted by
@@ -74,7 +123,7 @@
 //!   same on every redelivery, so idempotent handling works (two byte-identical messages
 //!   sent without ids are therefore handled once); without a content type it is taken as
 //!   JSON; its key is the `message-key` header, else its routing key.
-//! - **Nack with a delay** sends the `basic.nack` after the delay from a task of its own;
+//! - **Nack with a delay** sends the `basic.reject` (with requeue) after the delay from a task of its own;
 //!   the message stays unacknowledged, and counts against the prefetch, meanwhile.
 //! - **Dead letters.** The runtime's retry policy decides when a message is dead-lettered,
 //!   exactly as on every other backend (no broker-side dead-letter exchange is involved):
@@ -121,7 +170,7 @@ mod producer;
 mod topology;
 
 pub use channel::RabbitChannel;
-pub use config::RabbitConfig;
+pub use config::{QueueType, RabbitConfig};
 
 /// The URL schemes this backend serves: `amqp` and `amqps`.
 pub const SCHEMES: [&str; 2] = ["amqp", "amqps"];

@@ -19,10 +19,14 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{sleep, timeout_at, Instant};
 
 /// The most AMQP channels one pool opens, that is the most publishes it has in flight.
 const MAX_CHANNELS: usize = 64;
+/// How many times a send publishes again what the broker nacked before it fails.
+const NACK_RETRIES: u32 = 3;
+/// The pause before publishing nacked messages again; doubled after each nack.
+const NACK_PAUSE: Duration = Duration::from_millis(20);
 
 /// Where a publish goes.
 #[derive(Debug, Clone)]
@@ -109,6 +113,9 @@ enum Attempt {
     Refused(Error),
     /// A confirm did not come in time; the channel still expects it and is not reused.
     TimedOut(Error),
+    /// The broker nacked some messages (the error says which); those at the indexes in
+    /// `confirmed` were acked.
+    Nacked { error: Error, confirmed: Vec<usize> },
     /// The connection went away; the messages at these indexes were confirmed before it did.
     Lost {
         error: lapin::Error,
@@ -143,9 +150,7 @@ impl ConfirmPool {
         let mut stale = 0;
         loop {
             let lease = self.lease(stale, deadline, what).await?;
-            match topology::declare(&lease.channel, names, role, self.link.config.queue_expires)
-                .await
-            {
+            match topology::declare(&lease.channel, names, role, &self.link.config).await {
                 Ok(_) => {
                     self.give_back(lease);
                     return Ok(());
@@ -164,8 +169,12 @@ impl ConfirmPool {
 
     /// Publishes `messages` to `target` and waits for the broker to confirm all of them,
     /// reconnecting and publishing again what was not confirmed when the connection is
-    /// lost, until the send timeout. A returned (unroutable) or nacked message fails the
-    /// call; so does a message whose headers do not fit one AMQP frame.
+    /// lost, until the send timeout. What the broker nacks is published again after a
+    /// short pause, up to [`NACK_RETRIES`] times (RabbitMQ nacks a message a queue process
+    /// failed to take: with quorum queues, one routed to a queue deleted at that moment,
+    /// such as an anonymous subscription's just dropped, is nacked as a whole); after that
+    /// the nack fails the call. A returned (unroutable) message fails the call; so does a
+    /// message whose headers do not fit one AMQP frame.
     pub(crate) async fn publish(&self, target: &Target, messages: Vec<Outgoing>) -> Result<()> {
         if messages.is_empty() {
             return Ok(());
@@ -190,6 +199,7 @@ impl ConfirmPool {
         let mut pending = messages;
         let mut failures = 0;
         let mut stale = 0;
+        let mut nacks = 0;
         loop {
             let lease = self.lease(stale, deadline, &what()).await?;
             if let Err(err) = pending
@@ -217,14 +227,20 @@ impl ConfirmPool {
                     return Err(err);
                 }
                 Attempt::TimedOut(err) => return Err(err),
+                Attempt::Nacked { error, confirmed } => {
+                    self.give_back(lease);
+                    let pause = NACK_PAUSE.saturating_mul(1 << nacks.min(8));
+                    if nacks >= NACK_RETRIES || Instant::now() + pause >= deadline {
+                        return Err(error);
+                    }
+                    nacks += 1;
+                    tracing::debug!(error = %error, retry_in = ?pause, "rabbitmq: messages nacked; publishing them again");
+                    retain_unconfirmed(&mut pending, &confirmed);
+                    sleep(pause).await;
+                }
                 Attempt::Lost { error, confirmed } => {
                     tracing::debug!(error = %error, confirmed = confirmed.len(), pending = pending.len(), "rabbitmq: publish interrupted; publishing the unconfirmed again");
-                    let mut index = 0;
-                    pending.retain(|_| {
-                        let keep = !confirmed.contains(&index);
-                        index += 1;
-                        keep
-                    });
+                    retain_unconfirmed(&mut pending, &confirmed);
                     stale = self
                         .link
                         .recover(lease.generation, &mut failures, Some(deadline), &what())
@@ -284,13 +300,7 @@ impl ConfirmPool {
             .await
             .map_err(|err| Failure::from_lapin(err, "enabling publisher confirms"))?;
         if let Some(names) = &self.declare {
-            topology::declare(
-                &channel,
-                names,
-                Role::Destination,
-                self.link.config.queue_expires,
-            )
-            .await?;
+            topology::declare(&channel, names, Role::Destination, &self.link.config).await?;
         }
         Ok(channel)
     }
@@ -306,6 +316,16 @@ impl ConfirmPool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Keeps the messages whose index is not in `confirmed`.
+fn retain_unconfirmed(pending: &mut Vec<Outgoing>, confirmed: &[usize]) {
+    let mut index = 0;
+    pending.retain(|_| {
+        let keep = !confirmed.contains(&index);
+        index += 1;
+        keep
+    });
 }
 
 /// Publishes every message on one channel, then waits for every confirm.
@@ -383,21 +403,27 @@ async fn publish_on(
     if let Some(reply) = returned.first() {
         return Attempt::Refused(target.unroutable(returned.len(), reply));
     }
+    if let Some(error) = interrupted {
+        // What was nacked is published again with the rest of the unconfirmed.
+        return Attempt::Lost { error, confirmed };
+    }
     if let Some(index) = nacked.first() {
-        return Attempt::Refused(Error::broker(
-            BACKEND,
-            format!(
-                "RabbitMQ refused (nacked) {} of {} messages sent to {}, message {} among them; \
-                 they were not stored",
-                nacked.len(),
-                messages.len(),
-                target.describe(),
-                messages[*index].id
+        return Attempt::Nacked {
+            error: Error::broker(
+                BACKEND,
+                format!(
+                    "RabbitMQ refused (nacked) {} of {} messages sent to {}, message {} among \
+                     them, each published {} times; they may not have been stored: send again \
+                     (a copy that did arrive has the same id)",
+                    nacked.len(),
+                    messages.len(),
+                    target.describe(),
+                    messages[*index].id,
+                    NACK_RETRIES + 1
+                ),
             ),
-        ));
+            confirmed,
+        };
     }
-    match interrupted {
-        Some(error) => Attempt::Lost { error, confirmed },
-        None => Attempt::Confirmed,
-    }
+    Attempt::Confirmed
 }

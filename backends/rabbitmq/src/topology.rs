@@ -1,5 +1,6 @@
 //! Declaring exchanges, queues and bindings (all idempotent).
 
+use crate::config::{QueueType, RabbitConfig};
 use crate::error::Failure;
 use crate::names::Names;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -24,16 +25,29 @@ pub(crate) enum Role {
     DeadLetters,
 }
 
+impl Role {
+    /// Whether the queue this role consumes is of the configured
+    /// [`QueueType`]: every one but the anonymous subscriptions' server-named queues, which
+    /// are exclusive and auto-delete, and so classic.
+    pub(crate) fn queue_type(self, configured: QueueType) -> QueueType {
+        match self {
+            Role::Anonymous => QueueType::Classic,
+            Role::Destination | Role::Group | Role::DeadLetters => configured,
+        }
+    }
+}
+
 /// Declares what `role` needs; returns the queue to consume, if the role has one. With
-/// `expires`, queues get it as `x-expires` and exchanges are auto-delete (see
-/// [`RabbitConfig::queue_expires`](crate::RabbitConfig::queue_expires)).
+/// [`RabbitConfig::queue_expires`], queues get it as `x-expires` and exchanges are
+/// auto-delete; group and dead-letter queues are of [`RabbitConfig::queue_type`].
 pub(crate) async fn declare(
     channel: &lapin::Channel,
     names: &Names,
     role: Role,
-    expires: Option<Duration>,
+    config: &RabbitConfig,
 ) -> Result<Option<String>, Failure> {
-    let arguments = queue_arguments(expires);
+    let expires = config.queue_expires;
+    let arguments = queue_arguments(expires, config.queue_type);
     if role != Role::DeadLetters {
         channel
             .exchange_declare(
@@ -63,7 +77,7 @@ pub(crate) async fn declare(
             channel
                 .queue_declare(short(&queue), durable, arguments.clone())
                 .await
-                .map_err(|err| Failure::from_lapin(err, &format!("declaring queue {queue:?}")))?;
+                .map_err(|err| declaring_queue(err, &queue, config.queue_type))?;
             queue
         }
         Role::Anonymous => {
@@ -99,10 +113,24 @@ pub(crate) async fn declare(
     channel
         .queue_declare(short(&names.dead_letters), durable, arguments)
         .await
-        .map_err(|err| {
-            Failure::from_lapin(err, &format!("declaring queue {:?}", names.dead_letters))
-        })?;
+        .map_err(|err| declaring_queue(err, &names.dead_letters, config.queue_type))?;
     Ok(Some(queue))
+}
+
+/// The failure of declaring a durable queue; when the queue exists with another type, the
+/// error says how to proceed.
+fn declaring_queue(err: lapin::Error, queue: &str, queue_type: QueueType) -> Failure {
+    let other_type = err.to_string().contains("x-queue-type");
+    let what = if other_type {
+        format!(
+            "declaring queue {queue:?} as a {queue_type} queue (queue_type={queue_type}); it \
+             exists with another type, which it keeps: use that queue_type, or delete the \
+             queue (or move its messages to a new one) first"
+        )
+    } else {
+        format!("declaring queue {queue:?}")
+    };
+    Failure::from_lapin(err, &what)
 }
 
 /// A physical name as an AMQP short string. Physical names are built from validated logical
@@ -112,11 +140,53 @@ pub(crate) fn short(name: &str) -> ShortString {
     ShortString::try_new(name).unwrap_or_default()
 }
 
-fn queue_arguments(expires: Option<Duration>) -> FieldTable {
+/// The arguments of the durable queues. A classic queue is declared without
+/// `x-queue-type`, as before quorum queues were offered, so that existing queues keep
+/// matching their declaration. No `x-delivery-limit` is set on quorum queues: the runtime's
+/// [`RetryPolicy::max_deliveries`](event_binder_core::RetryPolicy::max_deliveries) decides
+/// when a message has been delivered too often, and dead-letters it with the reason; a
+/// broker limit would drop such messages behind its back (see the crate documentation).
+fn queue_arguments(expires: Option<Duration>, queue_type: QueueType) -> FieldTable {
     let mut arguments = FieldTable::default();
     if let Some(expires) = expires {
         let millis = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(millis));
     }
+    if queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(queue_type.as_str().into()),
+        );
+    }
     arguments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_queues_say_so_and_classic_ones_declare_as_before() {
+        let quorum = queue_arguments(None, QueueType::Quorum);
+        assert_eq!(
+            quorum.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert!(quorum.inner().get("x-delivery-limit").is_none());
+        let classic = queue_arguments(Some(Duration::from_secs(1)), QueueType::Classic);
+        assert!(classic.inner().get("x-queue-type").is_none());
+        assert_eq!(
+            classic.inner().get("x-expires"),
+            Some(&AMQPValue::LongLongInt(1000))
+        );
+        assert_eq!(
+            Role::Anonymous.queue_type(QueueType::Quorum),
+            QueueType::Classic
+        );
+        assert_eq!(Role::Group.queue_type(QueueType::Quorum), QueueType::Quorum);
+        assert_eq!(
+            Role::DeadLetters.queue_type(QueueType::Quorum),
+            QueueType::Quorum
+        );
+    }
 }
