@@ -820,7 +820,11 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_and_backs_off() {
     producer.send(sent.clone()).await.expect("send");
     // The third delivery: its backoff (4 s) is well above the poller's long poll (1 s).
     for _ in 0..2 {
-        receive(&mut *consumer).await.nack(None).await.expect("nack");
+        receive(&mut *consumer)
+            .await
+            .nack(None)
+            .await
+            .expect("nack");
     }
     let delivery = receive(&mut *consumer).await;
     assert_eq!(delivery.attempt(), 3);
@@ -828,7 +832,11 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_and_backs_off() {
     let sqs = raw_sqs().await;
     let dead_letter_queue = sqs
         .get_queue_url()
-        .queue_name(channel.dead_letter_queue_name(destination, Some(group)).unwrap())
+        .queue_name(
+            channel
+                .dead_letter_queue_name(destination, Some(group))
+                .unwrap(),
+        )
         .send()
         .await
         .expect("the dead-letter queue")
