@@ -46,17 +46,18 @@ async fn rabbitmq_urls_show_no_secret() {
 #[cfg(feature = "kafka")]
 #[tokio::test]
 async fn kafka_urls_show_no_secret() {
+    let broker = crate::kafka::broker();
     let connected = shows_no_secret(&format!(
-        "kafka://127.0.0.1:9092?sasl.password={SECRET}&sasl.username=me"
+        "kafka://{broker}?sasl.password={SECRET}&sasl.username=me"
     ))
     .await;
     assert!(
         connected,
         "a SASL password without SASL is ignored, not refused"
     );
-    shows_no_secret(&format!("kafka://me:{SECRET}@127.0.0.1:9092")).await;
+    shows_no_secret(&format!("kafka://me:{SECRET}@{broker}")).await;
     shows_no_secret(&format!(
-        "kafka://127.0.0.1:9092?ssl.key.password={SECRET}&bogus=1"
+        "kafka://{broker}?ssl.key.password={SECRET}&bogus=1"
     ))
     .await;
 }

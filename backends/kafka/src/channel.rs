@@ -1,14 +1,13 @@
 //! [`KafkaChannel`]: the [`Channel`] of the Kafka backend.
 
-use crate::config::{millis, KafkaConfig};
+use crate::config::KafkaConfig;
 use crate::consumer::{KafkaConsumer, Role};
 use crate::error::{self, BACKEND};
 use crate::names::Names;
 use crate::producer::KafkaProducer;
 use async_trait::async_trait;
 use event_binder_core::{
-    validate_prefix, Capabilities, Channel, ChannelUrl, Consumer, Error, Producer, Result,
-    Subscription,
+    Capabilities, Channel, ChannelUrl, Consumer, Error, Producer, Result, Subscription,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -130,32 +129,23 @@ impl KafkaChannel {
         Self::with_config(KafkaConfig::from_url(url)?).await
     }
 
-    /// Connects with a configuration.
+    /// Connects with a configuration, after checking every setting
+    /// ([`KafkaConfig::validate`]): a bad one is an [`Error::Config`] (or
+    /// [`Error::InvalidName`] for the prefix), and so are librdkafka settings librdkafka
+    /// refuses when it creates the clients.
     pub async fn with_config(config: KafkaConfig) -> Result<Self> {
-        validate_prefix(&config.prefix)?;
+        config.validate()?;
         let secrets: Vec<String> = config.secrets().into_iter().map(str::to_owned).collect();
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let brokers = config.bootstrap_servers();
-        let mut producer_config = config.client_config();
-        producer_config
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .set(
-                "message.timeout.ms",
-                millis(config.send_timeout).to_string(),
-            )
-            .set(
-                "message.max.bytes",
-                config.librdkafka_max_bytes().to_string(),
-            );
-        let producer: FutureProducer = producer_config
+        let producer: FutureProducer = config
+            .producer_config()
             .create()
-            .map_err(|err| error::connection(&brokers, &err, &secrets))?;
+            .map_err(|err| error::creation("creating the producer", &err, &secrets))?;
         let admin: AdminClient<DefaultClientContext> = config
-            .client_config()
+            .admin_config()
             .create()
-            .map_err(|err| error::connection(&brokers, &err, &secrets))?;
+            .map_err(|err| error::creation("creating the admin client", &err, &secrets))?;
         let probe = producer.clone();
         let timeout = config.connect_timeout;
         let metadata = tokio::task::spawn_blocking(move || {

@@ -1,5 +1,6 @@
-//! [`KafkaConsumer`]: one librdkafka consumer per event-binder consumer, with the
-//! bookkeeping that turns per-message acks into per-partition offsets.
+//! [`KafkaConsumer`]: one librdkafka consumer per event-binder consumer, polled without
+//! pause by a thread of its own, with the bookkeeping that turns per-message acks into
+//! per-partition offsets.
 //!
 //! Kafka commits a position per partition, not single messages, and cannot un-read a
 //! record. So each consumer keeps, per partition, the offsets it has read and not yet
@@ -8,6 +9,14 @@
 //! before it was handled, whatever order concurrent handlers finish in. A nacked (or
 //! dropped) delivery waits in a local redelivery queue and comes back from this consumer,
 //! its attempt count one higher.
+//!
+//! The poller thread calls librdkafka's poll continuously, whatever the handlers do, so
+//! the member never misses `max.poll.interval.ms` and its rebalance callbacks run on time.
+//! It hands records to [`KafkaConsumer::receive`] in batches through a channel; once
+//! the read-ahead limit is reached it pauses the assigned partitions (librdkafka then
+//! fetches nothing more) and goes on polling, and it resumes them once half of what was
+//! read ahead has been taken (a resumed partition's first fetch can take librdkafka's
+//! `fetch.wait.max.ms`, so resuming early keeps the handlers fed).
 
 use crate::channel::Inner;
 use crate::convert::message_from;
@@ -16,17 +25,20 @@ use crate::names::Names;
 use crate::producer::send_to;
 use async_trait::async_trait;
 use event_binder_core::{
-    Acknowledger, Consumer, Delivery, Error, Message, Origin, Result, Subscription,
+    Acknowledger, Consumer, DeadLetterFailed, Delivery, Error, Message, Origin, Result,
+    Subscription,
 };
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// What a consumer reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +51,19 @@ pub(crate) enum Role {
     DeadLetters,
 }
 
-type Client = StreamConsumer<Context>;
+type Client = BaseConsumer<Context>;
+
+/// The most payload bytes the poller reads ahead before it
+/// pauses the partitions, whatever the read-ahead count.
+pub(crate) const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
+/// The longest the poller waits in one poll when it has nothing to hand over.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// The shortest: the poller never spins, even with a commit interval of zero.
+const MIN_POLL: Duration = Duration::from_millis(5);
+/// The longest a nacked delivery waits before it is handed out again: a longer delay (up
+/// to [`Duration::MAX`]) is taken as this one. Meanwhile its offset holds back its
+/// partition's commit.
+pub(crate) const MAX_NACK_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Yields deliveries for one subscription.
 pub(crate) struct KafkaConsumer {
@@ -51,6 +75,15 @@ pub(crate) struct KafkaConsumer {
     origin: Arc<Origin>,
     dead_letters: Arc<DeadLetterTarget>,
     closed: watch::Receiver<bool>,
+    /// What the poller thread read, in batches; closing it stops the thread, which leaves
+    /// the group.
+    records: mpsc::UnboundedReceiver<Vec<Read>>,
+    /// The records of the last batch taken, not handed out yet.
+    taken: VecDeque<Read>,
+    /// How much `records` holds.
+    read_ahead: Arc<ReadAhead>,
+    /// The poller thread, joined when the consumer is dropped.
+    poller: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Where the dead letters of a consumer's deliveries go.
@@ -61,7 +94,8 @@ struct DeadLetterTarget {
 
 impl KafkaConsumer {
     /// Creates the topics it needs, joins the group (or, anonymous, assigns every
-    /// partition at its current end) and returns once the subscription is active.
+    /// partition at its current end), starts the poller thread and returns once the
+    /// subscription is active.
     pub(crate) async fn open(
         inner: Arc<Inner>,
         subscription: Subscription,
@@ -90,25 +124,13 @@ impl KafkaConsumer {
             inner.config.drain_timeout,
             inner.config.commit_interval,
         ));
-        let mut config = inner.config.client_config();
-        config
-            .set("group.id", &group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set(
-                "auto.offset.reset",
-                if commits { "earliest" } else { "latest" },
-            )
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "100");
+        let config = inner.config.consumer_config(&group_id, commits);
         let secrets = inner.secrets();
         let client: Client = config
             .create_with_context(Context {
                 tracker: tracker.clone(),
             })
-            .map_err(|err| error::broker("creating a consumer", &err, &secrets))?;
+            .map_err(|err| error::creation("creating a consumer", &err, &secrets))?;
         let client = Arc::new(client);
         if commits {
             client.subscribe(&[&topic]).map_err(|err| {
@@ -117,6 +139,28 @@ impl KafkaConsumer {
         } else {
             assign_at_end(&inner, &client, &topic).await?;
         }
+        let (sender, records) = mpsc::unbounded_channel();
+        let read_ahead = Arc::new(ReadAhead::default());
+        let poller = Poller {
+            client: client.clone(),
+            tracker: tracker.clone(),
+            records: sender,
+            closed: inner.closed(),
+            secrets: secrets.iter().map(|s| (*s).to_owned()).collect(),
+            group_id: group_id.clone(),
+            read_ahead: read_ahead.clone(),
+            limit: inner.config.read_ahead.max(1),
+            paused: false,
+        };
+        let poller = std::thread::Builder::new()
+            .name(format!("kafka-poll-{topic}"))
+            .spawn(move || poller.run())
+            .map_err(|err| {
+                Error::broker(
+                    BACKEND,
+                    format!("starting the poller thread of a consumer of topic {topic}: {err}"),
+                )
+            })?;
         let dead_letters = Arc::new(DeadLetterTarget {
             topic: names.dead_letters.clone(),
             inner: inner.clone(),
@@ -130,7 +174,22 @@ impl KafkaConsumer {
             tracker,
             dead_letters,
             closed: inner.closed(),
+            records,
+            taken: VecDeque::new(),
+            read_ahead,
+            poller: Some(poller),
         })
+    }
+
+    /// A due redelivery or a record read, if there is one.
+    fn ready(&mut self) -> Option<Delivery> {
+        match self.tracker.next(Instant::now(), &mut self.taken) {
+            Next::Redelivery(redelivery) => {
+                Some(self.delivery(redelivery.message, redelivery.at, redelivery.attempt))
+            }
+            Next::Read(Read { message, at }) => Some(self.delivery(message, at, 1)),
+            Next::DueAt(_) | Next::Nothing => None,
+        }
     }
 
     fn delivery(&self, message: Arc<Message>, at: Position, attempt: u32) -> Delivery {
@@ -144,6 +203,29 @@ impl KafkaConsumer {
             settled: false,
         };
         Delivery::new(message, attempt, self.origin.clone(), Box::new(acker))
+    }
+}
+
+impl Drop for KafkaConsumer {
+    /// Stops the poller thread and waits for it to leave the group, as dropping a
+    /// librdkafka consumer does: the revocation first waits (up to the drain timeout) for
+    /// the deliveries still out and commits what was handled. On a multi-threaded tokio
+    /// runtime the wait lets the worker's other tasks (the handlers settling) move
+    /// elsewhere meanwhile.
+    fn drop(&mut self) {
+        self.records.close();
+        let Some(poller) = self.poller.take() else {
+            return;
+        };
+        let join = move || {
+            if poller.join().is_err() {
+                tracing::warn!("the poller thread of a kafka consumer panicked");
+            }
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(join),
+            _ => join(),
+        }
     }
 }
 
@@ -194,10 +276,139 @@ impl fmt::Debug for KafkaConsumer {
     }
 }
 
-/// What a record read from the client became.
+/// A record read by the poller, waiting to be handed out.
 struct Read {
     message: Arc<Message>,
     at: Position,
+}
+
+/// What the poller has put in the channel and the consumer has not taken yet.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    records: AtomicUsize,
+    /// Of payload.
+    bytes: AtomicUsize,
+}
+
+impl ReadAhead {
+    /// Counts a batch put in the channel (`added`) or taken from it.
+    fn count(&self, batch: &[Read], added: bool) {
+        let bytes: usize = batch.iter().map(|read| read.message.payload().len()).sum();
+        if added {
+            self.records.fetch_add(batch.len(), Ordering::Relaxed);
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            self.records.fetch_sub(batch.len(), Ordering::Relaxed);
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether at least `limit` records (or [`READ_AHEAD_BYTES`]), each divided by
+    /// `divisor`, are read ahead.
+    fn over(&self, limit: usize, divisor: usize) -> bool {
+        self.records.load(Ordering::Relaxed) >= limit / divisor
+            || self.bytes.load(Ordering::Relaxed) >= READ_AHEAD_BYTES / divisor
+    }
+}
+
+/// The most records the poller takes from librdkafka at once (one hand-over).
+const BATCH: usize = 128;
+
+/// The thread that drives one librdkafka consumer: polls it without pause (serving
+/// heartbeats, `max.poll.interval.ms` and rebalances), hands the records read to the
+/// consumer in batches, and commits handled positions once per interval.
+struct Poller {
+    client: Arc<Client>,
+    tracker: Arc<Tracker>,
+    records: mpsc::UnboundedSender<Vec<Read>>,
+    closed: watch::Receiver<bool>,
+    secrets: Vec<String>,
+    group_id: String,
+    /// What the channel holds.
+    read_ahead: Arc<ReadAhead>,
+    /// The most records read ahead before the partitions are paused.
+    limit: usize,
+    /// Whether the assigned partitions are paused: from when `limit` records (or
+    /// [`READ_AHEAD_BYTES`]) are read ahead until half of them are taken. Resuming that
+    /// early keeps the handlers fed while librdkafka fetches again.
+    paused: bool,
+}
+
+impl Poller {
+    /// Polls until the consumer is dropped or the channel closes, then leaves the group
+    /// (whose revocation waits for the deliveries out and commits, as in a rebalance).
+    fn run(mut self) {
+        let idle = self.tracker.commit_interval.clamp(MIN_POLL, IDLE_POLL);
+        let mut batch: Vec<(i32, i64, Message)> = Vec::with_capacity(BATCH);
+        while !self.records.is_closed() && !*self.closed.borrow() {
+            if self.paused && !self.read_ahead.over(self.limit, 2) {
+                self.pause_or_resume(false);
+            }
+            self.tracker.commit_if_due(&self.client);
+            // Wait for a first record, then take what librdkafka has ready.
+            let mut wait = if self.paused { MIN_POLL } else { idle };
+            while batch.len() < BATCH {
+                match self.client.poll(wait) {
+                    None => break,
+                    Some(Ok(record)) => {
+                        batch.push((record.partition(), record.offset(), message_from(&record)));
+                    }
+                    Some(Err(err)) => {
+                        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+                        tracing::warn!(
+                            topic = %self.tracker.topic,
+                            group = %self.group_id,
+                            error = %error::scrub(&err.to_string(), &secrets),
+                            "kafka consumer error; librdkafka retries by itself"
+                        );
+                        break;
+                    }
+                }
+                wait = Duration::ZERO;
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let reads = self.tracker.read(batch.drain(..));
+            self.read_ahead.count(&reads, true);
+            if self.records.send(reads).is_err() {
+                break;
+            }
+            if !self.paused && self.read_ahead.over(self.limit, 1) {
+                self.pause_or_resume(true);
+            }
+        }
+        self.close();
+    }
+
+    /// Pauses (or resumes) every partition assigned now.
+    fn pause_or_resume(&mut self, pause: bool) {
+        let done = self.client.assignment().and_then(|assignment| {
+            if pause {
+                self.client.pause(&assignment)
+            } else {
+                self.client.resume(&assignment)
+            }
+        });
+        match done {
+            Ok(()) => self.paused = pause,
+            Err(err) => {
+                tracing::warn!(topic = %self.tracker.topic, error = %err, pause, "pausing or resuming the partitions failed");
+            }
+        }
+    }
+
+    /// Leaves the group here, on this thread: the revocation waits (up to the drain
+    /// timeout) for the deliveries still out and commits what was handled.
+    fn close(self) {
+        if let Err(err) = self.client.close_queue() {
+            tracing::debug!(topic = %self.tracker.topic, error = %err, "closing the consumer failed");
+            return;
+        }
+        while !self.client.closed() {
+            self.client.poll(IDLE_POLL);
+        }
+    }
 }
 
 #[async_trait]
@@ -207,7 +418,7 @@ impl Consumer for KafkaConsumer {
     }
 
     /// Redeliveries that are due come first, then records in the order librdkafka hands
-    /// them over. Cancel safe: a record is taken from librdkafka only when it is returned.
+    /// them over. Cancel safe: a record is taken from the buffer only when it is returned.
     /// Errors librdkafka reports while consuming (a broker that went away, a topic not yet
     /// in the metadata) are logged and waited out: it recovers by itself.
     async fn receive(&mut self) -> Result<Delivery> {
@@ -215,31 +426,26 @@ impl Consumer for KafkaConsumer {
             if *self.closed.borrow() {
                 return Err(Error::ShutDown("the kafka channel"));
             }
+            // Without registering for wake-ups first when something is ready (the fast path);
+            // else registered, then asked again, so that no redelivery queued meanwhile is
+            // missed.
+            if let Some(delivery) = self.ready() {
+                return Ok(delivery);
+            }
             let woken = self.tracker.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let next_due = match self.tracker.take_due(Instant::now()) {
-                Due::Ready(redelivery) => {
+            let next_due = match self.tracker.next(Instant::now(), &mut self.taken) {
+                Next::Redelivery(redelivery) => {
                     return Ok(self.delivery(
                         redelivery.message,
                         redelivery.at,
                         redelivery.attempt,
                     ));
                 }
-                Due::At(due) => Some(due),
-                Due::Nothing => None,
-            };
-            let client = self.client.clone();
-            let tracker = self.tracker.clone();
-            let read = async move {
-                let record = client.recv().await;
-                record.map(|record| {
-                    let at = tracker.read(record.partition(), record.offset());
-                    Read {
-                        message: Arc::new(message_from(&record)),
-                        at,
-                    }
-                })
+                Next::Read(Read { message, at }) => return Ok(self.delivery(message, at, 1)),
+                Next::DueAt(due) => Some(due),
+                Next::Nothing => None,
             };
             let due = async move {
                 match next_due {
@@ -255,15 +461,19 @@ impl Consumer for KafkaConsumer {
                 }
                 () = &mut woken => {}
                 () = due => {}
-                read = read => match read {
-                    Ok(Read { message, at }) => return Ok(self.delivery(message, at, 1)),
-                    Err(err) => {
-                        tracing::warn!(
-                            topic = %self.topic,
-                            group = %self.group_id,
-                            error = %error::scrub(&err.to_string(), &self.dead_letters.inner.secrets()),
-                            "kafka consumer error; librdkafka retries by itself"
-                        );
+                batch = self.records.recv() => match batch {
+                    Some(batch) => {
+                        self.read_ahead.count(&batch, false);
+                        self.taken.extend(batch);
+                    }
+                    None => {
+                        return Err(Error::broker(
+                            BACKEND,
+                            format!(
+                                "the consumer of topic {} (group {}) stopped polling",
+                                self.topic, self.group_id
+                            ),
+                        ));
                     }
                 },
             }
@@ -287,10 +497,15 @@ struct Redelivery {
     attempt: u32,
 }
 
-/// What the redelivery queue has.
-enum Due {
-    Ready(Redelivery),
-    At(Instant),
+/// What a consumer hands out next.
+enum Next {
+    /// A redelivery that is due.
+    Redelivery(Redelivery),
+    /// A record read.
+    Read(Read),
+    /// Nothing before the next redelivery is due, then.
+    DueAt(Instant),
+    /// Nothing.
     Nothing,
 }
 
@@ -298,13 +513,13 @@ enum Due {
 #[derive(Debug)]
 struct Partition {
     generation: u64,
-    /// Offsets read and not yet acked (handed out, or waiting for redelivery).
+    /// Offsets read and not yet acked (buffered, handed out, or waiting for redelivery).
     pending: BTreeSet<i64>,
     /// The offset after the highest one read.
     next: i64,
     /// The position to commit: everything below it is handled.
     stored: i64,
-    /// The last position committed (or sent to be).
+    /// The last position the broker confirmed committed.
     committed: i64,
     /// Deliveries handed out and not yet settled.
     handed_out: usize,
@@ -325,11 +540,12 @@ struct State {
     generation: u64,
     /// The positions committed for the partitions revoked by the last rebalance.
     released: HashMap<i32, i64>,
-    /// When offsets were last committed.
+    /// When offsets were last sent to be committed.
     last_commit: Option<Instant>,
 }
 
-/// The bookkeeping one consumer and its deliveries share (and the rebalance callbacks).
+/// The bookkeeping one consumer and its deliveries share (and the poller thread, and the
+/// rebalance and commit callbacks).
 struct Tracker {
     topic: String,
     commits: bool,
@@ -365,29 +581,75 @@ impl Tracker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a record read from librdkafka, now handed out.
-    fn read(&self, partition: i32, offset: i64) -> Position {
+    /// Records the records read from librdkafka (not handed out yet): each one's offset
+    /// holds back its partition's commit until it is acked.
+    fn read(&self, records: impl Iterator<Item = (i32, i64, Message)>) -> Vec<Read> {
         let mut state = self.lock();
         let generation = state.generation;
-        let entry = state
-            .partitions
-            .entry(partition)
-            .or_insert_with(|| Partition {
-                generation,
-                pending: BTreeSet::new(),
-                next: offset,
-                stored: offset,
-                committed: offset,
-                handed_out: 0,
-            });
-        entry.pending.insert(offset);
-        entry.next = entry.next.max(offset + 1);
-        entry.handed_out += 1;
-        Position {
-            partition,
-            offset,
-            generation: entry.generation,
+        records
+            .map(|(partition, offset, message)| {
+                let entry = state
+                    .partitions
+                    .entry(partition)
+                    .or_insert_with(|| Partition {
+                        generation,
+                        pending: BTreeSet::new(),
+                        next: offset,
+                        stored: offset,
+                        committed: offset,
+                        handed_out: 0,
+                    });
+                entry.pending.insert(offset);
+                entry.next = entry.next.max(offset + 1);
+                Read {
+                    message: Arc::new(message),
+                    at: Position {
+                        partition,
+                        offset,
+                        generation: entry.generation,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// What to hand out next: the first redelivery that is due, else the first of `taken`
+    /// whose partition is still assigned (those of partitions revoked since they were read
+    /// are dropped: the partition's new owner reads them again), marked handed out; else
+    /// when the next redelivery is due.
+    fn next(&self, now: Instant, taken: &mut VecDeque<Read>) -> Next {
+        let mut state = self.lock();
+        while let Some(index) = state.redeliveries.iter().position(|r| r.due <= now) {
+            let Some(mut redelivery) = state.redeliveries.remove(index) else {
+                break;
+            };
+            let current = state
+                .partitions
+                .get_mut(&redelivery.at.partition)
+                .filter(|p| p.generation == redelivery.at.generation);
+            if let Some(partition) = current {
+                partition.handed_out += 1;
+                redelivery.attempt = redelivery.attempt.saturating_add(1);
+                return Next::Redelivery(redelivery);
+            }
+            // Its partition was revoked meanwhile: its new owner reads it again.
         }
+        while let Some(read) = taken.pop_front() {
+            let current = state
+                .partitions
+                .get_mut(&read.at.partition)
+                .filter(|p| p.generation == read.at.generation);
+            if let Some(partition) = current {
+                partition.handed_out += 1;
+                return Next::Read(read);
+            }
+        }
+        state
+            .redeliveries
+            .iter()
+            .map(|r| r.due)
+            .min()
+            .map_or(Next::Nothing, Next::DueAt)
     }
 
     /// The positions committed for the partitions the last rebalance revoked, forgotten.
@@ -395,42 +657,16 @@ impl Tracker {
         std::mem::take(&mut self.lock().released)
     }
 
-    /// Takes the first redelivery that is due, else says when the next one is.
-    fn take_due(&self, now: Instant) -> Due {
-        let mut state = self.lock();
-        let due = state
-            .redeliveries
-            .iter()
-            .position(|r| r.due <= now)
-            .and_then(|index| state.redeliveries.remove(index));
-        match due {
-            Some(mut redelivery) => {
-                let current = state
-                    .partitions
-                    .get_mut(&redelivery.at.partition)
-                    .filter(|p| p.generation == redelivery.at.generation);
-                if let Some(partition) = current {
-                    partition.handed_out += 1;
-                    redelivery.attempt = redelivery.attempt.saturating_add(1);
-                    Due::Ready(redelivery)
-                } else {
-                    // Its partition was revoked meanwhile: its new owner reads it again.
-                    drop(state);
-                    self.take_due(now)
-                }
-            }
-            None => state
-                .redeliveries
-                .iter()
-                .map(|r| r.due)
-                .min()
-                .map_or(Due::Nothing, Due::At),
-        }
+    /// Settles a handed-out delivery as done. The position it moves is committed by the
+    /// poller thread (`client` is not needed for that: the commit is the poller's).
+    fn ack(&self, _client: &Client, at: Position) {
+        Self::settle(&mut self.lock(), at);
+        self.settled.notify_all();
     }
 
-    /// Settles a handed-out delivery as done; stores the new commit position if it moved.
-    fn ack(&self, client: &Client, at: Position) {
-        let mut state = self.lock();
+    /// The bookkeeping of an ack: the offset is no longer pending, and the position to
+    /// commit moves if it can.
+    fn settle(state: &mut State, at: Position) {
         let Some(partition) = state
             .partitions
             .get_mut(&at.partition)
@@ -442,46 +678,82 @@ impl Tracker {
         partition.pending.remove(&at.offset);
         partition.handed_out = partition.handed_out.saturating_sub(1);
         partition.stored = partition.stored.max(partition.position());
-        let due = state
-            .last_commit
-            .is_none_or(|last| last.elapsed() >= self.commit_interval);
-        let offsets = if due {
-            self.to_commit(&mut state)
-        } else {
-            None
-        };
-        drop(state);
-        if let Some(offsets) = offsets {
-            if let Err(err) = client.commit(&offsets, CommitMode::Async) {
-                tracing::debug!(topic = %self.topic, error = %err, "commit not sent");
-            }
-        }
-        self.settled.notify_all();
     }
 
-    /// The positions that moved since they were last committed, marked committed.
-    fn to_commit(&self, state: &mut State) -> Option<TopicPartitionList> {
+    /// Commits the positions that moved if the commit interval has passed since the last
+    /// commit: synchronously (on the poller thread), so that they count as committed only
+    /// once the broker confirmed them; a commit that fails is tried again after the next
+    /// interval. (librdkafka reports nothing back for an asynchronous commit here.)
+    fn commit_if_due(&self, client: &Client) {
+        if let Some(offsets) = self.due_commit(Instant::now()) {
+            let result = client.commit(&offsets, CommitMode::Sync);
+            self.committed(&result, &offsets);
+        }
+    }
+
+    /// The positions to commit now, if any moved and the interval since the last commit
+    /// has passed.
+    fn due_commit(&self, now: Instant) -> Option<TopicPartitionList> {
+        self.due(&mut self.lock(), now)
+    }
+
+    /// Like [`due_commit`](Self::due_commit), with the state locked.
+    fn due(&self, state: &mut State, now: Instant) -> Option<TopicPartitionList> {
+        let due = state
+            .last_commit
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.commit_interval);
+        if due {
+            self.to_commit(state, now)
+        } else {
+            None
+        }
+    }
+
+    /// The positions that moved since they were last confirmed committed. They count as
+    /// committed only once the broker confirms it ([`committed`](Self::committed)), so a
+    /// commit that fails is sent again after the next interval.
+    fn to_commit(&self, state: &mut State, now: Instant) -> Option<TopicPartitionList> {
         if !self.commits {
             return None;
         }
         let mut offsets = TopicPartitionList::new();
-        for (number, partition) in &mut state.partitions {
+        for (number, partition) in &state.partitions {
             if partition.stored > partition.committed {
-                let added = offsets.add_partition_offset(
+                if let Err(err) = offsets.add_partition_offset(
                     &self.topic,
                     *number,
                     Offset::Offset(partition.stored),
-                );
-                if added.is_ok() {
-                    partition.committed = partition.stored;
+                ) {
+                    tracing::debug!(topic = %self.topic, error = %err, "offset not added");
                 }
             }
         }
-        state.last_commit = Some(Instant::now());
-        (offsets.count() > 0).then_some(offsets)
+        if offsets.count() == 0 {
+            return None;
+        }
+        state.last_commit = Some(now);
+        Some(offsets)
     }
 
-    /// Puts a handed-out delivery back in the redelivery queue, due after `delay`.
+    /// The result of a commit: if the broker confirmed it, those positions are committed.
+    fn committed(&self, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(err) = result {
+            tracing::debug!(topic = %self.topic, error = %err, "commit failed; sent again after the commit interval");
+            return;
+        }
+        let mut state = self.lock();
+        for element in offsets.elements_for_topic(&self.topic) {
+            if let (Some(partition), Offset::Offset(offset)) = (
+                state.partitions.get_mut(&element.partition()),
+                element.offset(),
+            ) {
+                partition.committed = partition.committed.max(offset);
+            }
+        }
+    }
+
+    /// Puts a handed-out delivery back in the redelivery queue, due after `delay` (at
+    /// most [`MAX_NACK_DELAY`]).
     fn requeue(&self, message: Arc<Message>, at: Position, attempt: u32, delay: Duration) {
         let mut state = self.lock();
         let Some(partition) = state
@@ -492,8 +764,9 @@ impl Tracker {
             return;
         };
         partition.handed_out = partition.handed_out.saturating_sub(1);
+        let now = Instant::now();
         state.redeliveries.push_back(Redelivery {
-            due: Instant::now() + delay,
+            due: now + delay.min(MAX_NACK_DELAY),
             message,
             at,
             attempt,
@@ -505,10 +778,11 @@ impl Tracker {
 
     /// Before partitions are revoked: waits (up to the drain timeout) for the deliveries
     /// handed out from them to be settled, then forgets them: deliveries still out are
-    /// abandoned (their partition's new owner reads them again) and queued redeliveries of
-    /// those partitions are dropped, for the same reason.
+    /// abandoned (their partition's new owner reads them again), and records buffered and
+    /// queued redeliveries of those partitions are dropped, for the same reason. Runs on
+    /// the poller thread, so blocking here holds up no handler.
     fn drain(&self, revoked: &[i32]) -> Option<TopicPartitionList> {
-        let deadline = Instant::now() + self.drain_timeout;
+        let start = Instant::now();
         let outstanding = |state: &State| {
             revoked.iter().any(|p| {
                 state
@@ -517,33 +791,20 @@ impl Tracker {
                     .is_some_and(|partition| partition.handed_out > 0)
             })
         };
-        let wait = || {
-            let mut state = self.lock();
-            while outstanding(&state) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    tracing::warn!(topic = %self.topic, "deliveries still unsettled when their partitions were revoked; their new owner reads them again");
-                    break;
-                }
-                state = self
-                    .settled
-                    .wait_timeout(state, left)
-                    .map(|(state, _)| state)
-                    .unwrap_or_else(|p| p.into_inner().0);
-            }
-        };
-        let must_wait = outstanding(&self.lock());
-        if must_wait {
-            // Handlers settle on other tasks: let this worker's tasks move elsewhere
-            // while it blocks (on a current-thread runtime they cannot run meanwhile, so
-            // the drain then ends at its timeout).
-            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-                _ => wait(),
-            }
-        }
         let mut state = self.lock();
-        let offsets = self.to_commit(&mut state);
+        while outstanding(&state) {
+            let left = self.drain_timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                tracing::warn!(topic = %self.topic, "deliveries still unsettled when their partitions were revoked; their new owner reads them again");
+                break;
+            }
+            state = self
+                .settled
+                .wait_timeout(state, left)
+                .map(|(state, _)| state)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        let offsets = self.to_commit(&mut state, Instant::now());
         state.generation += 1;
         state.released.clear();
         for partition in revoked {
@@ -664,7 +925,8 @@ impl Acknowledger for Acker {
         Ok(())
     }
 
-    /// Queues the record for redelivery by this consumer, after `delay` if given.
+    /// Queues the record for redelivery by this consumer, after `delay` if given (at most
+    /// a day: a longer delay is taken as a day).
     async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<()> {
         self.settled = true;
         self.tracker.requeue(
@@ -677,22 +939,20 @@ impl Acknowledger for Acker {
     }
 
     /// Sends the dead letter to the dead-letter topic and waits for its delivery report,
-    /// then acks the record. If the send fails, the record is queued for redelivery and
-    /// the error returned.
-    async fn dead_letter(mut self: Box<Self>, dead_letter: Message) -> Result<()> {
+    /// then acks the record. If the send fails, the record stays unsettled and is handed
+    /// back with the error.
+    async fn dead_letter(
+        mut self: Box<Self>,
+        dead_letter: Message,
+    ) -> Result<(), DeadLetterFailed> {
         let target = self.dead_letters.clone();
-        let sent = send_to(&target.inner, &target.topic, &dead_letter).await;
-        self.settled = true;
-        match sent {
+        match send_to(&target.inner, &target.topic, &dead_letter).await {
             Ok(()) => {
+                self.settled = true;
                 self.tracker.ack(&self.client, self.at);
                 Ok(())
             }
-            Err(err) => {
-                self.tracker
-                    .requeue(self.message.clone(), self.at, self.attempt, Duration::ZERO);
-                Err(err)
-            }
+            Err(error) => Err(DeadLetterFailed::new(error, self)),
         }
     }
 }
@@ -703,6 +963,117 @@ impl Drop for Acker {
         if !self.settled {
             self.tracker
                 .requeue(self.message.clone(), self.at, self.attempt, Duration::ZERO);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker(commit_interval: Duration) -> Tracker {
+        Tracker::new("t".into(), true, Duration::ZERO, commit_interval)
+    }
+
+    /// Reads `offset` of partition 0 (not handed out yet).
+    fn read(tracker: &Tracker, offset: i64) -> Read {
+        let mut reads = tracker.read([(0, offset, Message::new("{}"))].into_iter());
+        reads.pop().expect("one read")
+    }
+
+    /// Reads and hands out `offset` of partition 0.
+    fn handed_out(tracker: &Tracker, offset: i64) -> Position {
+        let mut taken = VecDeque::from([read(tracker, offset)]);
+        match tracker.next(Instant::now(), &mut taken) {
+            Next::Read(read) => read.at,
+            _ => panic!("the record read is handed out"),
+        }
+    }
+
+    fn settle(tracker: &Tracker, at: Position) {
+        Tracker::settle(&mut tracker.lock(), at);
+    }
+
+    fn offset_of(offsets: &TopicPartitionList) -> Option<i64> {
+        match offsets.find_partition("t", 0)?.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_position_counts_as_committed_only_once_the_commit_succeeded() {
+        let tracker = tracker(Duration::ZERO);
+        let at = handed_out(&tracker, 5);
+        settle(&tracker, at);
+        let sent = tracker.due_commit(Instant::now()).expect("a commit");
+        assert_eq!(offset_of(&sent), Some(6));
+        // The commit failed: the position must go out again.
+        tracker.committed(
+            &Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+            )),
+            &sent,
+        );
+        let again = tracker
+            .due_commit(Instant::now())
+            .expect("a failed commit is retried");
+        assert_eq!(offset_of(&again), Some(6));
+        // Confirmed: nothing more to commit.
+        tracker.committed(&Ok(()), &again);
+        assert!(tracker.due_commit(Instant::now()).is_none());
+    }
+
+    #[test]
+    fn an_unconfirmed_commit_is_sent_again_after_the_interval_only() {
+        let interval = Duration::from_secs(60);
+        let tracker = tracker(interval);
+        let at = handed_out(&tracker, 0);
+        settle(&tracker, at);
+        let now = Instant::now();
+        assert!(
+            tracker.due_commit(now).is_some(),
+            "the first commit goes out at once"
+        );
+        assert!(
+            tracker.due_commit(now).is_none(),
+            "not again within the interval"
+        );
+        assert!(
+            tracker.due_commit(now + interval).is_some(),
+            "again after it"
+        );
+    }
+
+    #[test]
+    fn buffered_records_hold_back_the_commit_and_are_dropped_on_revocation() {
+        let tracker = tracker(Duration::ZERO);
+        let first = handed_out(&tracker, 0);
+        let buffered = read(&tracker, 1);
+        settle(&tracker, first);
+        let sent = tracker.due_commit(Instant::now()).expect("a commit");
+        assert_eq!(offset_of(&sent), Some(1), "not past the buffered record");
+        tracker.drain(&[0]);
+        let mut taken = VecDeque::from([buffered]);
+        assert!(
+            matches!(tracker.next(Instant::now(), &mut taken), Next::Nothing),
+            "revoked: not handed out"
+        );
+        assert!(taken.is_empty(), "and dropped");
+    }
+
+    #[test]
+    fn the_longest_nack_delay_is_capped() {
+        let tracker = tracker(Duration::ZERO);
+        let at = handed_out(&tracker, 0);
+        let before = Instant::now();
+        tracker.requeue(Arc::new(Message::new("{}")), at, 1, Duration::MAX);
+        match tracker.next(before, &mut VecDeque::new()) {
+            Next::DueAt(due) => {
+                assert!(due >= before + MAX_NACK_DELAY);
+                assert!(due <= Instant::now() + MAX_NACK_DELAY);
+            }
+            _ => panic!("the nacked delivery waits"),
         }
     }
 }

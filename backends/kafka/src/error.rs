@@ -22,6 +22,41 @@ pub(crate) fn broker(what: &str, error: &KafkaError, secrets: &[&str]) -> Error 
     Error::broker_source(BACKEND, format!("{what}: {detail}"), detail)
 }
 
+/// The error of librdkafka settings it refuses (an unknown name, a bad value, settings
+/// that contradict each other): an [`Error::Config`] naming the setting, its value never
+/// shown when the name says it is a secret, and `secrets` removed.
+pub(crate) fn settings(error: &KafkaError, secrets: &[&str]) -> Error {
+    match error {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            let mut hidden: Vec<&str> = secrets.to_vec();
+            if event_binder_core::is_secret_param(key) {
+                hidden.push(value);
+            }
+            let description = scrub(description, &hidden);
+            Error::Config(format!(
+                "librdkafka refuses the setting {key}: {description}"
+            ))
+        }
+        KafkaError::ClientCreation(message) => Error::Config(format!(
+            "librdkafka refuses the settings: {}",
+            scrub(message, secrets)
+        )),
+        other => Error::Config(format!(
+            "librdkafka refuses the settings: {}",
+            scrub(&other.to_string(), secrets)
+        )),
+    }
+}
+
+/// The error of creating a client: [`settings`] when librdkafka refused the settings, else
+/// a [`broker`] error.
+pub(crate) fn creation(what: &str, error: &KafkaError, secrets: &[&str]) -> Error {
+    match error {
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => settings(error, secrets),
+        other => broker(what, other, secrets),
+    }
+}
+
 /// The error of a failed delivery: a timeout when the send timed out, else the broker's.
 pub(crate) fn delivery(
     topic: &str,
@@ -69,6 +104,28 @@ mod tests {
             "bob / *** failed"
         );
         assert_eq!(scrub("nothing", &[""]), "nothing");
+    }
+
+    #[test]
+    fn refused_settings_name_the_setting_and_never_show_a_secret_value() {
+        let refused = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"hunter2\" for configuration property \"ssl.key.password\"".into(),
+            "ssl.key.password".into(),
+            "hunter2".into(),
+        );
+        let err = settings(&refused, &[]);
+        assert!(matches!(&err, Error::Config(text) if text.contains("ssl.key.password")));
+        assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+        let err = creation(
+            "creating",
+            &KafkaError::ClientCreation("bad: s3cret".into()),
+            &["s3cret"],
+        );
+        assert!(
+            matches!(&err, Error::Config(text) if !text.contains("s3cret")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! (librdkafka, built from source with the crate).
 //!
 //! [`KafkaChannel`] implements [`Channel`](event_binder_core::Channel) over a Kafka
-//! cluster: `kafka://host:port[,host:port…]`, with SASL and TLS settings passed to
-//! librdkafka as query parameters (see [`KafkaConfig`]). Handlers written for any backend
-//! run on it unchanged.
+//! cluster: `kafka://host:port[,host:port…]`, with the backend's own parameters and any
+//! librdkafka setting (`max.poll.interval.ms`, `security.protocol`, `sasl.*`, …) as query
+//! parameters (see [`KafkaConfig`]). Handlers written for any backend run on it unchanged.
 //!
 //! ```no_run
 //! # async fn demo() -> event_binder_core::Result<()> {
@@ -59,47 +59,57 @@
 //! - **Sizes.** A message larger than [`KafkaConfig::max_message_size`] (as counted by
 //!   [`Message::encoded_len`](event_binder_core::Message::encoded_len)) is refused with
 //!   [`Error::PayloadTooLarge`](event_binder_core::Error::PayloadTooLarge) before sending.
-//! - **Receiving.** Each consumer is one librdkafka consumer. A record from a producer
-//!   that knows nothing of event-binder is still handled: without a `message-id` header
-//!   its id is `{topic}/{partition}/{offset}` (the same on every read); without a
-//!   `content-type` header it is taken as JSON.
+//! - **Receiving.** Each consumer is one librdkafka consumer, polled without pause by a
+//!   thread of its own whatever the handlers do: heartbeats, rebalances and librdkafka's
+//!   `max.poll.interval.ms` are served even while every handler is busy or a retry waits,
+//!   so a handler slower than `max.poll.interval.ms` never gets its member evicted. The
+//!   thread reads ahead, up to [`KafkaConfig::read_ahead`] records (20,000) or 64 MiB of
+//!   payload; beyond that the consumer's partitions are paused (librdkafka fetches nothing
+//!   more) and polling goes on; they are resumed once half of it has been taken. A record
+//!   from a producer that knows nothing of event-binder is still handled: without a
+//!   `message-id` header its id is `{topic}/{partition}/{offset}` (the same on every
+//!   read); without a `content-type` header it is taken as JSON.
 //! - **Commits.** Offsets are committed only for handled messages, by event-binder itself
 //!   (librdkafka's `enable.auto.commit` is off). Each consumer tracks, per partition, the
 //!   offsets it has read and not acked; the position it commits is the lowest of those (or
 //!   the one after the last read), so with concurrent handlers a partition's commit never
-//!   passes a message that is not handled yet. An ack that moves a position commits
-//!   asynchronously, at most once per [`KafkaConfig::commit_interval`]; positions are
-//!   committed synchronously before partitions are revoked and when the consumer closes.
-//!   A crash in between means the messages handled since the last commit are read again
-//!   (at least once; the ids let idempotent handlers skip them).
+//!   passes a message that is not handled yet. Positions that moved are committed by the
+//!   consumer's polling thread at most once per [`KafkaConfig::commit_interval`], whether
+//!   or not more acks come (an ack itself waits for nothing). A position counts as
+//!   committed only once the broker confirmed it, so a failed commit is sent again after
+//!   the next interval. Positions are also committed before partitions are revoked and
+//!   when the consumer closes. A crash in between means the
+//!   messages handled since the last commit are read again (at least once; the ids let
+//!   idempotent handlers skip them).
 //! - **Nack and dropped deliveries.** Kafka cannot un-read a record, so a nacked delivery
 //!   (and one dropped unsettled) waits in its consumer's redelivery queue, after the delay
-//!   if given, and is handed out again by the same consumer ahead of new records, with its
+//!   if given (at most a day: a longer delay, up to `Duration::MAX`, is taken as a day),
+//!   and is handed out again by the same consumer ahead of new records, with its
 //!   attempt count one higher; meanwhile its offset holds back its partition's commit.
 //!   Retries happen in process (the handler runtime's retry policy), so one failing
 //!   message never blocks a partition for good: after the last attempt it is
 //!   dead-lettered and its partition moves on.
-//! - **Dropping a consumer** makes it leave its group; what it read and did not ack stays
-//!   uncommitted, so the group's next owner of those partitions reads it again.
-//!   A delivery still held when its consumer is dropped keeps the librdkafka consumer
-//!   open until it is settled or dropped.
+//! - **Dropping a consumer** makes it leave its group, and returns once it has: the
+//!   revocation waits (up to [`KafkaConfig::drain_timeout`]) for the deliveries still held
+//!   to be settled and commits what was handled; what it read and did not ack stays
+//!   uncommitted, so the group's next owner of those partitions reads it again. (On a
+//!   multi-threaded tokio runtime the wait lets the worker's other tasks move elsewhere;
+//!   on a current-thread one, settle or drop the deliveries before their consumer.)
 //! - **Rebalances** (the eager protocol). Before giving up partitions, a consumer waits
 //!   (up to [`KafkaConfig::drain_timeout`]) for the deliveries it handed out from them to
 //!   be settled, then commits synchronously. Deliveries still out after that are
 //!   abandoned: acking them changes nothing, and the partition's new owner reads them
 //!   again (they are then handled twice; idempotent handlers see them once). Queued
 //!   redeliveries of revoked partitions are dropped for the same reason. The wait blocks
-//!   the thread that polls the consumer (moved off the tokio worker on a multi-threaded
-//!   runtime), so handlers keep settling meanwhile. Known issue, tansu 0.6.0 only: asked
-//!   for an offset inside a record batch, its Fetch returns the batches that start after
-//!   it, so a partition resumed at a committed offset in mid-batch (after a rebalance or a
-//!   restart) skips the rest of that batch; Apache Kafka returns the batch holding the
-//!   offset. Records sent one at a time are batches of their own and are not affected;
-//!   `tests/rebalance.rs` checks rebalances that way.
+//!   the consumer's polling thread, never a tokio worker, so handlers keep settling
+//!   meanwhile.
 //! - **Anonymous subscriptions** are assigned every partition of the topic at the high
 //!   watermark read when the consumer opens (no group membership to wait for): they see
 //!   everything published after `consumer()` returns. Partitions added to the topic
-//!   later are not read.
+//!   later are not read. Known issue, tansu only (the broker the tests run on): its high
+//!   watermark is the first offset of a partition's last record batch plus one, not the
+//!   offset after its last record, so an anonymous subscription opened just after a
+//!   batch of several records was written may also get the rest of that batch.
 //! - **Ordering.** Records with the same key share a partition and are read in offset
 //!   order; a consumer hands them out in that order, so
 //!   [`Capabilities::ordering_by_key`](event_binder_core::Capabilities::ordering_by_key) is
