@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite: makes sure every broker the tests need is up (installing and
 # starting it where it is missing), then runs every test of every crate with every backend
-# feature on. A missing broker fails the run; nothing is skipped. The brokers are set up
-# while the tests compile.
+# feature on: cargo-nextest for unit and integration tests (each test a process of its own,
+# many at once: .config/nextest.toml), cargo test for doc tests. A missing broker fails the
+# run; nothing is skipped. The brokers are set up while the tests compile. Arguments are
+# test-name filters, passed to both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing cargo-nextest (a few minutes, once)" >&2
+    cargo install cargo-nextest --locked
+fi
 
 pids=()
 for broker in rabbitmq kafka sns-sqs; do
@@ -12,7 +19,7 @@ for broker in rabbitmq kafka sns-sqs; do
     pids+=("$!")
 done
 compiled=0
-cargo test --workspace --all-features --no-run || compiled=$?
+cargo nextest run --workspace --all-features --no-run || compiled=$?
 for pid in "${pids[@]}"; do
     wait "$pid"
 done
@@ -21,6 +28,5 @@ done
 # The SNS+SQS tests talk to the moto emulator only; it takes any credentials, and they
 # reach the backend through the standard AWS provider chain, as in production.
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true
-# Most tests wait on a broker, not on the CPU: more of them run at once than there are cores.
-export RUST_TEST_THREADS=${RUST_TEST_THREADS:-8}
-cargo test --workspace --all-features "$@"
+cargo nextest run --workspace --all-features --no-fail-fast "$@"
+cargo test --workspace --all-features --doc "$@"
