@@ -64,6 +64,24 @@ fn splitter() -> Handler {
     )
 }
 
+/// Starts `app`, publishes order 1 and waits until its handler says (through `started`)
+/// that it is working on it.
+async fn start_with_one_order_in_flight(
+    app: App,
+    started: &tokio::sync::Notify,
+) -> event_binder::RunningApp {
+    let running = app.start().await.unwrap();
+    running
+        .publisher()
+        .publish("orders", &Order { id: 1 })
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, started.notified())
+        .await
+        .unwrap();
+    running
+}
+
 async fn receive(consumer: &mut dyn event_binder::Consumer) -> event_binder::Delivery {
     tokio::time::timeout(LIMIT, consumer.receive())
         .await
@@ -235,20 +253,10 @@ async fn shutdown_past_its_timeout_hands_in_flight_messages_back() {
             },
         )
     };
-    let running = App::new(bus.clone())
+    let app = App::new(bus.clone())
         .shutdown_timeout(Duration::from_millis(50))
-        .handler(handler)
-        .start()
-        .await
-        .unwrap();
-    running
-        .publisher()
-        .publish("orders", &Order { id: 1 })
-        .await
-        .unwrap();
-    tokio::time::timeout(LIMIT, started.notified())
-        .await
-        .unwrap();
+        .handler(handler);
+    let running = start_with_one_order_in_flight(app, &started).await;
     let err = running.shutdown().await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
 
@@ -587,19 +595,8 @@ async fn dropping_the_running_app_lets_in_flight_handlers_finish() {
             },
         )
     };
-    let running = App::new(bus.clone())
-        .handler(handler)
-        .start()
-        .await
-        .unwrap();
-    running
-        .publisher()
-        .publish("orders", &Order { id: 1 })
-        .await
-        .unwrap();
-    tokio::time::timeout(LIMIT, started.notified())
-        .await
-        .unwrap();
+    let running =
+        start_with_one_order_in_flight(App::new(bus.clone()).handler(handler), &started).await;
     drop(running);
     wait_until("the in-flight handler to finish", || {
         finished.load(Ordering::SeqCst) == 1

@@ -68,6 +68,21 @@ async fn expect_committed(group: &str, topic: &str, expected: i64) {
     }
 }
 
+/// Sends one empty JSON message with each of `ids` to `destination`, in one batch.
+async fn send_ids(channel: &KafkaChannel, destination: &str, ids: &[String]) {
+    channel
+        .producer(destination)
+        .await
+        .expect("producer")
+        .send_batch(
+            ids.iter()
+                .map(|id| Message::new_with_id(id.clone(), "{}"))
+                .collect(),
+        )
+        .await
+        .expect("send");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_from_a_foreign_producer_get_an_id_from_their_position() {
     let prefix = format!("foreign-{}-", unique());
@@ -253,17 +268,7 @@ async fn a_handler_slower_than_the_poll_interval_keeps_its_membership() {
         .await
         .expect("consumer");
     let ids: Vec<String> = (0..4).map(|n| format!("m{n}")).collect();
-    channel
-        .producer(destination)
-        .await
-        .expect("producer")
-        .send_batch(
-            ids.iter()
-                .map(|id| Message::new_with_id(id.clone(), "{}"))
-                .collect(),
-        )
-        .await
-        .expect("send");
+    send_ids(&channel, destination, &ids).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     let note = |seen: &mut HashMap<String, usize>, delivery: &Delivery| {
         *seen.entry(delivery.message().id().to_owned()).or_default() += 1;
@@ -354,17 +359,7 @@ async fn a_full_read_ahead_buffer_pauses_fetching_not_polling() {
         .await
         .expect("consumer");
     let ids: Vec<String> = (0..RECORDS).map(|n| format!("m{n:04}")).collect();
-    channel
-        .producer("d")
-        .await
-        .expect("producer")
-        .send_batch(
-            ids.iter()
-                .map(|id| Message::new_with_id(id.clone(), "{}"))
-                .collect(),
-        )
-        .await
-        .expect("send");
+    send_ids(&channel, "d", &ids).await;
     let first = next(&mut consumer).await;
     first.ack().await.expect("ack");
     // Not receiving meanwhile: the buffer fills and the partition is paused.

@@ -177,10 +177,9 @@ async fn on_a_classic_queue_the_attempt_stops_at_two() {
     assert_eq!(attempts, [1, 2, 2, 2]);
 }
 
-#[tokio::test]
-async fn on_a_quorum_queue_nacks_count_too_with_or_without_a_delay() {
-    let channel = channel(&prefix("qq-nack"), QueueType::Quorum).await;
-    let mut consumer = channel
+/// A consumer of group `workers` of `jobs`, and the one message sent there.
+async fn one_job(channel: &RabbitChannel) -> (Box<dyn Consumer>, Message) {
+    let consumer = channel
         .consumer(&Subscription::new("jobs").group("workers"))
         .await
         .unwrap();
@@ -192,6 +191,13 @@ async fn on_a_quorum_queue_nacks_count_too_with_or_without_a_delay() {
         .send(message.clone())
         .await
         .unwrap();
+    (consumer, message)
+}
+
+#[tokio::test]
+async fn on_a_quorum_queue_nacks_count_too_with_or_without_a_delay() {
+    let channel = channel(&prefix("qq-nack"), QueueType::Quorum).await;
+    let (mut consumer, message) = one_job(&channel).await;
     for expected in 1..=3 {
         let delivery = receive(&mut *consumer, &format!("attempt {expected}")).await;
         assert_eq!(delivery.message().id(), message.id());
@@ -215,18 +221,7 @@ async fn on_a_quorum_queue_nacks_count_too_with_or_without_a_delay() {
 #[tokio::test]
 async fn a_dead_letter_starts_at_attempt_one_in_its_queue() {
     let channel = channel(&prefix("qq-dlq"), QueueType::Quorum).await;
-    let mut consumer = channel
-        .consumer(&Subscription::new("jobs").group("workers"))
-        .await
-        .unwrap();
-    let message = Message::new("{}");
-    channel
-        .producer("jobs")
-        .await
-        .unwrap()
-        .send(message.clone())
-        .await
-        .unwrap();
+    let (mut consumer, message) = one_job(&channel).await;
     for _ in 0..2 {
         receive(&mut *consumer, "a delivery")
             .await

@@ -62,6 +62,17 @@ async fn raw_sqs() -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&shared)
 }
 
+/// The URL of the queue called `name`, as an operator would look it up.
+async fn queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
+    sqs.get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("looking up queue {name}: {err}"))
+        .queue_url
+        .expect("a URL")
+}
+
 /// Counts calls per message number and wakes waiters on every change.
 #[derive(Default)]
 struct Calls {
@@ -292,14 +303,7 @@ async fn messages_from_a_foreign_producer_get_the_sqs_id() {
         .await
         .expect("consumer");
     let sqs = raw_sqs().await;
-    let queue_url = sqs
-        .get_queue_url()
-        .queue_name(channel.queue_name("raw", "g").unwrap())
-        .send()
-        .await
-        .expect("the group's queue")
-        .queue_url
-        .expect("a URL");
+    let queue_url = queue_url(&sqs, &channel.queue_name("raw", "g").unwrap()).await;
     let sent = sqs
         .send_message()
         .queue_url(&queue_url)
@@ -635,14 +639,7 @@ async fn a_queue_policy_already_there_is_merged_not_overwritten() {
         .await
         .expect("provision");
     let sqs = raw_sqs().await;
-    let queue_url = sqs
-        .get_queue_url()
-        .queue_name(channel.queue_name(destination, group).unwrap())
-        .send()
-        .await
-        .expect("the group's queue")
-        .queue_url
-        .expect("a URL");
+    let queue_url = queue_url(&sqs, &channel.queue_name(destination, group).unwrap()).await;
     let policy_statements = || async {
         let attributes = sqs
             .get_queue_attributes()
@@ -780,14 +777,7 @@ async fn a_nack_with_a_delay_hides_the_message_for_that_long_and_caps_it() {
     // Sends the ack's delete.
     channel.close().await.expect("close");
     let sqs = raw_sqs().await;
-    let queue_url = sqs
-        .get_queue_url()
-        .queue_name(channel.queue_name(destination, group).unwrap())
-        .send()
-        .await
-        .expect("the queue")
-        .queue_url
-        .expect("a URL");
+    let queue_url = queue_url(&sqs, &channel.queue_name(destination, group).unwrap()).await;
     let attributes = sqs
         .get_queue_attributes()
         .queue_url(&queue_url)
@@ -830,18 +820,13 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_and_backs_off() {
     assert_eq!(delivery.attempt(), 3);
     // An operator deletes the dead-letter queue: dead letters now fail.
     let sqs = raw_sqs().await;
-    let dead_letter_queue = sqs
-        .get_queue_url()
-        .queue_name(
-            channel
-                .dead_letter_queue_name(destination, Some(group))
-                .unwrap(),
-        )
-        .send()
-        .await
-        .expect("the dead-letter queue")
-        .queue_url
-        .expect("a URL");
+    let dead_letter_queue = queue_url(
+        &sqs,
+        &channel
+            .dead_letter_queue_name(destination, Some(group))
+            .unwrap(),
+    )
+    .await;
     sqs.delete_queue()
         .queue_url(&dead_letter_queue)
         .send()
