@@ -41,7 +41,7 @@ pub use runtime::{
     App, Context, Events, Handler, HandlerSpec, IntoHandler, OutputPolicy, Processor, RetryPolicy,
     RunningApp, Sink,
 };
-pub use url::{is_secret_param, redact_url, ChannelUrl};
+pub use url::{hide_secrets, is_secret_param, redact_url, ChannelUrl};
 
 /// Used by the code the `#[handler]` macro generates. Not a public API.
 #[doc(hidden)]

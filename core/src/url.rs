@@ -140,6 +140,23 @@ pub fn is_secret_param(name: &str) -> bool {
             .any(|word| word.ends_with("key"))
 }
 
+/// Replaces every occurrence of each of `secrets` in `text` with `***`: for a broker
+/// client's error text, which may quote a password or a secret setting it was given. Empty
+/// secrets are skipped (there is nothing to hide).
+///
+/// ```
+/// use event_binder_core::hide_secrets;
+///
+/// assert_eq!(hide_secrets("user bob / s3cret refused", &["s3cret"]), "user bob / *** refused");
+/// assert_eq!(hide_secrets("nothing", &[""]), "nothing");
+/// ```
+pub fn hide_secrets(text: &str, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .filter(|secret| !secret.is_empty())
+        .fold(text.to_owned(), |text, secret| text.replace(secret, "***"))
+}
+
 /// Hides the secrets of a URL, parsed or not: the password of its user info, and the value
 /// of every query parameter [`is_secret_param`] names, each replaced with `***`.
 ///

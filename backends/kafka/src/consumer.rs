@@ -358,7 +358,7 @@ impl Poller {
                         tracing::warn!(
                             topic = %self.tracker.topic,
                             group = %self.group_id,
-                            error = %error::scrub(&err.to_string(), &secrets),
+                            error = %event_binder_core::hide_secrets(&err.to_string(), &secrets),
                             "kafka consumer error; librdkafka retries by itself"
                         );
                         break;

@@ -1,24 +1,16 @@
 //! How librdkafka's errors become event-binder's, with secrets removed.
 
-use event_binder_core::Error;
+use event_binder_core::{hide_secrets, Error};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use std::time::Duration;
 
 /// The backend's name in errors.
 pub(crate) const BACKEND: &str = "kafka";
 
-/// Removes the secrets (passwords) from a text.
-pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    secrets
-        .iter()
-        .filter(|secret| !secret.is_empty())
-        .fold(text.to_owned(), |text, secret| text.replace(secret, "***"))
-}
-
 /// A [`Error::Broker`] saying what failed and why; the client's error is kept as text
 /// only, scrubbed of secrets.
 pub(crate) fn broker(what: &str, error: &KafkaError, secrets: &[&str]) -> Error {
-    let detail = scrub(&error.to_string(), secrets);
+    let detail = hide_secrets(&error.to_string(), secrets);
     Error::broker_source(BACKEND, format!("{what}: {detail}"), detail)
 }
 
@@ -32,18 +24,18 @@ pub(crate) fn settings(error: &KafkaError, secrets: &[&str]) -> Error {
             if event_binder_core::is_secret_param(key) {
                 hidden.push(value);
             }
-            let description = scrub(description, &hidden);
+            let description = hide_secrets(description, &hidden);
             Error::Config(format!(
                 "librdkafka refuses the setting {key}: {description}"
             ))
         }
         KafkaError::ClientCreation(message) => Error::Config(format!(
             "librdkafka refuses the settings: {}",
-            scrub(message, secrets)
+            hide_secrets(message, secrets)
         )),
         other => Error::Config(format!(
             "librdkafka refuses the settings: {}",
-            scrub(&other.to_string(), secrets)
+            hide_secrets(&other.to_string(), secrets)
         )),
     }
 }
@@ -82,7 +74,7 @@ pub(crate) fn delivery(
 
 /// The error of a first connection attempt.
 pub(crate) fn connection(brokers: &str, error: &KafkaError, secrets: &[&str]) -> Error {
-    let detail = scrub(&error.to_string(), secrets);
+    let detail = hide_secrets(&error.to_string(), secrets);
     Error::Connection {
         backend: BACKEND,
         message: format!(
@@ -96,15 +88,6 @@ pub(crate) fn connection(brokers: &str, error: &KafkaError, secrets: &[&str]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scrub_hides_secrets() {
-        assert_eq!(
-            scrub("bob / s3cret failed", &["s3cret"]),
-            "bob / *** failed"
-        );
-        assert_eq!(scrub("nothing", &[""]), "nothing");
-    }
 
     #[test]
     fn refused_settings_name_the_setting_and_never_show_a_secret_value() {

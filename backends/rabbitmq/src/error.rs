@@ -1,6 +1,6 @@
 //! How lapin's errors become event-binder's, and which of them a reconnect can cure.
 
-use event_binder_core::Error;
+use event_binder_core::{hide_secrets, Error};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::ErrorKind;
 
@@ -53,7 +53,7 @@ pub(crate) fn connection(
     vhost: &str,
     password: Option<&str>,
 ) -> Error {
-    let detail = scrub(&error.to_string(), password);
+    let detail = hide_secrets(&error.to_string(), password.as_slice());
     let message = match error.kind() {
         ErrorKind::ProtocolError(amqp)
             if matches!(
@@ -61,7 +61,7 @@ pub(crate) fn connection(
                 AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
             ) =>
         {
-            let text = scrub(&amqp.get_message().to_string(), password);
+            let text = hide_secrets(&amqp.get_message().to_string(), password.as_slice());
             if text.contains("vhost") {
                 format!(
                     "access refused: user {user:?} may not use virtual host {vhost:?} on \
@@ -80,7 +80,7 @@ pub(crate) fn connection(
         {
             format!(
                 "virtual host {vhost:?} on {endpoint} cannot be used by user {user:?}: {}",
-                scrub(amqp.get_message().as_str(), password)
+                hide_secrets(amqp.get_message().as_str(), password.as_slice())
             )
         }
         ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -99,27 +99,9 @@ pub(crate) fn connection(
     }
 }
 
-/// Removes a password from a text (an empty one is left alone: there is nothing to hide).
-pub(crate) fn scrub(text: &str, password: Option<&str>) -> String {
-    match password {
-        Some(password) if !password.is_empty() => text.replace(password, "***"),
-        _ => text.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scrub_hides_the_password() {
-        assert_eq!(
-            scrub("user bob / s3cret failed", Some("s3cret")),
-            "user bob / *** failed"
-        );
-        assert_eq!(scrub("nothing", Some("")), "nothing");
-        assert_eq!(scrub("nothing", None), "nothing");
-    }
 
     #[test]
     fn io_errors_are_losses_and_refused_connections_say_so() {

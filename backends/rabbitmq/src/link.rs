@@ -8,7 +8,8 @@
 //! need again: the topology follows the connection without a registry of its own.
 
 use crate::config::RabbitConfig;
-use crate::error::{self, scrub};
+use crate::error;
+use event_binder_core::hide_secrets;
 use event_binder_core::{Error, Result};
 use futures_core::Stream;
 use lapin::tcp::OwnedTLSConfig;
@@ -311,7 +312,7 @@ async fn supervise(
             }
             reason = loss(&up, &mut events, &lost) => reason,
         };
-        let reason = scrub(&reason, password.as_deref());
+        let reason = hide_secrets(&reason, password.as_deref().as_slice());
         tracing::warn!(endpoint = %endpoint, reason = %reason, "rabbitmq: connection lost; reconnecting");
         state.send_replace(State::Down {
             reason: reason.into(),
