@@ -7,19 +7,31 @@
 //! generates names the runtime by absolute paths (`::event_binder::…`, or the path given
 //! with `crate = "…"`).
 //!
-//! ```ignore
-//! use event_binder::{handler, App, Context};
+//! ```
+//! use event_binder::memory::MemoryChannel;
+//! use event_binder::{handler, App, Context, Message};
+//!
+//! #[derive(serde::Deserialize)]
+//! pub struct OrderPlaced {
+//!     pub order_id: u64,
+//! }
 //!
 //! #[handler(destination = "orders", group = "billing")]
-//! pub async fn bill(event: OrderPlaced, ctx: Context) -> Result<(), BillingError> {
-//!     // …
+//! pub async fn bill(event: OrderPlaced, ctx: Context) -> Result<(), std::io::Error> {
+//!     println!("billing order {} (attempt {})", event.order_id, ctx.attempt());
 //!     Ok(())
 //! }
 //!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // In a unit test, with no broker at all:
-//! bill(order, Context::detached(message)).await?;
+//! let message = Message::new(r#"{"order_id":7}"#);
+//! bill(OrderPlaced { order_id: 7 }, Context::detached(message)).await?;
 //! // In the service:
-//! let app = App::new(channel).handler(bill);
+//! let running = App::new(MemoryChannel::new()).handler(bill).start().await?;
+//! running.shutdown().await?;
+//! # Ok(())
+//! # }
 //! ```
 
 use proc_macro::TokenStream;
