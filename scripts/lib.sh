@@ -23,3 +23,15 @@ wait_until_started() {
         sleep 0.2
     done
 }
+
+# Installs the PyPI requirement $2 (a pinned `name==version`) into a new virtualenv $1,
+# replacing whatever was there; fails, saying why, when it cannot.
+pip_install_into() {
+    local venv=$1 requirement=$2
+    command -v python3 >/dev/null 2>&1 || fail "python3 is needed to install $requirement"
+    echo "scripts/$(basename "$0"): installing $requirement into $venv" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv" || fail "python3 -m venv $venv failed"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$requirement" ||
+        fail "pip install $requirement failed"
+}

@@ -20,12 +20,7 @@ if answers; then
 fi
 
 if [ ! -x "$VENV/bin/moto_server" ]; then
-    command -v python3 >/dev/null 2>&1 || fail "python3 is needed to install moto $MOTO_VERSION"
-    echo "scripts/sns-sqs.sh: installing moto $MOTO_VERSION into $VENV" >&2
-    rm -rf "$VENV"
-    python3 -m venv "$VENV" || fail "python3 -m venv $VENV failed"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" ||
-        fail "pip install moto[server]==$MOTO_VERSION failed"
+    pip_install_into "$VENV" "moto[server]==$MOTO_VERSION"
 fi
 
 echo "scripts/sns-sqs.sh: starting moto on $HOST:$PORT (log: $VENV/moto.log)" >&2

@@ -371,37 +371,27 @@ async fn first_offset_from(
     offset: i64,
     limit: Duration,
 ) -> Option<i64> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", broker())
-            .set("group.id", format!("rebalance-probe-{}", unique()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "100")
-            .create()
-            .expect("a raw consumer");
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&topic, partition, Offset::Offset(offset))
-            .expect("the assignment");
-        consumer.assign(&assignment).expect("assign");
-        let deadline = Instant::now() + limit;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match consumer.poll(left.min(Duration::from_millis(200))) {
-                Some(Ok(record)) => return Some(record.offset()),
-                Some(Err(err)) => panic!("consuming {topic} from {offset}: {err}"),
-                None => {}
-            }
-        }
-        None
-    })
-    .await
-    .expect("the consuming thread")
+    offsets_read_from(topic, partition, Offset::Offset(offset), 1, limit)
+        .await
+        .first()
+        .copied()
 }
 
 /// The offsets of the records of `partition` of `topic`, read from its beginning by a
 /// fresh raw consumer until `count` came or `limit` passed.
 async fn offsets_read(topic: &str, partition: i32, count: usize, limit: Duration) -> Vec<i64> {
+    offsets_read_from(topic, partition, Offset::Beginning, count, limit).await
+}
+
+/// The offsets of the records of `partition` of `topic`, read from `start` by a fresh raw
+/// consumer until `count` came or `limit` passed.
+async fn offsets_read_from(
+    topic: &str,
+    partition: i32,
+    start: Offset,
+    count: usize,
+    limit: Duration,
+) -> Vec<i64> {
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -413,7 +403,7 @@ async fn offsets_read(topic: &str, partition: i32, count: usize, limit: Duration
             .expect("a raw consumer");
         let mut assignment = TopicPartitionList::new();
         assignment
-            .add_partition_offset(&topic, partition, Offset::Beginning)
+            .add_partition_offset(&topic, partition, start)
             .expect("the assignment");
         consumer.assign(&assignment).expect("assign");
         let mut read = Vec::new();
@@ -424,7 +414,7 @@ async fn offsets_read(topic: &str, partition: i32, count: usize, limit: Duration
             }
             match consumer.poll(left.min(Duration::from_millis(200))) {
                 Some(Ok(record)) => read.push(record.offset()),
-                Some(Err(err)) => panic!("consuming {topic}: {err}"),
+                Some(Err(err)) => panic!("consuming {topic} from {start:?}: {err}"),
                 None => {}
             }
         }
