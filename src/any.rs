@@ -146,6 +146,10 @@ impl Channel for AnyChannel {
         self.inner.orders_by_key(destination)
     }
 
+    fn counts_deliveries(&self, subscription: &Subscription) -> bool {
+        self.inner.counts_deliveries(subscription)
+    }
+
     async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {
         self.inner.provision(destination, group).await
     }

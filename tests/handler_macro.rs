@@ -79,6 +79,36 @@ async fn ship(event: OrderPlaced) -> Result<Events<Invoice>, std::io::Error> {
     ))
 }
 
+/// Retried through the broker, 100 ms then up to 10 s less up to a fifth; each call stopped
+/// after 5 s.
+#[handler(
+    destination = "orders",
+    group = "payments",
+    max_attempts = 4,
+    backoff = "100ms..10s",
+    jitter = 0.2,
+    timeout = "5s",
+    retry = "broker"
+)]
+async fn charge(event: OrderPlaced) -> Result<(), BillingError> {
+    if event.amount == 0 {
+        return Err(BillingError("nothing to charge".into()));
+    }
+    Ok(())
+}
+
+/// Every duration unit, and retries in process.
+#[handler(
+    destination = "orders",
+    backoff = "0ms..2h",
+    jitter = 1,
+    timeout = "3m",
+    retry = "in_process"
+)]
+async fn refund(_event: OrderPlaced) -> Result<(), BillingError> {
+    Ok(())
+}
+
 /// A pattern instead of a name.
 #[handler(destination = "pairs")]
 async fn pair((left, right): (u32, u32), _: Context) -> Result<(), BillingError> {
@@ -214,6 +244,42 @@ fn every_option_reaches_the_spec() {
         .concurrency(8)
         .max_attempts(5);
     assert_eq!(ship.into_handler().spec(), &expected);
+}
+
+#[tokio::test]
+async fn retry_options_reach_the_spec() {
+    use std::time::Duration;
+
+    assert_eq!(charge(order(1)).await, Ok(()));
+    let handler = charge.into_handler();
+    assert_eq!(handler.spec().call_timeout(), Some(Duration::from_secs(5)));
+    let expected = event_binder::HandlerSpec::new(concat!(module_path!(), "::charge"), "orders")
+        .group("payments")
+        .max_attempts(4)
+        .backoff(Duration::from_millis(100), Duration::from_secs(10))
+        .jitter(0.2)
+        .timeout(Duration::from_secs(5))
+        .retry_through_broker(true);
+    assert_eq!(handler.spec(), &expected);
+    // Each argument is its own: the spec without one of them differs.
+    assert_ne!(
+        handler.spec(),
+        &expected.clone().retry_through_broker(false)
+    );
+    assert_ne!(handler.spec(), &expected.clone().jitter(0.25));
+
+    let handler = refund.into_handler();
+    assert_eq!(
+        handler.spec().call_timeout(),
+        Some(Duration::from_secs(180))
+    );
+    let expected = event_binder::HandlerSpec::new(concat!(module_path!(), "::refund"), "orders")
+        .backoff(Duration::ZERO, Duration::from_secs(2 * 60 * 60))
+        .jitter(1.0)
+        .timeout(Duration::from_secs(3 * 60))
+        .retry_through_broker(false);
+    assert_eq!(handler.spec(), &expected);
+    assert_eq!(ship.into_handler().spec().call_timeout(), None);
 }
 
 #[test]

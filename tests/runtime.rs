@@ -1,10 +1,11 @@
 //! Runtime behaviour the conformance suite does not cover, on the in-memory backend:
-//! processor outputs, panics, the redelivery cap and an aborted shutdown.
+//! processor outputs, panics, the redelivery cap, an aborted shutdown, timeouts and the
+//! errors that steer retries.
 
 use event_binder::memory::MemoryChannel;
 use event_binder::{
-    header, App, Channel, Context, Error, Events, Handler, HandlerSpec, Message, RetryPolicy,
-    Subscription,
+    header, App, BoxError, Channel, Context, Error, Events, Handler, HandlerSpec, Message,
+    NonRetryable, RetryAfter, RetryPolicy, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -652,6 +653,13 @@ async fn invalid_retry_policies_are_refused_at_start() {
             },
             "initial_backoff",
         ),
+        (
+            RetryPolicy {
+                jitter: 1.5,
+                ..defaults
+            },
+            "jitter",
+        ),
     ] {
         // Computing a delay never panics, whatever the fields say.
         let _ = policy.delay_after(3);
@@ -704,4 +712,159 @@ async fn two_handlers_sharing_one_group_are_refused_naming_both() {
         .shutdown()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_handler_past_its_timeout_fails_that_attempt() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        Handler::from_fn(
+            HandlerSpec::new("stuck", "orders")
+                .group("billing")
+                .timeout(Duration::from_millis(20)),
+            move |order: Order, _: Context| {
+                let calls = calls.clone();
+                async move {
+                    // The first call hangs; the second finishes at once.
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Err::<(), _>(format!("order {} fails", order.id))
+                }
+            },
+        )
+    };
+    let (attempts, error) = dead_letter_of(handler, 2, Order { id: 1 }).await;
+    assert_eq!(attempts, "2");
+    assert_eq!(
+        error, "order 1 fails",
+        "the last attempt's error is the reason"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    let hangs = Handler::from_fn(
+        HandlerSpec::new("stuck", "orders")
+            .group("billing")
+            .timeout(Duration::from_millis(20)),
+        |_: Order, _: Context| async {
+            std::future::pending::<()>().await;
+            Ok::<(), std::io::Error>(())
+        },
+    );
+    let (attempts, error) = dead_letter_of(hangs, 2, Order { id: 2 }).await;
+    assert_eq!(attempts, "2");
+    assert!(
+        error.contains("did not finish within its timeout of 20ms"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_non_retryable_error_found_among_the_sources_stops_the_retries() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("reserving order {0} failed")]
+    struct Reserving(u64, #[source] NonRetryable);
+
+    let handler = Handler::from_fn(
+        HandlerSpec::new("reserve", "orders").group("billing"),
+        |order: Order, _: Context| async move {
+            Err::<(), _>(Reserving(order.id, NonRetryable::new("no such product")))
+        },
+    );
+    let (attempts, error) = dead_letter_of(handler, 5, Order { id: 7 }).await;
+    assert_eq!(attempts, "1");
+    assert_eq!(error, "reserving order 7 failed: no such product");
+}
+
+#[tokio::test]
+async fn retry_after_sets_the_wait_before_the_next_attempt() {
+    let wait = Duration::from_millis(150);
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = {
+        let calls = calls.clone();
+        Handler::from_fn(
+            HandlerSpec::new("busy", "orders").group("billing"),
+            move |_: Order, ctx: Context| {
+                let calls = calls.clone();
+                async move {
+                    calls.lock().unwrap().push(tokio::time::Instant::now());
+                    if ctx.attempt() == 1 {
+                        return Err(BoxError::from(RetryAfter::new(wait, "rate limited")));
+                    }
+                    Ok(())
+                }
+            },
+        )
+    };
+    let bus = MemoryChannel::new();
+    // The policy's own backoff is far shorter than the wait asked for.
+    let running = App::new(bus.clone())
+        .retry(quick_retries(3))
+        .handler(handler)
+        .start()
+        .await
+        .unwrap();
+    running
+        .publisher()
+        .publish("orders", &Order { id: 1 })
+        .await
+        .unwrap();
+    wait_until("the second attempt", || calls.lock().unwrap().len() == 2).await;
+    running.shutdown().await.unwrap();
+    let calls = calls.lock().unwrap();
+    assert!(calls[1] - calls[0] >= wait, "{:?}", calls[1] - calls[0]);
+    assert_eq!(
+        bus.queued("orders", "billing"),
+        0,
+        "handled on the second attempt"
+    );
+}
+
+#[tokio::test]
+async fn keyed_messages_on_an_ordered_destination_retry_in_process_even_through_the_broker() {
+    // A failing keyed message: a later message of the key must not overtake it, so its
+    // retries wait in process although the policy asks for the broker.
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = {
+        let calls = calls.clone();
+        Handler::from_fn(
+            HandlerSpec::new("keyed", "orders")
+                .group("billing")
+                .concurrency(4)
+                .retry_through_broker(true),
+            move |order: Order, ctx: Context| {
+                let calls = calls.clone();
+                async move {
+                    calls.lock().unwrap().push((order.id, ctx.attempt()));
+                    if order.id == 1 && ctx.attempt() < 3 {
+                        return Err(format!("order {} fails", order.id));
+                    }
+                    Ok(())
+                }
+            },
+        )
+    };
+    let bus = MemoryChannel::new();
+    // Handed back to the broker, the message would come back as a second delivery, past
+    // this cap, and be dead-lettered unhandled.
+    let one_delivery = RetryPolicy {
+        max_deliveries: 1,
+        ..quick_retries(3)
+    };
+    let running = App::new(bus.clone())
+        .retry(one_delivery)
+        .handler(handler)
+        .start()
+        .await
+        .unwrap();
+    let producer = bus.producer("orders").await.unwrap();
+    for id in [1, 2] {
+        let message =
+            Message::new(serde_json::to_vec(&Order { id }).unwrap()).with_key("customer-7");
+        producer.send(message).await.unwrap();
+    }
+    wait_until("both orders handled", || calls.lock().unwrap().len() == 4).await;
+    running.shutdown().await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), [(1, 1), (1, 2), (1, 3), (2, 1)]);
 }

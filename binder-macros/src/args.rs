@@ -1,10 +1,14 @@
 //! The attribute's arguments: `destination = "…"`, `group = "…"`, and so on, validated.
+//!
+//! Durations (`backoff = "100ms..10s"`, `timeout = "5s"`) are read here, at expansion
+//! time, and emitted as whole milliseconds: a whole number followed by `ms`, `s`, `m` or
+//! `h`, with nothing else inside the string.
 
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::meta::ParseNestedMeta;
-use syn::{Expr, ExprLit, Lit, LitInt, LitStr, Path};
+use syn::{Expr, ExprLit, ExprUnary, Lit, LitBool, LitFloat, LitInt, LitStr, Path, UnOp};
 
 /// The arguments of `#[handler(…)]`, each checked and kept with its span.
 pub(crate) struct Args {
@@ -15,12 +19,20 @@ pub(crate) struct Args {
     pub(crate) concurrency: Option<LitInt>,
     /// Re-emitted with a `u32` suffix.
     pub(crate) max_attempts: Option<LitInt>,
+    /// The first and the longest wait, in milliseconds (`u64`-suffixed, on the string's span).
+    pub(crate) backoff: Option<(LitInt, LitInt)>,
+    /// From 0.0 to 1.0, `f64`-suffixed.
+    pub(crate) jitter: Option<LitFloat>,
+    /// In milliseconds, above 0 (`u64`-suffixed, on the string's span).
+    pub(crate) timeout: Option<LitInt>,
+    /// `retry = "broker"` is `true`, `retry = "in_process"` is `false`.
+    pub(crate) retry_through_broker: Option<LitBool>,
     /// The facade's path: `::event_binder` unless `crate = "…"` says otherwise.
     pub(crate) krate: Path,
 }
 
-const KNOWN_ARGUMENTS: &str =
-    "`destination`, `group`, `output`, `concurrency`, `max_attempts` and `crate`";
+const KNOWN_ARGUMENTS: &str = "`destination`, `group`, `output`, `concurrency`, \
+     `max_attempts`, `backoff`, `jitter`, `timeout`, `retry` and `crate`";
 
 /// The longest logical name, as `event_binder_core::MAX_NAME_LEN`.
 const MAX_NAME_LEN: usize = 48;
@@ -33,6 +45,10 @@ fn example(name: &str) -> &'static str {
         "output" => "output = \"invoices\"",
         "concurrency" => "concurrency = 8",
         "max_attempts" => "max_attempts = 5",
+        "backoff" => "backoff = \"100ms..10s\"",
+        "jitter" => "jitter = 0.2",
+        "timeout" => "timeout = \"5s\"",
+        "retry" => "retry = \"broker\"",
         _ => "crate = \"::event_binder\"",
     }
 }
@@ -44,6 +60,10 @@ struct Builder {
     output: Option<LitStr>,
     concurrency: Option<LitInt>,
     max_attempts: Option<LitInt>,
+    backoff: Option<(LitInt, LitInt)>,
+    jitter: Option<LitFloat>,
+    timeout: Option<LitInt>,
+    retry_through_broker: Option<LitBool>,
     krate: Option<Path>,
 }
 
@@ -57,7 +77,16 @@ impl Builder {
         };
         if !matches!(
             name.as_str(),
-            "destination" | "group" | "output" | "concurrency" | "max_attempts" | "crate"
+            "destination"
+                | "group"
+                | "output"
+                | "concurrency"
+                | "max_attempts"
+                | "backoff"
+                | "jitter"
+                | "timeout"
+                | "retry"
+                | "crate"
         ) {
             return Err(syn::Error::new_spanned(
                 path,
@@ -92,6 +121,46 @@ impl Builder {
             "max_attempts" => {
                 let lit = positive_integer::<u32>(&value, &name, example, "u32")?;
                 self.max_attempts.replace(lit).is_none()
+            }
+            "backoff" => {
+                let lit = string_literal(&value, &name, example)?;
+                let backoff = backoff(&lit)?;
+                self.backoff.replace(backoff).is_none()
+            }
+            "jitter" => {
+                let lit = share(&value, &name, example)?;
+                self.jitter.replace(lit).is_none()
+            }
+            "timeout" => {
+                let lit = string_literal(&value, &name, example)?;
+                let millis = duration(&lit, &lit.value(), "`timeout`", example)?;
+                if millis == 0 {
+                    return Err(syn::Error::new_spanned(
+                        &lit,
+                        format!("`timeout` must be longer than 0: write `{example}`"),
+                    ));
+                }
+                self.timeout.replace(millis_literal(millis, &lit)).is_none()
+            }
+            "retry" => {
+                let lit = string_literal(&value, &name, example)?;
+                let through_broker = match lit.value().as_str() {
+                    "broker" => true,
+                    "in_process" => false,
+                    other => {
+                        return Err(syn::Error::new_spanned(
+                            &lit,
+                            format!(
+                                "`retry` is \"broker\" (wait between attempts by handing the \
+                                 message back to the broker) or \"in_process\" (wait in the \
+                                 handler's slot), not {other:?}: write `retry = \"broker\"` or \
+                                 `retry = \"in_process\"`"
+                            ),
+                        ))
+                    }
+                };
+                let lit = LitBool::new(through_broker, lit.span());
+                self.retry_through_broker.replace(lit).is_none()
             }
             _ => {
                 let lit = string_literal(&value, &name, example)?;
@@ -137,6 +206,10 @@ impl Args {
             output: builder.output,
             concurrency: builder.concurrency,
             max_attempts: builder.max_attempts,
+            backoff: builder.backoff,
+            jitter: builder.jitter,
+            timeout: builder.timeout,
+            retry_through_broker: builder.retry_through_broker,
             krate: builder
                 .krate
                 .unwrap_or_else(|| syn::parse_quote!(::event_binder)),
@@ -146,7 +219,12 @@ impl Args {
 
 /// The path as written, for messages: `::event_binder`.
 pub(crate) fn path_string(path: &Path) -> String {
-    path.to_token_stream().to_string().replace(' ', "")
+    written(path)
+}
+
+/// Tokens as written, without the spaces the printer adds, for messages: `-0.5`.
+fn written(tokens: &dyn ToTokens) -> String {
+    tokens.to_token_stream().to_string().replace(' ', "")
 }
 
 fn string_literal(value: &Expr, name: &str, example: &str) -> syn::Result<LitStr> {
@@ -197,6 +275,165 @@ where
         &format!("{}{ty}", lit.base10_digits()),
         lit.span(),
     ))
+}
+
+/// How a duration is written, for the advice in errors.
+const DURATION_FORM: &str = "a duration is a whole number followed by `ms`, `s`, `m` (minutes) \
+     or `h`, with no spaces";
+
+/// `"100ms..10s"`: the first and the longest wait, as `u64` millisecond literals.
+fn backoff(lit: &LitStr) -> syn::Result<(LitInt, LitInt)> {
+    const EXAMPLE: &str = "backoff = \"100ms..10s\"";
+    let text = lit.value();
+    let Some((first, longest)) = text.split_once("..") else {
+        return Err(syn::Error::new_spanned(
+            lit,
+            format!(
+                "`backoff` is the first and the longest wait between attempts, separated by \
+                 `..`, not {text:?}: write `{EXAMPLE}`"
+            ),
+        ));
+    };
+    for (end, which) in [(first, "first"), (longest, "longest")] {
+        if end.is_empty() {
+            return Err(syn::Error::new_spanned(
+                lit,
+                format!(
+                    "`backoff` {text:?} has no {which} wait; give both the first and the \
+                     longest wait: write `{EXAMPLE}`"
+                ),
+            ));
+        }
+    }
+    let first_ms = duration(lit, first, "the first wait of `backoff`", EXAMPLE)?;
+    let longest_ms = duration(lit, longest, "the longest wait of `backoff`", EXAMPLE)?;
+    if longest_ms == 0 {
+        return Err(syn::Error::new_spanned(
+            lit,
+            format!("the longest wait of `backoff` must be longer than 0: write `{EXAMPLE}`"),
+        ));
+    }
+    if first_ms > longest_ms {
+        return Err(syn::Error::new_spanned(
+            lit,
+            format!(
+                "the first wait of `backoff` ({first}) is longer than its longest wait \
+                 ({longest}); the first comes first: write `{EXAMPLE}`"
+            ),
+        ));
+    }
+    Ok((
+        millis_literal(first_ms, lit),
+        millis_literal(longest_ms, lit),
+    ))
+}
+
+/// `"5s"` in milliseconds: a whole number followed by `ms`, `s`, `m` or `h`, nothing else.
+/// Errors are spanned on `lit`, the string that holds `text`.
+fn duration(lit: &LitStr, text: &str, what: &str, example: &str) -> syn::Result<u64> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => 0,
+    };
+    if digits.is_empty() || unit_ms == 0 {
+        let unit_advice = if digits.is_empty() || unit.is_empty() {
+            String::new()
+        } else if unit.trim() != unit {
+            "; remove the spaces".to_owned()
+        } else if unit.starts_with(['.', ',']) {
+            "; the number must be whole: use a smaller unit, like `1500ms` for 1.5 s".to_owned()
+        } else {
+            format!("; {unit:?} is not a unit")
+        };
+        return Err(syn::Error::new_spanned(
+            lit,
+            format!(
+                "invalid duration {text:?} for {what}{unit_advice}: {DURATION_FORM}: \
+                 write `{example}`"
+            ),
+        ));
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(unit_ms))
+        .ok_or_else(|| {
+            syn::Error::new_spanned(
+                lit,
+                format!(
+                    "the duration {text:?} for {what} is too long: it must be at most {} ms \
+                     (about 584 million years): write `{example}`",
+                    u64::MAX
+                ),
+            )
+        })
+}
+
+/// Milliseconds as a `u64` literal on the user's string.
+fn millis_literal(millis: u64, lit: &LitStr) -> LitInt {
+    LitInt::new(&format!("{millis}u64"), lit.span())
+}
+
+/// A share from 0.0 to 1.0: a float literal (or the integer 0 or 1), as an `f64` literal.
+fn share(value: &Expr, name: &str, example: &str) -> syn::Result<LitFloat> {
+    let out_of_range = |spanned: &dyn ToTokens, shown: String| {
+        syn::Error::new_spanned(
+            spanned,
+            format!("`{name}` is a share from 0.0 to 1.0, not {shown}: write `{example}`"),
+        )
+    };
+    let wrong_type = |spanned: &dyn ToTokens| {
+        syn::Error::new_spanned(
+            spanned,
+            format!("`{name}` takes a number from 0.0 to 1.0 (an `f64`): write `{example}`"),
+        )
+    };
+    let lit = match value {
+        Expr::Lit(ExprLit { lit, .. }) => lit,
+        // `-0.5`: a literal, but below the range.
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_),
+            expr,
+            ..
+        }) if matches!(
+            &**expr,
+            Expr::Lit(ExprLit {
+                lit: Lit::Float(_) | Lit::Int(_),
+                ..
+            })
+        ) =>
+        {
+            return Err(out_of_range(value, written(value)));
+        }
+        _ => return Err(wrong_type(value)),
+    };
+    let (number, span) = match lit {
+        Lit::Float(float) => {
+            if !float.suffix().is_empty() && float.suffix() != "f64" {
+                return Err(wrong_type(float));
+            }
+            let number: f64 = float.base10_parse()?;
+            (number, float.span())
+        }
+        Lit::Int(int) if int.suffix().is_empty() => match int.base10_digits() {
+            "0" => (0.0, int.span()),
+            "1" => (1.0, int.span()),
+            digits => return Err(out_of_range(int, digits.to_owned())),
+        },
+        other => return Err(wrong_type(other)),
+    };
+    if !(0.0..=1.0).contains(&number) {
+        return Err(out_of_range(lit, number.to_string()));
+    }
+    // `{:?}` always writes a float: `1.0`, `0.2`, `1e-7`.
+    Ok(LitFloat::new(&format!("{number:?}f64"), span))
 }
 
 /// The runtime's name rule (`event_binder_core::validate_destination`), at compile time.
@@ -252,6 +489,68 @@ mod tests {
         assert_eq!(args.concurrency.unwrap().to_string(), "8usize");
         assert_eq!(args.max_attempts.unwrap().to_string(), "5u32");
         assert_eq!(path_string(&args.krate), "::event_binder_core");
+        assert!(args.backoff.is_none() && args.jitter.is_none());
+        assert!(args.timeout.is_none() && args.retry_through_broker.is_none());
+    }
+
+    #[test]
+    fn reads_retry_options() {
+        let args = parse(&quote!(
+            destination = "orders",
+            backoff = "100ms..10s",
+            jitter = 0.2,
+            timeout = "5s",
+            retry = "broker"
+        ))
+        .unwrap();
+        let (first, longest) = args.backoff.unwrap();
+        assert_eq!(first.to_string(), "100u64");
+        assert_eq!(longest.to_string(), "10000u64");
+        assert_eq!(args.jitter.unwrap().to_string(), "0.2f64");
+        assert_eq!(args.timeout.unwrap().to_string(), "5000u64");
+        assert!(args.retry_through_broker.unwrap().value);
+
+        let args = parse(&quote!(destination = "o", retry = "in_process", jitter = 0)).unwrap();
+        assert!(!args.retry_through_broker.unwrap().value);
+        assert_eq!(args.jitter.unwrap().to_string(), "0.0f64");
+        let args = parse(&quote!(destination = "o", jitter = 1.0f64)).unwrap();
+        assert_eq!(args.jitter.unwrap().to_string(), "1.0f64");
+    }
+
+    #[test]
+    fn reads_durations() {
+        let ms = |text: &str| {
+            let lit = LitStr::new(text, Span::call_site());
+            duration(&lit, text, "`timeout`", "timeout = \"5s\"")
+        };
+        assert_eq!(ms("0ms").unwrap(), 0);
+        assert_eq!(ms("7ms").unwrap(), 7);
+        assert_eq!(ms("007s").unwrap(), 7_000);
+        assert_eq!(ms("2m").unwrap(), 120_000);
+        assert_eq!(ms("3h").unwrap(), 10_800_000);
+        assert_eq!(ms(&format!("{}ms", u64::MAX)).unwrap(), u64::MAX);
+        for bad in [
+            "", "s", "5", "5 s", " 5s", "5s ", "1.5s", "-1s", "+1s", "5sec", "5us", "5M", "5d",
+            "1_000ms", "5s5ms",
+        ] {
+            let error = ms(bad).expect_err(bad).to_string();
+            assert!(error.contains("invalid duration"), "{bad:?}: {error}");
+        }
+        assert!(ms("5 s")
+            .unwrap_err()
+            .to_string()
+            .contains("remove the spaces"));
+        assert!(ms("5us")
+            .unwrap_err()
+            .to_string()
+            .contains("\"us\" is not a unit"));
+        for long in [
+            format!("{}ms", u128::from(u64::MAX) + 1),
+            format!("{}s", u64::MAX),
+        ] {
+            let error = ms(&long).expect_err(&long).to_string();
+            assert!(error.contains("is too long"), "{long:?}: {error}");
+        }
     }
 
     #[test]
@@ -292,6 +591,69 @@ mod tests {
             (
                 quote!(destination = "o", crate = "not a path"),
                 "path of the event-binder facade",
+            ),
+            (quote!(destination = "o", backoff = 100), "string literal"),
+            (
+                quote!(destination = "o", backoff = "10s"),
+                "separated by `..`",
+            ),
+            (
+                quote!(destination = "o", backoff = "100ms.."),
+                "no longest wait",
+            ),
+            (
+                quote!(destination = "o", backoff = "..10s"),
+                "no first wait",
+            ),
+            (
+                quote!(destination = "o", backoff = "100ms..10x"),
+                "\"x\" is not a unit",
+            ),
+            (
+                quote!(destination = "o", backoff = "1.5s..10s"),
+                "the number must be whole",
+            ),
+            (
+                quote!(destination = "o", backoff = "100ms .. 10s"),
+                "remove the spaces",
+            ),
+            (
+                quote!(destination = "o", backoff = "0ms..0s"),
+                "longer than 0",
+            ),
+            (
+                quote!(destination = "o", backoff = "10s..100ms"),
+                "(10s) is longer than its longest wait (100ms)",
+            ),
+            (
+                quote!(destination = "o", backoff = "1ms..99999999999999999999h"),
+                "too long",
+            ),
+            (
+                quote!(destination = "o", backoff = "1s..2s..3s"),
+                "invalid duration \"2s..3s\"",
+            ),
+            (quote!(destination = "o", jitter = 1.5), "not 1.5"),
+            (quote!(destination = "o", jitter = -0.2), "not -0.2"),
+            (quote!(destination = "o", jitter = 2), "not 2"),
+            (quote!(destination = "o", jitter = "0.2"), "takes a number"),
+            (quote!(destination = "o", jitter = 0.2f32), "an `f64`"),
+            (quote!(destination = "o", jitter = 1u8), "an `f64`"),
+            (quote!(destination = "o", timeout = 5), "string literal"),
+            (quote!(destination = "o", timeout = "0s"), "longer than 0"),
+            (quote!(destination = "o", timeout = "5"), "invalid duration"),
+            (
+                quote!(destination = "o", timeout = "5s", timeout = "6s"),
+                "given twice",
+            ),
+            (
+                quote!(destination = "o", retry = "kafka"),
+                "\"broker\" (wait between attempts",
+            ),
+            (quote!(destination = "o", retry = true), "string literal"),
+            (
+                quote!(destination = "o", backoff),
+                "write `backoff = \"100ms..10s\"`",
             ),
         ] {
             let error = parse(&tokens)

@@ -121,6 +121,24 @@ fn spec(args: &Args, ident: &Ident) -> TokenStream {
     if let Some(max_attempts) = &args.max_attempts {
         spec.extend(quote!(.max_attempts(#max_attempts)));
     }
+    // Durations are whole milliseconds, computed from the strings at expansion time.
+    if let Some((first, longest)) = &args.backoff {
+        spec.extend(quote! {
+            .backoff(
+                ::core::time::Duration::from_millis(#first),
+                ::core::time::Duration::from_millis(#longest),
+            )
+        });
+    }
+    if let Some(jitter) = &args.jitter {
+        spec.extend(quote!(.jitter(#jitter)));
+    }
+    if let Some(through_broker) = &args.retry_through_broker {
+        spec.extend(quote!(.retry_through_broker(#through_broker)));
+    }
+    if let Some(timeout) = &args.timeout {
+        spec.extend(quote!(.timeout(::core::time::Duration::from_millis(#timeout))));
+    }
     spec
 }
 
@@ -338,6 +356,35 @@ mod tests {
         assert!(code.contains(&expected_options), "{code}");
         assert!(code.contains("\"::invoice\""), "{code}");
         assert!(!code.contains("::event_binder::"), "{code}");
+    }
+
+    #[test]
+    fn retry_options_become_durations_and_flags() {
+        let code = expanded(
+            &quote!(
+                destination = "orders",
+                backoff = "250ms..2m",
+                jitter = 1,
+                timeout = "1h",
+                retry = "in_process"
+            ),
+            quote!(
+                async fn bill(event: Order) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let expected = quote!(
+            .backoff(
+                ::core::time::Duration::from_millis(250u64),
+                ::core::time::Duration::from_millis(120000u64),
+            )
+            .jitter(1.0f64)
+            .retry_through_broker(false)
+            .timeout(::core::time::Duration::from_millis(3600000u64))
+        )
+        .to_string();
+        assert!(code.contains(&expected), "{code}");
     }
 
     #[test]

@@ -33,6 +33,34 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The attribute also sets how a failing handler is retried and how long one call may take
+//! (see [`handler`] for every argument); durations are checked and converted at compile
+//! time:
+//!
+//! ```
+//! use event_binder::{handler, IntoHandler};
+//! use std::time::Duration;
+//!
+//! #[handler(
+//!     destination = "orders",
+//!     group = "shipping",
+//!     max_attempts = 5,
+//!     backoff = "100ms..10s",
+//!     jitter = 0.2,
+//!     timeout = "5s",
+//!     retry = "broker"
+//! )]
+//! async fn ship(order_id: u64) -> Result<(), std::io::Error> {
+//!     println!("shipping order {order_id}");
+//!     Ok(())
+//! }
+//!
+//! assert_eq!(
+//!     ship.into_handler().spec().call_timeout(),
+//!     Some(Duration::from_secs(5))
+//! );
+//! ```
 
 use proc_macro::TokenStream;
 
@@ -51,10 +79,49 @@ mod signature;
 /// | `output = "invoices"` | no | makes it a processor: what it returns is published there |
 /// | `concurrency = 8` | no | how many messages it works on at once (default: the app's) |
 /// | `max_attempts = 5` | no | calls per message before it is dead-lettered (default: the app's) |
+/// | `backoff = "100ms..10s"` | no | the first and the longest wait between attempts (default: the app's) |
+/// | `jitter = 0.2` | no | the share of each wait, 0.0 to 1.0, taken off at random (default: the app's) |
+/// | `timeout = "5s"` | no | the longest one call may take; a slower call fails the attempt (default: none) |
+/// | `retry = "broker"` | no | `"broker"`: wait between attempts by handing the message back to the broker; `"in_process"`: wait in the handler's slot (default: the app's) |
 /// | `crate = "::event_binder"` | no | the path of the facade, if it is renamed or re-exported |
 ///
 /// Names are checked at compile time with the runtime's rules: 1 to 48 ASCII letters,
 /// digits, `-` and `_`.
+///
+/// A duration is a whole number followed by a unit, `ms`, `s`, `m` (minutes) or `h`, with no
+/// spaces: `"250ms"`, `"5s"`, `"2m"`, `"1h"`. `backoff` gives two, the first wait and the
+/// longest, separated by `..`: the longest is above 0 and not shorter than the first (the
+/// waits in between grow as the app's retry policy says). `timeout` is above 0. Each is
+/// checked at compile time and becomes a `Duration` of whole milliseconds; the arguments
+/// set `HandlerSpec`'s `backoff`, `jitter`, `timeout` and `retry_through_broker`, and the
+/// parts of the retry policy they do not set stay the app's.
+///
+/// ```
+/// use event_binder::{handler, HandlerSpec, IntoHandler};
+/// use std::time::Duration;
+///
+/// #[handler(
+///     destination = "orders",
+///     group = "billing",
+///     backoff = "100ms..10s",
+///     jitter = 0.2,
+///     timeout = "5s",
+///     retry = "broker"
+/// )]
+/// async fn bill(order_id: u64) -> Result<(), std::io::Error> {
+///     println!("billing order {order_id}");
+///     Ok(())
+/// }
+///
+/// // The same spec as:
+/// let spec = HandlerSpec::new(concat!(module_path!(), "::bill"), "orders")
+///     .group("billing")
+///     .backoff(Duration::from_millis(100), Duration::from_secs(10))
+///     .jitter(0.2)
+///     .timeout(Duration::from_secs(5))
+///     .retry_through_broker(true);
+/// assert_eq!(bill.into_handler().spec(), &spec);
+/// ```
 ///
 /// The function is a free `async fn` (in a module, not in an `impl`; not generic) that takes
 /// the event by value, optionally followed by a `Context`, and returns `Result<(), E>`, or

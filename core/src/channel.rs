@@ -16,10 +16,19 @@ pub struct Capabilities {
     pub durable_groups: bool,
     /// The largest message accepted, as counted by [`Message::encoded_len`]; `None` for no limit.
     pub max_message_size: Option<usize>,
+    /// A delivery's [`attempt`](crate::Delivery::attempt) counts every delivery of its
+    /// message (1, 2, 3, …), not only "redelivered or not"; retries through the broker
+    /// ([`RetryPolicy::through_broker`](crate::RetryPolicy::through_broker)) need it.
+    pub counts_deliveries: bool,
+    /// A nack with a delay hands the message back: it is delivered again after the delay,
+    /// and meanwhile the consumer holds nothing for it, so other messages keep coming
+    /// (without this, the delay is waited out holding one of the consumer's prefetch
+    /// slots). Retries through the broker need it.
+    pub delayed_redelivery: bool,
 }
 
 impl Capabilities {
-    /// A backend with no ordering, no durable groups and no size limit; set what it has.
+    /// A backend with none of the capabilities and no size limit; set what it has.
     ///
     /// ```
     /// use event_binder_core::Capabilities;
@@ -32,6 +41,8 @@ impl Capabilities {
             ordering_by_key: false,
             durable_groups: false,
             max_message_size: None,
+            counts_deliveries: false,
+            delayed_redelivery: false,
         }
     }
 
@@ -44,6 +55,18 @@ impl Capabilities {
     /// Declares durable groups.
     pub fn durable_groups(mut self, yes: bool) -> Self {
         self.durable_groups = yes;
+        self
+    }
+
+    /// Declares that deliveries are counted.
+    pub fn counts_deliveries(mut self, yes: bool) -> Self {
+        self.counts_deliveries = yes;
+        self
+    }
+
+    /// Declares delayed redelivery.
+    pub fn delayed_redelivery(mut self, yes: bool) -> Self {
+        self.delayed_redelivery = yes;
         self
     }
 
@@ -180,6 +203,14 @@ pub trait Channel: Send + Sync + Debug + 'static {
         self.capabilities().ordering_by_key
     }
 
+    /// Whether the deliveries of `subscription` count every delivery of their message
+    /// ([`Capabilities::counts_deliveries`] unless the backend counts for some
+    /// subscriptions only: RabbitMQ's quorum queues count, its classic ones do not).
+    fn counts_deliveries(&self, subscription: &Subscription) -> bool {
+        let _ = subscription;
+        self.capabilities().counts_deliveries
+    }
+
     /// Creates the destination and, if given, the group (idempotent). Consumers and
     /// producers provision what they need themselves; call this to create a durable group
     /// before its first consumer runs, so it keeps what is published meanwhile.
@@ -216,6 +247,10 @@ impl<C: Channel + ?Sized> Channel for std::sync::Arc<C> {
 
     fn orders_by_key(&self, destination: &str) -> bool {
         (**self).orders_by_key(destination)
+    }
+
+    fn counts_deliveries(&self, subscription: &Subscription) -> bool {
+        (**self).counts_deliveries(subscription)
     }
 
     async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {

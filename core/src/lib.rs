@@ -38,8 +38,8 @@ pub use message::{
 pub use name::{validate_destination, validate_group, validate_prefix, DottedNames, MAX_NAME_LEN};
 pub use publisher::Publisher;
 pub use runtime::{
-    App, Context, Events, Handler, HandlerSpec, IntoHandler, OutputPolicy, Processor, RetryPolicy,
-    RunningApp, Sink,
+    App, Context, Events, Handler, HandlerSpec, IntoHandler, NonRetryable, OutputPolicy, Processor,
+    RetryAfter, RetryPolicy, RunningApp, Sink,
 };
 pub use url::{hide_secrets, is_secret_param, redact_url, ChannelUrl};
 

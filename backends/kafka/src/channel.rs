@@ -224,6 +224,8 @@ impl Channel for KafkaChannel {
             .ordering_by_key(true)
             .durable_groups(true)
             .max_message_size(self.inner.config.max_message_size)
+            .counts_deliveries(true)
+            .delayed_redelivery(true)
     }
 
     /// Creates the topic (and, with a group, its dead-letter topic). A group needs nothing

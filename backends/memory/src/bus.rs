@@ -126,7 +126,9 @@ impl Bus {
             capabilities: Capabilities::new()
                 .ordering_by_key(true)
                 .durable_groups(true)
-                .max_message_size(config.max_message_size),
+                .max_message_size(config.max_message_size)
+                .counts_deliveries(true)
+                .delayed_redelivery(true),
             shared: Arc::new(Shared {
                 config,
                 closed: AtomicBool::new(false),

@@ -649,6 +649,8 @@ async fn oversized_messages_are_refused_before_anything_is_enqueued() {
             .ordering_by_key(true)
             .durable_groups(true)
             .max_message_size(100)
+            .counts_deliveries(true)
+            .delayed_redelivery(true)
     );
     channel.provision("orders", Some("billing")).await.unwrap();
     let producer = channel.producer("orders").await.unwrap();

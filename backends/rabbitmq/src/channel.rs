@@ -107,7 +107,7 @@ impl RabbitChannel {
     }
 
     /// Whether the queue `role` consumes counts deliveries: a quorum queue does.
-    fn counts_deliveries(&self, role: Role) -> bool {
+    fn queue_counts_deliveries(&self, role: Role) -> bool {
         role.queue_type(self.link.config.queue_type) == QueueType::Quorum
     }
 
@@ -150,6 +150,18 @@ impl Channel for RabbitChannel {
             .ordering_by_key(false)
             .durable_groups(true)
             .max_message_size(self.link.config.max_message_size)
+            .counts_deliveries(self.link.config.queue_type == QueueType::Quorum)
+    }
+
+    /// Quorum queues count deliveries; classic ones, and anonymous subscriptions' queues
+    /// (always classic), do not.
+    fn counts_deliveries(&self, subscription: &Subscription) -> bool {
+        let role = if subscription.group_name().is_some() {
+            Role::Group
+        } else {
+            Role::Anonymous
+        };
+        self.queue_counts_deliveries(role)
     }
 
     async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {
@@ -193,7 +205,7 @@ impl Channel for RabbitChannel {
             prefetch: self.prefetch(subscription),
             origin: Origin::new(subscription.destination(), group),
             names,
-            counts_deliveries: self.counts_deliveries(role),
+            counts_deliveries: self.queue_counts_deliveries(role),
         };
         let consumer = RabbitConsumer::open(
             self.link.clone(),
@@ -220,7 +232,7 @@ impl Channel for RabbitChannel {
             prefetch: self.prefetch(&subscription),
             origin: Origin::new(destination, group),
             names,
-            counts_deliveries: self.counts_deliveries(Role::DeadLetters),
+            counts_deliveries: self.queue_counts_deliveries(Role::DeadLetters),
         };
         let consumer =
             RabbitConsumer::open(self.link.clone(), subscription, source, dead_letters).await?;

@@ -536,6 +536,8 @@ impl Channel for SnsSqsChannel {
         Capabilities::new()
             .durable_groups(true)
             .max_message_size(MAX_MESSAGE_SIZE)
+            .counts_deliveries(true)
+            .delayed_redelivery(true)
     }
 
     /// FIFO destinations keep the order of each key; standard ones keep none.

@@ -5,12 +5,13 @@ use crate::channel::{Channel, Consumer, Subscription};
 use crate::error::{Error, Result};
 use crate::idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 use crate::message::{header, Message};
-use crate::runtime::{App, Context, Handler, HandlerSpec, RetryPolicy};
+use crate::runtime::{App, Context, Handler, HandlerSpec, NonRetryable, RetryPolicy};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// One behaviour every backend shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +55,15 @@ pub enum Case {
     /// in the order sent, and a message being retried is never overtaken by a later one of
     /// its key; different keys still run concurrently (when the backend claims ordering).
     OrderIsKeptPerKeyThroughTheRuntime,
+    /// A handler error marked [`NonRetryable`](crate::NonRetryable) sends its message to
+    /// the dead letters after the first attempt, whatever the retry policy allows.
+    NonRetryableErrorIsDeadLetteredAtOnce,
+    /// With retries through the broker, a failing message is handed back with its backoff
+    /// as the delay, and the handler's one slot takes the next message meanwhile; no
+    /// attempt comes before its backoff, and the attempt count grows. Where the backend
+    /// claims no counted deliveries or delayed redelivery, the retries wait in process,
+    /// and the case checks that (holding the slot) instead.
+    RetriesThroughTheBrokerFreeTheSlot,
     /// Shutdown finishes and acknowledges what is in flight; a new app then handles the
     /// rest; every message is handled exactly once.
     GracefulShutdownLosesNothingAndHandlesNothingTwice,
@@ -68,7 +78,7 @@ pub enum Case {
 
 impl Case {
     /// Every case, in the order the suite lists them.
-    pub const ALL: [Case; 19] = [
+    pub const ALL: [Case; 21] = [
         Case::PublishSubscribeKeepsEverythingIntact,
         Case::ConcurrentPublishersAndConsumersLoseNothing,
         Case::DestinationsAreIsolated,
@@ -84,6 +94,8 @@ impl Case {
         Case::UndecodablePayloadIsDeadLetteredWithoutRetries,
         Case::OrderIsKeptPerKey,
         Case::OrderIsKeptPerKeyThroughTheRuntime,
+        Case::NonRetryableErrorIsDeadLetteredAtOnce,
+        Case::RetriesThroughTheBrokerFreeTheSlot,
         Case::GracefulShutdownLosesNothingAndHandlesNothingTwice,
         Case::OversizedMessageIsRefused,
         Case::InvalidNamesAreRefused,
@@ -109,6 +121,8 @@ pub(super) async fn run(case: Case, channel: Arc<dyn Channel>, config: SuiteConf
         Case::UndecodablePayloadIsDeadLetteredWithoutRetries => suite.undecodable().await,
         Case::OrderIsKeptPerKey => suite.order_per_key().await,
         Case::OrderIsKeptPerKeyThroughTheRuntime => suite.order_per_key_through_runtime().await,
+        Case::NonRetryableErrorIsDeadLetteredAtOnce => suite.non_retryable().await,
+        Case::RetriesThroughTheBrokerFreeTheSlot => suite.retries_through_broker().await,
         Case::GracefulShutdownLosesNothingAndHandlesNothingTwice => suite.graceful_shutdown().await,
         Case::OversizedMessageIsRefused => suite.oversized().await,
         Case::InvalidNamesAreRefused => suite.invalid_names().await,
@@ -939,6 +953,157 @@ impl Suite {
             seen.most_at_once > 1,
             "different keys must still run concurrently"
         );
+    }
+
+    async fn non_retryable(&self) {
+        let (destination, group) = (unique("fatal"), unique("g"));
+        let calls = Recorder::<u64>::new();
+        let handler = {
+            let calls = calls.clone();
+            Handler::from_fn(
+                HandlerSpec::new("refuses", destination.as_str()).group(group.as_str()),
+                move |event: Probe, _ctx: Context| {
+                    let calls = calls.clone();
+                    async move {
+                        calls.record(event.n);
+                        Err::<(), _>(NonRetryable::new(format!("probe {} is refused", event.n)))
+                    }
+                },
+            )
+        };
+        let mut dead_letters = self.dead_letter_consumer(&destination, &group).await;
+        let running = expect(
+            App::new(self.channel.clone())
+                .retry(fast_retries(5))
+                .handler(handler)
+                .start()
+                .await,
+            "starting the app",
+        );
+        let id = expect(
+            running
+                .publisher()
+                .publish(&destination, &Probe { n: 1, fail: true })
+                .await,
+            "publish",
+        );
+        let dead = receive(&mut *dead_letters, self.config.timeout, "the dead letter").await;
+        let headers = dead.message().headers();
+        assert_eq!(dead.message().id(), id);
+        assert_eq!(
+            headers.get(header::DEAD_LETTER_ATTEMPTS),
+            Some("1"),
+            "headers: {headers:?}"
+        );
+        assert_eq!(
+            headers.get(header::DEAD_LETTER_ERROR),
+            Some("probe 1 is refused"),
+            "the reason is the error itself"
+        );
+        expect(dead.ack().await, "ack of the dead letter");
+        expect(running.shutdown().await, "shutdown");
+        assert_eq!(calls.count(&1), 1, "a non-retryable error is not retried");
+    }
+
+    async fn retries_through_broker(&self) {
+        let (destination, group) = (unique("later"), unique("g"));
+        let subscription = Subscription::new(destination.as_str()).group(group.as_str());
+        let claimed = self.channel.counts_deliveries(&subscription)
+            && self.channel.capabilities().delayed_redelivery;
+        if !claimed {
+            println!(
+                "{}: counted deliveries and delayed redelivery not claimed for {subscription:?}; \
+                 checking that retries wait in process instead",
+                self.channel.backend()
+            );
+        }
+        let backoff = Duration::from_millis(300);
+        // Every call: the probe, its attempt, and when.
+        let calls = Arc::new(std::sync::Mutex::new(Vec::<(u64, u32, Instant)>::new()));
+        let handled = Recorder::<u64>::new();
+        let handler = {
+            let (calls, handled) = (calls.clone(), handled.clone());
+            Handler::from_fn(
+                HandlerSpec::new("fails-twice", destination.as_str())
+                    .group(group.as_str())
+                    .concurrency(1),
+                move |event: Probe, ctx: Context| {
+                    let (calls, handled) = (calls.clone(), handled.clone());
+                    async move {
+                        calls.lock().unwrap_or_else(|p| p.into_inner()).push((
+                            event.n,
+                            ctx.attempt(),
+                            Instant::now(),
+                        ));
+                        if event.fail && ctx.attempt() < 3 {
+                            return Err(format!(
+                                "probe {} fails on attempt {}",
+                                event.n,
+                                ctx.attempt()
+                            ));
+                        }
+                        handled.record(event.n);
+                        Ok(())
+                    }
+                },
+            )
+        };
+        let running = expect(
+            App::new(self.channel.clone())
+                .retry(
+                    RetryPolicy::new(3)
+                        .backoff(backoff, backoff)
+                        .through_broker(true),
+                )
+                .handler(handler)
+                .start()
+                .await,
+            "starting the app",
+        );
+        let publisher = running.publisher().clone();
+        for probe in [Probe { n: 1, fail: true }, Probe { n: 2, fail: false }] {
+            expect(publisher.publish(&destination, &probe).await, "publish");
+        }
+        handled
+            .wait_for(self.config.timeout, "both messages to be handled", |seen| {
+                seen.contains_key(&1) && seen.contains_key(&2)
+            })
+            .await;
+        expect(running.shutdown().await, "shutdown");
+        let calls = calls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let failing: Vec<(u32, Instant)> = calls
+            .iter()
+            .filter(|(n, ..)| *n == 1)
+            .map(|&(_, attempt, at)| (attempt, at))
+            .collect();
+        let attempts: Vec<u32> = failing.iter().map(|(attempt, _)| *attempt).collect();
+        assert_eq!(attempts, [1, 2, 3], "calls: {calls:?}");
+        for pair in failing.windows(2) {
+            let waited = pair[1].1 - pair[0].1;
+            assert!(
+                waited >= backoff,
+                "attempt {} came {waited:?} after the one before, earlier than the backoff",
+                pair[1].0
+            );
+        }
+        let position = |n: u64, attempt: u32| {
+            calls
+                .iter()
+                .position(|&(m, a, _)| m == n && a == attempt)
+                .unwrap_or(usize::MAX)
+        };
+        let (other, retry) = (position(2, 1), position(1, 2));
+        if claimed {
+            assert!(
+                other < retry,
+                "the next message waited for the retry: the slot was held ({calls:?})"
+            );
+        } else {
+            assert!(
+                other > position(1, 3),
+                "retries in process hold the slot until the last attempt ({calls:?})"
+            );
+        }
     }
 
     async fn graceful_shutdown(&self) {

@@ -83,6 +83,8 @@ macro_rules! conformance_tests {
             undecodable_payload_is_dead_lettered_without_retries => UndecodablePayloadIsDeadLetteredWithoutRetries,
             order_is_kept_per_key => OrderIsKeptPerKey,
             order_is_kept_per_key_through_the_runtime => OrderIsKeptPerKeyThroughTheRuntime,
+            non_retryable_error_is_dead_lettered_at_once => NonRetryableErrorIsDeadLetteredAtOnce,
+            retries_through_the_broker_free_the_slot => RetriesThroughTheBrokerFreeTheSlot,
             graceful_shutdown_loses_nothing_and_handles_nothing_twice => GracefulShutdownLosesNothingAndHandlesNothingTwice,
             oversized_message_is_refused => OversizedMessageIsRefused,
             invalid_names_are_refused => InvalidNamesAreRefused,

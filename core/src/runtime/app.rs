@@ -1,9 +1,10 @@
 //! The app: registered handlers running on one channel.
 
 use super::context::{Context, Extensions, Shared};
+use super::failure::Disposition;
 use super::handler::{Handler, HandlerFuture};
-use super::keys::{KeyTurns, Turn};
 use super::retry::RetryPolicy;
+use super::slots::Slots;
 use super::IntoHandler;
 use crate::channel::{Channel, Consumer, Producer, Subscription};
 use crate::delivery::Delivery;
@@ -14,13 +15,13 @@ use crate::publisher::Publisher;
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout_at, Instant};
 
@@ -165,18 +166,20 @@ impl App {
                 spec.name()
             )
             .into();
-            let key_turns = (concurrency > 1 && self.channel.orders_by_key(spec.destination()))
-                .then(Arc::default);
+            let retry = spec.retry_or(self.retry);
+            let ordered = self.channel.orders_by_key(spec.destination());
+            let retry_through_broker = retry.through_broker
+                && retries_through_broker(&*self.channel, &subscription, spec.name());
             let worker = Worker {
-                retry: spec.retry_or(self.retry),
+                retry,
+                retry_through_broker,
                 handler,
                 idempotency: self.idempotency.scoped(scope.clone()),
                 scope,
                 output,
                 shared: shared.clone(),
                 abort: abort_rx.clone(),
-                // One at a time, deliveries are handled in order anyway.
-                key_turns,
+                ordered,
             };
             let binding = Binding {
                 worker: Arc::new(worker),
@@ -452,62 +455,49 @@ impl Binding {
     }
 }
 
-/// One handler's consumer loop: take a permit, receive, process in a task of its own.
+/// One handler's consumer loop: receive while a slot is free, and run each delivery in
+/// its slot; all in this one task. On stop, the deliveries taken are finished first.
 async fn consume(
     worker: Arc<Worker>,
     mut consumer: Box<dyn Consumer>,
     concurrency: usize,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(concurrency));
+    let worker = &*worker;
+    let mut start = |delivery, waited| worker.process_guarded(delivery, waited);
+    let mut slots = Slots::new(concurrency, worker.ordered);
+    // The value only ever turns true; a change (or a dropped sender) is the stop.
+    let stop_seen = |stop: &watch::Receiver<bool>| stop.has_changed().unwrap_or(true);
+    let mut stopping = pin!(stopped(stop.clone()));
     let mut failures = 0u32;
-    // The fast paths first: a free permit is taken without waiting, and a delivery that is
-    // ready is taken without listening for the stop signal (which is checked before). One
-    // at a time, deliveries are processed right here: no task, no permit.
     loop {
-        let permit = if concurrency == 1 {
-            None
-        } else if let Ok(permit) = permits.clone().try_acquire_owned() {
-            Some(permit)
-        } else {
-            let permit = tokio::select! {
-                biased;
-                _ = stop.wait_for(|stopped| *stopped) => break,
-                permit = permits.clone().acquire_owned() => permit,
-            };
-            let Ok(permit) = permit else { break };
-            Some(permit)
-        };
-        if stop_requested(&stop) {
+        if stop_seen(&stop) {
             break;
         }
-        let received = tokio::select! {
-            biased;
-            received = consumer.receive() => received,
-            _ = stop.wait_for(|stopped| *stopped) => break,
-        };
-        match received {
-            Ok(delivery) => {
-                failures = 0;
-                let Some(permit) = permit else {
-                    // In-flight work still finishes on stop: the loop only ends after it.
-                    worker.process_guarded(delivery, None).await;
-                    continue;
-                };
-                // The place in its key's line is taken here, in delivery order.
-                let turn = worker
-                    .key_turns
-                    .as_ref()
-                    .zip(delivery.message().key())
-                    .map(|(turns, key)| turns.enter(key));
-                let worker = worker.clone();
-                tokio::spawn(async move {
-                    worker.process_guarded(delivery, turn).await;
-                    drop(permit);
-                });
+        let mut receiving = consumer.receive();
+        let next = poll_fn(|cx| {
+            while slots.poll_progress(cx, &mut start).is_ready() {}
+            if slots.has_room() {
+                if let Poll::Ready(received) = receiving.as_mut().poll(cx) {
+                    return Poll::Ready(Some(received));
+                }
             }
-            Err(Error::ShutDown(what)) => {
-                if !stop_requested(&stop) {
+            if stopping.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        drop(receiving);
+        match next {
+            None => break,
+            Some(Ok(delivery)) => {
+                failures = 0;
+                let slot = slots.slot_for(delivery.message().key());
+                slots.place(slot, delivery, &mut start);
+            }
+            Some(Err(Error::ShutDown(what))) => {
+                if !stop_seen(&stop) {
                     tracing::warn!(
                         handler = worker.handler.spec().name(),
                         "{what} is shut down; the handler takes no more deliveries"
@@ -515,7 +505,7 @@ async fn consume(
                 }
                 break;
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 failures = failures.saturating_add(1);
                 let pause = broker_backoff(failures);
                 tracing::warn!(
@@ -524,18 +514,55 @@ async fn consume(
                     retry_in = ?pause,
                     "receive failed"
                 );
-                tokio::select! {
-                    _ = stop.wait_for(|stopped| *stopped) => break,
-                    () = sleep(pause) => {}
+                let mut resting = pin!(sleep(pause));
+                let interrupted = poll_fn(|cx| {
+                    while slots.poll_progress(cx, &mut start).is_ready() {}
+                    if stopping.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(true);
+                    }
+                    resting.as_mut().poll(cx).map(|()| false)
+                })
+                .await;
+                if interrupted {
+                    break;
                 }
             }
         }
     }
     // In-flight deliveries are settled before the consumer closes: closing it first would
     // hand them back to the broker.
-    let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
-    let _ = permits.acquire_many(all).await;
+    while !slots.is_idle() {
+        poll_fn(|cx| slots.poll_progress(cx, &mut start)).await;
+    }
     drop(consumer);
+}
+
+/// Whether a handler that asked to retry through the broker can: the broker must count
+/// deliveries and keep the delay. Says so when it cannot. (Messages with a key on a
+/// destination ordered by key wait in process even so, see [`Worker::process`].)
+fn retries_through_broker(
+    channel: &dyn Channel,
+    subscription: &Subscription,
+    handler: &str,
+) -> bool {
+    let why_not = if !channel.counts_deliveries(subscription) {
+        "the broker does not count the deliveries of this subscription's messages"
+    } else if !channel.capabilities().delayed_redelivery {
+        "the backend waits out a nack's delay holding the message"
+    } else {
+        return true;
+    };
+    tracing::info!(
+        handler,
+        backend = channel.backend(),
+        "retries wait in process, not through the broker: {why_not}"
+    );
+    false
+}
+
+/// Completes once the app is stopped (or its [`RunningApp`] dropped).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Everything needed to process one handler's deliveries.
@@ -543,34 +570,40 @@ struct Worker {
     handler: Handler,
     scope: Arc<str>,
     retry: RetryPolicy,
+    /// Whether the waits between attempts are taken by the broker (a nack with delay).
+    retry_through_broker: bool,
     output: Option<Arc<dyn Producer>>,
     idempotency: ScopedStore,
     shared: Arc<Shared>,
     abort: watch::Receiver<bool>,
-    /// Order per key, where the backend claims it and deliveries run concurrently.
-    key_turns: Option<Arc<KeyTurns>>,
+    /// Whether deliveries are placed on slots by key, keeping the backend's order per key
+    /// through concurrent handling.
+    ordered: bool,
 }
 
 /// How the handler calls for one delivery ended.
 enum Outcome {
     Handled,
-    Undecodable(Error),
-    Failed { error: BoxError, attempts: u32 },
+    /// Dead-letter it: `attempts` calls failed (0: it could not even be decoded).
+    Failed {
+        error: BoxError,
+        attempts: u32,
+    },
+    /// Hand it back to the broker, to be delivered again after the delay.
+    RetryLater(Duration),
     Aborted,
 }
 
 impl Worker {
-    /// Processes one delivery once its key's turn comes. A panic anywhere in it is
-    /// logged; the delivery goes back to the broker and its claim is released.
-    async fn process_guarded(&self, delivery: Delivery, mut turn: Option<Turn>) {
-        if let Some(turn) = &mut turn {
-            if turn.ready().await && *self.abort.borrow() {
-                // Its turn came after the shutdown timeout: hand it back untried, so that
-                // it keeps its place before the later ones of its key.
-                let id = delivery.message().id().to_owned();
-                self.report(delivery.nack(None).await, &id, "nack");
-                return;
-            }
+    /// Processes one delivery. A panic anywhere in it is logged; the delivery goes back to
+    /// the broker and its claim is released.
+    async fn process_guarded(&self, delivery: Delivery, waited: bool) {
+        if waited && *self.abort.borrow() {
+            // Its turn came after the shutdown timeout: hand it back untried, so that it
+            // keeps its place before the later ones of its key.
+            let id = delivery.message().id().to_owned();
+            self.report(delivery.nack(None).await, &id, "nack");
+            return;
         }
         let message = delivery.shared_message().clone();
         let processing = self.process(delivery);
@@ -587,7 +620,6 @@ impl Worker {
                 "processing a delivery panicked; it goes back to the broker"
             );
         }
-        drop(turn);
     }
 
     async fn process(&self, delivery: Delivery) {
@@ -626,21 +658,31 @@ impl Worker {
         }
         match outcome {
             Outcome::Handled => self.report(delivery.ack().await, id, "ack"),
-            Outcome::Undecodable(error) => {
-                self.dead_letter(delivery, &error_chain(&error), 0).await;
-            }
             Outcome::Failed { error, attempts } => {
                 self.dead_letter(delivery, &error_chain(&*error), attempts)
                     .await;
+            }
+            Outcome::RetryLater(delay) => {
+                self.report(delivery.nack(Some(delay)).await, id, "nack");
             }
             Outcome::Aborted => self.report(delivery.nack(None).await, id, "nack"),
         }
     }
 
+    /// Calls the handler until it succeeds, fails for good, or (with retries through the
+    /// broker) fails once more with attempts left.
     async fn call_with_retries(&self, delivery: &Delivery) -> Outcome {
         let mut abort = self.abort.clone();
         let max_attempts = self.retry.max_attempts.max(1);
-        let mut attempt = 1;
+        // A message handed back would be overtaken by later ones of its key.
+        let through_broker =
+            self.retry_through_broker && !(self.ordered && delivery.message().key().is_some());
+        // Through the broker, each delivery is one attempt, and the broker counts them.
+        let mut attempt = if through_broker {
+            delivery.attempt()
+        } else {
+            1
+        };
         loop {
             let ctx = Context::new(
                 delivery.shared_message().clone(),
@@ -662,28 +704,46 @@ impl Worker {
                         () = aborted(&mut abort) => return Outcome::Aborted,
                     }
                 }
-                Ok(Err(error)) => return Outcome::Undecodable(error),
+                Ok(Err(error)) => {
+                    return Outcome::Failed {
+                        error: error.into(),
+                        attempts: 0,
+                    }
+                }
                 Err(panic) => Err(panic_error("decoding panicked", &*panic)),
             };
             let error = match result {
                 Ok(()) => return Outcome::Handled,
-                Err(error) if attempt >= max_attempts => {
+                Err(error) => error,
+            };
+            let pause = match Disposition::of(&*error) {
+                Disposition::GiveUp => {
                     return Outcome::Failed {
                         error,
                         attempts: attempt,
                     }
                 }
-                Err(error) => error,
+                _ if attempt >= max_attempts => {
+                    return Outcome::Failed {
+                        error,
+                        attempts: attempt,
+                    }
+                }
+                Disposition::RetryAfter(pause) => pause,
+                Disposition::Retry => self.retry.delay_after(attempt),
             };
-            let pause = self.retry.delay_after(attempt);
             tracing::debug!(
                 handler = self.handler.spec().name(),
                 message_id = delivery.message().id(),
                 attempt,
                 error = %error,
                 retry_in = ?pause,
+                through_broker,
                 "handler failed; retrying"
             );
+            if through_broker {
+                return Outcome::RetryLater(pause);
+            }
             tokio::select! {
                 biased;
                 () = aborted(&mut abort) => return Outcome::Aborted,
@@ -696,6 +756,14 @@ impl Worker {
     /// Calls the handler once, then publishes what it returned; a panic in either (the
     /// handler, or encoding its output) is an error.
     async fn run_once(&self, call: HandlerFuture, input: &Message) -> Result<(), BoxError> {
+        let call = async move {
+            let Some(limit) = self.handler.spec().call_timeout() else {
+                return call.await;
+            };
+            tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                Err(format!("the handler did not finish within its timeout of {limit:?}").into())
+            })
+        };
         CatchUnwind::new(async move {
             let outputs = call.await?;
             let Some(producer) = &self.output else {

@@ -11,6 +11,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 /// Where a handler reads from, where it writes to, and how it runs.
 ///
@@ -36,6 +37,10 @@ pub struct HandlerSpec {
     concurrency: Option<usize>,
     max_attempts: Option<u32>,
     retry: Option<RetryPolicy>,
+    backoff: Option<(Duration, Duration)>,
+    jitter: Option<f64>,
+    through_broker: Option<bool>,
+    timeout: Option<Duration>,
 }
 
 impl HandlerSpec {
@@ -50,6 +55,10 @@ impl HandlerSpec {
             concurrency: None,
             max_attempts: None,
             retry: None,
+            backoff: None,
+            jitter: None,
+            through_broker: None,
+            timeout: None,
         }
     }
 
@@ -78,10 +87,51 @@ impl HandlerSpec {
         self
     }
 
-    /// The whole retry policy for this handler; [`max_attempts`](Self::max_attempts), if
-    /// also set, overrides its attempt count.
+    /// The whole retry policy for this handler; [`max_attempts`](Self::max_attempts),
+    /// [`backoff`](Self::backoff), [`jitter`](Self::jitter) and
+    /// [`retry_through_broker`](Self::retry_through_broker), if also set, override its parts.
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// The first and the longest wait between attempts (see [`RetryPolicy::backoff`]);
+    /// the rest of the policy stays the app's.
+    ///
+    /// ```
+    /// use event_binder_core::HandlerSpec;
+    /// use std::time::Duration;
+    ///
+    /// let spec = HandlerSpec::new("bill", "orders")
+    ///     .backoff(Duration::from_millis(100), Duration::from_secs(10))
+    ///     .jitter(0.2)
+    ///     .retry_through_broker(true)
+    ///     .timeout(Duration::from_secs(5));
+    /// assert_eq!(spec.call_timeout(), Some(Duration::from_secs(5)));
+    /// ```
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff = Some((initial, max));
+        self
+    }
+
+    /// The share of each wait taken off at random (see [`RetryPolicy::jitter`]).
+    pub fn jitter(mut self, share: f64) -> Self {
+        self.jitter = Some(share);
+        self
+    }
+
+    /// Whether to wait between attempts by handing the message back to the broker (see
+    /// [`RetryPolicy::through_broker`]).
+    pub fn retry_through_broker(mut self, yes: bool) -> Self {
+        self.through_broker = Some(yes);
+        self
+    }
+
+    /// The longest one call of the handler may take; a call that takes longer is
+    /// stopped and counts as a failed attempt (retried as the retry policy says). No limit
+    /// by default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -105,6 +155,11 @@ impl HandlerSpec {
         self.output.as_deref()
     }
 
+    /// The longest one call may take, if limited.
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
     pub(crate) fn concurrency_or(&self, default: usize) -> usize {
         self.concurrency.unwrap_or(default)
     }
@@ -113,6 +168,16 @@ impl HandlerSpec {
         let mut policy = self.retry.unwrap_or(default);
         if let Some(max_attempts) = self.max_attempts {
             policy.max_attempts = max_attempts.max(1);
+        }
+        if let Some((initial, max)) = self.backoff {
+            policy.initial_backoff = initial;
+            policy.max_backoff = max;
+        }
+        if let Some(jitter) = self.jitter {
+            policy.jitter = jitter;
+        }
+        if let Some(through_broker) = self.through_broker {
+            policy.through_broker = through_broker;
         }
         policy
     }

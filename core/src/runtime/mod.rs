@@ -2,12 +2,14 @@
 
 mod app;
 mod context;
+mod failure;
 mod handler;
-mod keys;
 mod retry;
+mod slots;
 
 pub use app::{App, RunningApp};
 pub use context::Context;
+pub use failure::{NonRetryable, RetryAfter};
 pub use handler::{
     Events, Handler, HandlerSpec, IntoHandler, OutputPolicy, Processor, Route, Routed, Sink,
 };

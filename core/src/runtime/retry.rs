@@ -3,11 +3,16 @@
 use crate::error::{Error, Result};
 use std::time::Duration;
 
-/// Retry in process with exponential backoff, then dead-letter.
+/// Retry with exponential backoff, then dead-letter.
 ///
 /// Attempt `n` (from 1) that fails waits `initial_backoff * multiplier^(n-1)`, at most
-/// `max_backoff`, before attempt `n + 1`. After `max_attempts` failures the message goes to
-/// the dead letters.
+/// `max_backoff` (less a random share of up to `jitter` of it), before attempt `n + 1`.
+/// After `max_attempts` failures the message goes to the dead letters. A handler that
+/// returns a [`NonRetryable`](crate::NonRetryable) error skips the remaining attempts, and
+/// one that returns [`RetryAfter`](crate::RetryAfter) chooses its own wait.
+///
+/// The wait is taken in process, holding the handler's slot, unless
+/// [`through_broker`](Self::through_broker) hands the message back to the broker for it.
 ///
 /// ```
 /// use event_binder_core::RetryPolicy;
@@ -32,6 +37,19 @@ pub struct RetryPolicy {
     /// without calling the handler again: a message that crashes the process each time
     /// must not loop forever. Backends that only know "redelivered or not" count 1 or 2.
     pub max_deliveries: u32,
+    /// The share of each wait, from 0.0 to 1.0, taken off at random, so that messages that
+    /// failed together are not all tried again at the same moment.
+    pub jitter: f64,
+    /// Wait by handing the message back to the broker with a delay (a nack with delay)
+    /// instead of sleeping in process: the handler's slot, partition or lease is free
+    /// meanwhile, and the attempt is the broker's delivery count. Taken where the backend
+    /// keeps that count and the delay
+    /// ([`Capabilities::counts_deliveries`](crate::Capabilities::counts_deliveries),
+    /// [`Capabilities::delayed_redelivery`](crate::Capabilities::delayed_redelivery)), for
+    /// messages without a key or on destinations that keep no order per key (a later
+    /// message of the key would overtake the one handed back); elsewhere the wait stays in
+    /// process.
+    pub through_broker: bool,
 }
 
 impl RetryPolicy {
@@ -56,15 +74,43 @@ impl RetryPolicy {
         self
     }
 
-    /// The wait after failed attempt `attempt` (from 1). Never panics: a policy that
-    /// [`validate`](Self::validate) would refuse waits `max_backoff`.
+    /// Sets the share of each wait taken off at random (0.0 to 1.0; 0.0, none, is the
+    /// default).
+    ///
+    /// ```
+    /// use event_binder_core::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let policy = RetryPolicy::new(3).jitter(0.5);
+    /// let wait = policy.delay_after(1);
+    /// assert!(wait >= Duration::from_millis(50) && wait <= Duration::from_millis(100));
+    /// ```
+    pub fn jitter(mut self, share: f64) -> Self {
+        self.jitter = share;
+        self
+    }
+
+    /// Waits between attempts by handing the message back to the broker, where it can
+    /// (see the field [`through_broker`](Self#structfield.through_broker)).
+    pub fn through_broker(mut self, yes: bool) -> Self {
+        self.through_broker = yes;
+        self
+    }
+
+    /// The wait after failed attempt `attempt` (from 1), jitter included. Never panics: a
+    /// policy that [`validate`](Self::validate) would refuse waits `max_backoff`.
     pub fn delay_after(&self, attempt: u32) -> Duration {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let factor = self.multiplier.powi(exponent);
         let secs = self.initial_backoff.as_secs_f64() * factor;
-        match Duration::try_from_secs_f64(secs) {
+        let delay = match Duration::try_from_secs_f64(secs) {
             Ok(delay) if delay < self.max_backoff => delay,
             _ => self.max_backoff,
+        };
+        if self.jitter > 0.0 && self.jitter <= 1.0 {
+            delay.mul_f64(1.0 - self.jitter * random_fraction())
+        } else {
+            delay
         }
     }
 
@@ -92,6 +138,12 @@ impl RetryPolicy {
                 self.multiplier
             ));
         }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return refuse(format!(
+                "jitter is {}; it must be a share from 0.0 to 1.0",
+                self.jitter
+            ));
+        }
         if self.initial_backoff > self.max_backoff {
             return refuse(format!(
                 "initial_backoff ({:?}) is longer than max_backoff ({:?})",
@@ -111,6 +163,17 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(10),
             multiplier: 2.0,
             max_deliveries: 10,
+            jitter: 0.0,
+            through_broker: false,
         }
     }
+}
+
+/// A number from 0.0 to 1.0, different on each call: std's hasher keys are random per
+/// `RandomState`, which is all a jitter needs (no random-number crate for it).
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let bits = RandomState::new().hash_one(0u8);
+    // The top 53 bits fill an f64's mantissa exactly.
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
