@@ -206,26 +206,27 @@ async fn run(scenario: Scenario, fixture: &Fixture) {
                     }
                 }
             };
-            let handler = if matches!(scenario, Scenario::RuntimeJson) {
-                Handler::from_fn(spec, move |event: Order, _ctx: Context| {
-                    event.consume();
-                    counter();
-                    async { Ok::<(), std::convert::Infallible>(()) }
-                })
+            let app = App::new(fixture.channel.clone())
+                .idempotency(fixture.store.clone())
+                .concurrency(1);
+            // Each handler keeps its own type: the two scenarios build two apps.
+            let app = if matches!(scenario, Scenario::RuntimeJson) {
+                app.handler(Handler::from_fn(
+                    spec,
+                    move |event: Order, _ctx: Context| {
+                        event.consume();
+                        counter();
+                        async { Ok::<(), std::convert::Infallible>(()) }
+                    },
+                ))
             } else {
-                Handler::from_fn(spec, move |event: Raw, _ctx: Context| {
+                app.handler(Handler::from_fn(spec, move |event: Raw, _ctx: Context| {
                     black_box(event.0.len());
                     counter();
                     async { Ok::<(), std::convert::Infallible>(()) }
-                })
+                }))
             };
-            let running = App::new(fixture.channel.clone())
-                .idempotency(fixture.store.clone())
-                .concurrency(1)
-                .handler(handler)
-                .start()
-                .await
-                .expect("start");
+            let running = app.start().await.expect("start");
             if count > 0 {
                 done.notified().await;
             }

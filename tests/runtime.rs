@@ -1,11 +1,11 @@
 //! Runtime behaviour the conformance suite does not cover, on the in-memory backend:
 //! processor outputs, panics, the redelivery cap, an aborted shutdown, timeouts and the
-//! errors that steer retries.
+//! errors that steer retries, and tower layers.
 
 use event_binder::memory::MemoryChannel;
 use event_binder::{
-    header, App, BoxError, Channel, Context, Error, Events, Handler, HandlerSpec, Message,
-    NonRetryable, RetryAfter, RetryPolicy, Subscription,
+    header, App, BoxError, Channel, Context, Error, Events, Handler, HandlerService, HandlerSpec,
+    Layer, Message, NonRetryable, RetryAfter, RetryPolicy, Service, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,7 +48,7 @@ async fn deliver_unsettled(bus: &MemoryChannel, message: Message, times: usize) 
 }
 
 /// A processor turning an order into two lines.
-fn splitter() -> Handler {
+fn splitter() -> Handler<impl HandlerService> {
     Handler::processor(
         HandlerSpec::new("split", "orders")
             .group("lines")
@@ -175,7 +175,11 @@ async fn a_panicking_handler_is_retried_then_dead_lettered() {
 /// Runs `handler` (group `billing` of `orders`) with `max_attempts` on a bus of its own,
 /// publishes `order`, and returns the `dead-letter-attempts` and `dead-letter-error`
 /// headers of its dead letter.
-async fn dead_letter_of(handler: Handler, max_attempts: u32, order: Order) -> (String, String) {
+async fn dead_letter_of(
+    handler: Handler<impl HandlerService>,
+    max_attempts: u32,
+    order: Order,
+) -> (String, String) {
     let bus = MemoryChannel::new();
     let mut dead = bus.dead_letters("orders", Some("billing")).await.unwrap();
     let running = App::new(bus.clone())
@@ -356,7 +360,7 @@ impl<'de> Deserialize<'de> for Touchy {
 }
 
 /// A handler of `Touchy` orders in group `billing`, counting what it handled.
-fn touchy_handler(handled: Arc<AtomicUsize>, concurrency: usize) -> Handler {
+fn touchy_handler(handled: Arc<AtomicUsize>, concurrency: usize) -> Handler<impl HandlerService> {
     Handler::from_fn(
         HandlerSpec::new("touchy", "orders")
             .group("billing")
@@ -867,4 +871,132 @@ async fn keyed_messages_on_an_ordered_destination_retry_in_process_even_through_
     wait_until("both orders handled", || calls.lock().unwrap().len() == 4).await;
     running.shutdown().await.unwrap();
     assert_eq!(*calls.lock().unwrap(), [(1, 1), (1, 2), (1, 3), (2, 1)]);
+}
+
+/// A layer that records each call it sees as `name` (into `calls`), then calls on.
+#[derive(Clone)]
+struct Recording<S> {
+    name: &'static str,
+    calls: Arc<std::sync::Mutex<Vec<String>>>,
+    inner: S,
+}
+
+/// Makes [`Recording`] services: one layer for handlers of any type, as an app's layer is.
+#[derive(Clone)]
+struct RecordingLayer {
+    name: &'static str,
+    calls: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn recording(name: &'static str, calls: &Arc<std::sync::Mutex<Vec<String>>>) -> RecordingLayer {
+    RecordingLayer {
+        name,
+        calls: calls.clone(),
+    }
+}
+
+impl<S> Layer<S> for RecordingLayer {
+    type Service = Recording<S>;
+
+    fn layer(&self, inner: S) -> Recording<S> {
+        Recording {
+            name: self.name,
+            calls: self.calls.clone(),
+            inner,
+        }
+    }
+}
+
+impl<S> Service<Context> for Recording<S>
+where
+    S: Service<Context>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, ctx: Context) -> S::Future {
+        let line = format!("{} attempt {}", self.name, ctx.attempt());
+        self.calls.lock().unwrap().push(line);
+        self.inner.call(ctx)
+    }
+}
+
+#[tokio::test]
+async fn app_and_handler_layers_wrap_every_attempt_outside_in() {
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = {
+        let calls = calls.clone();
+        Handler::from_fn(
+            HandlerSpec::new("flaky", "orders").group("billing"),
+            move |_: Order, ctx: Context| {
+                let calls = calls.clone();
+                async move {
+                    calls
+                        .lock()
+                        .unwrap()
+                        .push(format!("handler attempt {}", ctx.attempt()));
+                    if ctx.attempt() == 1 {
+                        return Err("the first attempt fails");
+                    }
+                    Ok(())
+                }
+            },
+        )
+    }
+    .layer(recording("handler layer", &calls));
+    let bus = MemoryChannel::new();
+    let running = App::new(bus.clone())
+        .retry(quick_retries(3))
+        .layer(recording("app layer", &calls))
+        .handler(handler)
+        .start()
+        .await
+        .unwrap();
+    running
+        .publisher()
+        .publish("orders", &Order { id: 1 })
+        .await
+        .unwrap();
+    wait_until("the second attempt", || calls.lock().unwrap().len() == 6).await;
+    running.shutdown().await.unwrap();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [
+            "app layer attempt 1",
+            "handler layer attempt 1",
+            "handler attempt 1",
+            "app layer attempt 2",
+            "handler layer attempt 2",
+            "handler attempt 2",
+        ]
+    );
+    assert_eq!(bus.queued("orders", "billing"), 0);
+}
+
+#[tokio::test]
+async fn an_app_layer_added_after_a_handler_is_refused_naming_it() {
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = App::new(MemoryChannel::new())
+        .handler(Handler::from_fn(
+            HandlerSpec::new("early", "orders").group("billing"),
+            |_: Order, _: Context| async { Ok::<(), std::io::Error>(()) },
+        ))
+        .layer(recording("late", &calls));
+    match app.start().await {
+        Err(Error::Config(message)) => {
+            assert!(
+                message.contains("handler early is registered before a layer"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
 }

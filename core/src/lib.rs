@@ -38,13 +38,15 @@ pub use message::{
 pub use name::{validate_destination, validate_group, validate_prefix, DottedNames, MAX_NAME_LEN};
 pub use publisher::Publisher;
 pub use runtime::{
-    App, Context, Events, Handler, HandlerSpec, IntoHandler, NonRetryable, OutputPolicy, Processor,
-    RetryAfter, RetryPolicy, RunningApp, Sink,
+    App, CallFuture, Context, Events, FnService, Handler, HandlerFn, HandlerService, HandlerSpec,
+    IntoHandler, NonRetryable, OutputPolicy, Processor, RetryAfter, RetryPolicy, RunningApp, Sink,
 };
+pub use tower_layer::{layer_fn, Layer};
+pub use tower_service::Service;
 pub use url::{hide_secrets, is_secret_param, redact_url, ChannelUrl};
 
 /// Used by the code the `#[handler]` macro generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::runtime::{Route, Routed};
+    pub use crate::runtime::{EventOnly, Route, Routed, WithContext};
 }

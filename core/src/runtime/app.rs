@@ -2,7 +2,7 @@
 
 use super::context::{Context, Extensions, Shared};
 use super::failure::Disposition;
-use super::handler::{Handler, HandlerFuture};
+use super::handler::{panic_error, Handler, HandlerService, HandlerSpec};
 use super::retry::RetryPolicy;
 use super::slots::Slots;
 use super::IntoHandler;
@@ -12,7 +12,6 @@ use crate::error::{BoxError, Error, Result};
 use crate::idempotency::{AppStore, Claim, IdempotencyStore, MemoryIdempotencyStore, ScopedStore};
 use crate::message::{header, Message};
 use crate::publisher::Publisher;
-use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -24,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout_at, Instant};
+use tower_layer::{Identity, Layer, Stack};
 
 /// Handlers running on one channel: the service a user writes.
 ///
@@ -57,15 +57,18 @@ use tokio::time::{sleep, timeout_at, Instant};
 /// running.shutdown().await?;
 /// # Ok(()) }
 /// ```
-pub struct App {
+pub struct App<L = Identity> {
     channel: Arc<dyn Channel>,
-    handlers: Vec<Handler>,
+    handlers: Vec<Box<dyn Registered>>,
     concurrency: usize,
     retry: RetryPolicy,
     shutdown_timeout: Duration,
     idempotency: AppStore,
     extensions: Extensions,
     publisher: Publisher,
+    layer: L,
+    /// A handler registered before the last [`layer`](Self::layer), which it misses.
+    missed_layer: Option<String>,
 }
 
 impl App {
@@ -86,13 +89,75 @@ impl App {
             shutdown_timeout: Self::DEFAULT_SHUTDOWN_TIMEOUT,
             idempotency: AppStore::new(MemoryIdempotencyStore::new()),
             extensions: Extensions::default(),
+            layer: Identity::new(),
+            missed_layer: None,
         }
     }
+}
 
-    /// Registers a handler: a `#[handler]` function, or a [`Handler`] built by hand.
-    pub fn handler<Args>(mut self, handler: impl IntoHandler<Args>) -> Self {
-        self.handlers.push(handler.into_handler());
+impl<L> App<L> {
+    /// Registers a handler: a `#[handler]` function, or a [`Handler`] built by hand. The
+    /// app's layers (see [`layer`](Self::layer)) wrap it.
+    pub fn handler<Args, H>(mut self, handler: H) -> Self
+    where
+        H: IntoHandler<Args>,
+        L: Layer<H::Service>,
+        L::Service: HandlerService,
+    {
+        let handler = handler.into_handler().layer(&self.layer);
+        self.handlers.push(Box::new(handler));
         self
+    }
+
+    /// Wraps every handler in a tower layer (a timeout, a concurrency or rate limit,
+    /// tracing, your own), outside the layers of each [`Handler`] and of earlier calls.
+    /// Add app-wide layers before the handlers: [`start`](Self::start) refuses an app
+    /// with a handler registered before one of its layers, which that handler would miss.
+    ///
+    /// A layer sees every call of a handler (every attempt of every message) with the
+    /// message's [`Context`] as the request. The runtime's own stages run around the
+    /// layers, in this order for each delivery: claim the id in the idempotency store (a
+    /// handled id is acknowledged and skipped), dead-letter a message delivered more than
+    /// `max_deliveries` times, then for each attempt: the layers, decoding, the handler
+    /// (within its timeout), publishing a processor's outputs; then the retries as the
+    /// [`RetryPolicy`] says, and acknowledging or dead-lettering; last, recording the id
+    /// as handled (or releasing the claim).
+    ///
+    /// ```
+    /// # async fn demo(channel: impl event_binder_core::Channel) -> event_binder_core::Result<()> {
+    /// use event_binder_core::{App, Context, Handler, HandlerSpec};
+    /// use tower_layer::layer_fn;
+    ///
+    /// let running = App::new(channel)
+    ///     // Any `tower::Layer`; `layer_fn` makes one from a function.
+    ///     .layer(layer_fn(|inner| inner))
+    ///     .handler(Handler::from_fn(
+    ///         HandlerSpec::new("bill", "orders").group("billing"),
+    ///         |_order: serde_json::Value, _ctx: Context| async { Ok::<_, std::io::Error>(()) },
+    ///     ))
+    ///     .start()
+    ///     .await?;
+    /// running.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn layer<N>(self, layer: N) -> App<Stack<L, N>> {
+        let missed_layer = self.missed_layer.or_else(|| {
+            self.handlers
+                .last()
+                .map(|handler| handler.spec().name().to_owned())
+        });
+        App {
+            channel: self.channel,
+            handlers: self.handlers,
+            concurrency: self.concurrency,
+            retry: self.retry,
+            shutdown_timeout: self.shutdown_timeout,
+            idempotency: self.idempotency,
+            extensions: self.extensions,
+            publisher: self.publisher,
+            layer: Stack::new(self.layer, layer),
+            missed_layer,
+        }
     }
 
     /// How many messages each handler works on at once, unless its spec says otherwise.
@@ -170,28 +235,27 @@ impl App {
             let ordered = self.channel.orders_by_key(spec.destination());
             let retry_through_broker = retry.through_broker
                 && retries_through_broker(&*self.channel, &subscription, spec.name());
-            let worker = Worker {
+            let settings = Settings {
+                spec: spec.clone(),
                 retry,
                 retry_through_broker,
-                handler,
                 idempotency: self.idempotency.scoped(scope.clone()),
                 scope,
                 output,
                 shared: shared.clone(),
                 abort: abort_rx.clone(),
                 ordered,
-            };
-            let binding = Binding {
-                worker: Arc::new(worker),
                 channel: self.channel.clone(),
                 subscription,
                 concurrency,
             };
-            pending.push((binding, consumer));
+            pending.push((handler, settings, consumer));
         }
         let workers = pending
             .into_iter()
-            .map(|(binding, consumer)| tokio::spawn(binding.run(consumer, stop_rx.clone())))
+            .map(|(handler, settings, consumer)| {
+                tokio::spawn(handler.bind(settings, consumer, stop_rx.clone()))
+            })
             .collect();
         Ok(RunningApp {
             workers,
@@ -212,6 +276,12 @@ impl App {
 
     fn validate(&self) -> Result<()> {
         self.retry.validate()?;
+        if let Some(name) = &self.missed_layer {
+            return Err(Error::Config(format!(
+                "handler {name} is registered before a layer of the app, which would not wrap it; \
+                 add the app's layers before its handlers"
+            )));
+        }
         let mut consumers: HashMap<(&str, &str), &str> = HashMap::new();
         for handler in &self.handlers {
             let spec = handler.spec();
@@ -265,11 +335,14 @@ impl App {
     }
 }
 
-impl fmt::Debug for App {
+impl<L> fmt::Debug for App<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("App")
             .field("channel", &self.channel)
-            .field("handlers", &self.handlers)
+            .field(
+                "handlers",
+                &self.handlers.iter().map(|h| h.spec()).collect::<Vec<_>>(),
+            )
             .field("concurrency", &self.concurrency)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
@@ -403,27 +476,74 @@ fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
-/// One registered handler at run time: what it consumes, and its worker.
-struct Binding {
-    worker: Arc<Worker>,
+/// What a handler's binding needs besides the handler itself.
+struct Settings {
+    spec: HandlerSpec,
+    scope: Arc<str>,
+    retry: RetryPolicy,
+    /// Whether the waits between attempts are taken by the broker (a nack with delay).
+    retry_through_broker: bool,
+    output: Option<Arc<dyn Producer>>,
+    idempotency: ScopedStore,
+    shared: Arc<Shared>,
+    abort: watch::Receiver<bool>,
+    /// Whether deliveries are placed on slots by key, keeping the backend's order per key
+    /// through concurrent handling.
+    ordered: bool,
     channel: Arc<dyn Channel>,
     subscription: Subscription,
     concurrency: usize,
 }
 
-impl Binding {
+/// A registered handler, its type erased once, at registration: all [`App::start`] needs
+/// of it. Its binding, made here, knows the handler's type again, so that every delivery
+/// is a direct call.
+trait Registered: Send {
+    fn spec(&self) -> &HandlerSpec;
+
+    fn publishes(&self) -> bool;
+
+    /// The binding's consume loop, to be spawned.
+    fn bind(
+        self: Box<Self>,
+        settings: Settings,
+        consumer: Box<dyn Consumer>,
+        stop: watch::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl<S: HandlerService> Registered for Handler<S> {
+    fn spec(&self) -> &HandlerSpec {
+        Handler::spec(self)
+    }
+
+    fn publishes(&self) -> bool {
+        Handler::publishes(self)
+    }
+
+    fn bind(
+        self: Box<Self>,
+        settings: Settings,
+        consumer: Box<dyn Consumer>,
+        stop: watch::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let worker = Worker {
+            service: self.into_service(),
+            settings,
+        };
+        Box::pin(worker.run(consumer, stop))
+    }
+}
+
+impl<S: HandlerService> Worker<S> {
     /// Runs the consume loop until the app stops. A loop that dies (a panic in the
     /// backend's consumer, say) is logged and started again on a new consumer: a binding
     /// never stops silently.
     async fn run(self, mut consumer: Box<dyn Consumer>, mut stop: watch::Receiver<bool>) {
-        let name = self.worker.handler.spec().name();
+        let settings = &self.settings;
+        let name = settings.spec.name();
         loop {
-            let looping = consume(
-                self.worker.clone(),
-                consumer,
-                self.concurrency,
-                stop.clone(),
-            );
+            let looping = consume(&self, consumer, stop.clone());
             let Err(panic) = CatchUnwind::new(async move {
                 looping.await;
                 Ok::<_, BoxError>(())
@@ -438,7 +558,7 @@ impl Binding {
                 if stop_requested(&stop) {
                     return;
                 }
-                match self.channel.consumer(&self.subscription).await {
+                match settings.channel.consumer(&settings.subscription).await {
                     Ok(consumer) => break consumer,
                     Err(err) => {
                         failures = failures.saturating_add(1);
@@ -457,15 +577,14 @@ impl Binding {
 
 /// One handler's consumer loop: receive while a slot is free, and run each delivery in
 /// its slot; all in this one task. On stop, the deliveries taken are finished first.
-async fn consume(
-    worker: Arc<Worker>,
+async fn consume<S: HandlerService>(
+    worker: &Worker<S>,
     mut consumer: Box<dyn Consumer>,
-    concurrency: usize,
     stop: watch::Receiver<bool>,
 ) {
-    let worker = &*worker;
+    let settings = &worker.settings;
     let mut start = |delivery, waited| worker.process_guarded(delivery, waited);
-    let mut slots = Slots::new(concurrency, worker.ordered);
+    let mut slots = Slots::new(settings.concurrency, settings.ordered);
     // The value only ever turns true; a change (or a dropped sender) is the stop.
     let stop_seen = |stop: &watch::Receiver<bool>| stop.has_changed().unwrap_or(true);
     let mut stopping = pin!(stopped(stop.clone()));
@@ -499,7 +618,7 @@ async fn consume(
             Some(Err(Error::ShutDown(what))) => {
                 if !stop_seen(&stop) {
                     tracing::warn!(
-                        handler = worker.handler.spec().name(),
+                        handler = settings.spec.name(),
                         "{what} is shut down; the handler takes no more deliveries"
                     );
                 }
@@ -509,7 +628,7 @@ async fn consume(
                 failures = failures.saturating_add(1);
                 let pause = broker_backoff(failures);
                 tracing::warn!(
-                    handler = worker.handler.spec().name(),
+                    handler = settings.spec.name(),
                     error = %err,
                     retry_in = ?pause,
                     "receive failed"
@@ -565,20 +684,10 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// Everything needed to process one handler's deliveries.
-struct Worker {
-    handler: Handler,
-    scope: Arc<str>,
-    retry: RetryPolicy,
-    /// Whether the waits between attempts are taken by the broker (a nack with delay).
-    retry_through_broker: bool,
-    output: Option<Arc<dyn Producer>>,
-    idempotency: ScopedStore,
-    shared: Arc<Shared>,
-    abort: watch::Receiver<bool>,
-    /// Whether deliveries are placed on slots by key, keeping the backend's order per key
-    /// through concurrent handling.
-    ordered: bool,
+/// One handler at run time: its service and its settings.
+struct Worker<S> {
+    service: S,
+    settings: Settings,
 }
 
 /// How the handler calls for one delivery ended.
@@ -594,11 +703,11 @@ enum Outcome {
     Aborted,
 }
 
-impl Worker {
+impl<S: HandlerService> Worker<S> {
     /// Processes one delivery. A panic anywhere in it is logged; the delivery goes back to
     /// the broker and its claim is released.
     async fn process_guarded(&self, delivery: Delivery, waited: bool) {
-        if waited && *self.abort.borrow() {
+        if waited && *self.settings.abort.borrow() {
             // Its turn came after the shutdown timeout: hand it back untried, so that it
             // keeps its place before the later ones of its key.
             let id = delivery.message().id().to_owned();
@@ -614,7 +723,7 @@ impl Worker {
         .await
         {
             tracing::error!(
-                handler = self.handler.spec().name(),
+                handler = self.settings.spec.name(),
                 message_id = message.id(),
                 error = %panic,
                 "processing a delivery panicked; it goes back to the broker"
@@ -625,8 +734,8 @@ impl Worker {
     async fn process(&self, delivery: Delivery) {
         let message = delivery.shared_message().clone();
         let id = message.id();
-        let claim = match self.idempotency.begin(id).await {
-            Ok(Claim::Acquired) => ClaimGuard::new(&self.idempotency, id),
+        let claim = match self.settings.idempotency.begin(id).await {
+            Ok(Claim::Acquired) => ClaimGuard::new(&self.settings.idempotency, id),
             Ok(Claim::AlreadyHandled) => {
                 tracing::debug!(message_id = %id, "already handled; acknowledging");
                 self.report(delivery.ack().await, id, "ack");
@@ -642,7 +751,7 @@ impl Worker {
                 return;
             }
         };
-        if delivery.attempt() > self.retry.max_deliveries {
+        if delivery.attempt() > self.settings.retry.max_deliveries {
             let reason = format!(
                 "delivered {} times without being settled (did the handler crash the process?)",
                 delivery.attempt()
@@ -672,11 +781,11 @@ impl Worker {
     /// Calls the handler until it succeeds, fails for good, or (with retries through the
     /// broker) fails once more with attempts left.
     async fn call_with_retries(&self, delivery: &Delivery) -> Outcome {
-        let mut abort = self.abort.clone();
-        let max_attempts = self.retry.max_attempts.max(1);
+        let mut abort = self.settings.abort.clone();
+        let max_attempts = self.settings.retry.max_attempts.max(1);
         // A message handed back would be overtaken by later ones of its key.
-        let through_broker =
-            self.retry_through_broker && !(self.ordered && delivery.message().key().is_some());
+        let through_broker = self.settings.retry_through_broker
+            && !(self.settings.ordered && delivery.message().key().is_some());
         // Through the broker, each delivery is one attempt, and the broker counts them.
         let mut attempt = if through_broker {
             delivery.attempt()
@@ -688,35 +797,20 @@ impl Worker {
                 delivery.shared_message().clone(),
                 attempt,
                 delivery.origin().clone(),
-                self.shared.clone(),
+                self.settings.shared.clone(),
             );
-            // Decoding is the user's code too (a `Deserialize` impl): a panic there is a
-            // failed attempt like any other.
-            let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.handler.call(delivery.message(), ctx)
-            }));
-            let result = match call {
-                Ok(Ok(call)) => {
-                    // The handler first: one that finishes at once never listens for the abort.
-                    tokio::select! {
-                        biased;
-                        result = self.run_once(call, delivery.message()) => result,
-                        () = aborted(&mut abort) => return Outcome::Aborted,
-                    }
-                }
-                Ok(Err(error)) => {
-                    return Outcome::Failed {
-                        error: error.into(),
-                        attempts: 0,
-                    }
-                }
-                Err(panic) => Err(panic_error("decoding panicked", &*panic)),
+            // The handler first: one that finishes at once never listens for the abort.
+            let result = tokio::select! {
+                biased;
+                result = self.run_once(ctx, delivery.message()) => result,
+                () = aborted(&mut abort) => return Outcome::Aborted,
             };
             let error = match result {
                 Ok(()) => return Outcome::Handled,
                 Err(error) => error,
             };
             let pause = match Disposition::of(&*error) {
+                Disposition::Undecodable => return Outcome::Failed { error, attempts: 0 },
                 Disposition::GiveUp => {
                     return Outcome::Failed {
                         error,
@@ -730,10 +824,10 @@ impl Worker {
                     }
                 }
                 Disposition::RetryAfter(pause) => pause,
-                Disposition::Retry => self.retry.delay_after(attempt),
+                Disposition::Retry => self.settings.retry.delay_after(attempt),
             };
             tracing::debug!(
-                handler = self.handler.spec().name(),
+                handler = self.settings.spec.name(),
                 message_id = delivery.message().id(),
                 attempt,
                 error = %error,
@@ -753,20 +847,21 @@ impl Worker {
         }
     }
 
-    /// Calls the handler once, then publishes what it returned; a panic in either (the
-    /// handler, or encoding its output) is an error.
-    async fn run_once(&self, call: HandlerFuture, input: &Message) -> Result<(), BoxError> {
-        let call = async move {
-            let Some(limit) = self.handler.spec().call_timeout() else {
-                return call.await;
-            };
-            tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-                Err(format!("the handler did not finish within its timeout of {limit:?}").into())
-            })
-        };
+    /// Calls the handler's service once (within the handler's timeout), then publishes
+    /// what it returned; a panic in either (the service, or encoding its output) is an
+    /// error.
+    async fn run_once(&self, ctx: Context, input: &Message) -> Result<(), BoxError> {
         CatchUnwind::new(async move {
-            let outputs = call.await?;
-            let Some(producer) = &self.output else {
+            let mut service = self.service.clone();
+            poll_fn(|cx| service.poll_ready(cx)).await?;
+            let call = service.call(ctx);
+            let outputs = match self.settings.spec.call_timeout() {
+                None => call.await?,
+                Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| {
+                    format!("the handler did not finish within its timeout of {limit:?}")
+                })??,
+            };
+            let Some(producer) = &self.settings.output else {
                 return Ok(());
             };
             let outputs = outputs
@@ -785,7 +880,7 @@ impl Worker {
     /// An output's id is derived from the input's, so a retried processor publishes
     /// duplicates that downstream idempotency recognises, not new messages.
     fn derive_output(&self, input: &Message, index: usize, output: Message) -> Message {
-        let name = format!("{}/{}/{index}", self.scope, input.id());
+        let name = format!("{}/{}/{index}", self.settings.scope, input.id());
         let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
         let key = output.key().or(input.key()).map(str::to_owned);
         output
@@ -797,7 +892,7 @@ impl Worker {
     async fn dead_letter(&self, delivery: Delivery, reason: &str, attempts: u32) {
         let id = delivery.message().id().to_owned();
         tracing::warn!(
-            handler = self.handler.spec().name(),
+            handler = self.settings.spec.name(),
             destination = delivery.destination(),
             group = delivery.group(),
             message_id = %id,
@@ -815,7 +910,7 @@ impl Worker {
     fn report(&self, settled: Result<()>, id: &str, what: &str) {
         if let Err(err) = settled {
             tracing::warn!(
-                handler = self.handler.spec().name(),
+                handler = self.settings.spec.name(),
                 message_id = %id,
                 error = %err,
                 "{what} failed; the broker will deliver the message again"
@@ -879,16 +974,6 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-/// The error for a panic, `what` panicked and the panic's message.
-fn panic_error(what: &str, panic: &(dyn Any + Send)) -> BoxError {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned());
-    format!("{what}: {text}").into()
 }
 
 pin_project_lite::pin_project! {

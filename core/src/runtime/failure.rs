@@ -1,5 +1,6 @@
 //! Errors a handler returns to say how its message should be retried, if at all.
 
+use super::handler::Undecodable;
 use crate::error::BoxError;
 use std::error::Error as StdError;
 use std::fmt;
@@ -112,6 +113,9 @@ pub(crate) enum Disposition {
     RetryAfter(Duration),
     /// Dead-letter now.
     GiveUp,
+    /// Dead-letter now, with 0 attempts: the payload could not be decoded, so the handler
+    /// was never called.
+    Undecodable,
 }
 
 impl Disposition {
@@ -119,6 +123,9 @@ impl Disposition {
     pub(crate) fn of(error: &(dyn StdError + 'static)) -> Self {
         let mut next = Some(error);
         while let Some(error) = next {
+            if error.is::<Undecodable>() {
+                return Disposition::Undecodable;
+            }
             if error.is::<NonRetryable>() {
                 return Disposition::GiveUp;
             }

@@ -3,15 +3,19 @@
 use super::context::Context;
 use super::retry::RetryPolicy;
 use crate::codec::{Decode, Encode};
-use crate::error::{BoxError, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::message::Message;
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+use tower_layer::Layer;
+use tower_service::Service;
 
 /// Where a handler reads from, where it writes to, and how it runs.
 ///
@@ -183,24 +187,48 @@ impl HandlerSpec {
     }
 }
 
-/// The future a type-erased handler call returns: the messages to publish, or the error.
-pub(crate) type HandlerFuture =
-    Pin<Box<dyn Future<Output = Result<Vec<Message>, BoxError>> + Send>>;
-
-/// Decodes the event (an `Err` is a decode error: dead-letter, no retry), then calls.
-type ErasedCall = dyn Fn(&Message, Context) -> Result<HandlerFuture> + Send + Sync;
-
-/// A handler ready to register with an [`App`](crate::App): its spec plus the type-erased
-/// function. Made by [`Handler::from_fn`], [`Handler::processor`], or from a `#[handler]`
-/// function through [`IntoHandler`].
-#[derive(Clone)]
-pub struct Handler {
-    spec: HandlerSpec,
-    publishes: bool,
-    call: Arc<ErasedCall>,
+/// What every handler is at run time: a [`tower::Service`](tower_service::Service) that
+/// takes the [`Context`] of one delivery (its message, attempt, origin and the app's shared
+/// values) and returns the messages to publish (none for a handler without an `output`).
+///
+/// Handlers built with [`Handler::from_fn`], [`Handler::processor`] or `#[handler]` are
+/// services that decode the event and call the function; [`Handler::layer`] and
+/// [`App::layer`](crate::App::layer) wrap them in tower layers. The runtime clones the
+/// service for each call (as axum and hyper do), so a layer that keeps state shares it
+/// between clones, or is put behind a buffer.
+pub trait HandlerService:
+    Service<Context, Response = Vec<Message>, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
 }
 
-impl Handler {
+impl<S> HandlerService for S where
+    S: Service<Context, Response = Vec<Message>, Error = BoxError, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A handler ready to register with an [`App`](crate::App): its spec plus its
+/// [`HandlerService`]. Made by [`Handler::from_fn`], [`Handler::processor`], or from a
+/// `#[handler]` function through [`IntoHandler`]; wrapped in middleware with
+/// [`layer`](Self::layer).
+///
+/// Each handler keeps its own type, so the runtime calls it directly: no boxed future and
+/// no allocation per message.
+#[derive(Clone)]
+pub struct Handler<S> {
+    spec: HandlerSpec,
+    publishes: bool,
+    service: S,
+}
+
+impl Handler<()> {
     /// A handler from a closure or function `(event: T, ctx: Context) -> Result<(), E>`.
     ///
     /// ```
@@ -219,53 +247,35 @@ impl Handler {
     /// );
     /// assert_eq!(handler.spec().destination(), "acme-orders");
     /// ```
-    pub fn from_fn<F, T, Fut, E>(spec: HandlerSpec, function: F) -> Self
+    pub fn from_fn<F, T, Fut, E>(spec: HandlerSpec, function: F) -> Handler<FnService<Sink, F, T>>
     where
-        F: Fn(T, Context) -> Fut + Send + Sync + 'static,
+        F: HandlerFn<T, Output = (), Error = E>,
         T: Decode + Send + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
+        E: Into<BoxError>,
+        F: Fn(T, Context) -> Fut,
     {
-        Self::erase::<Sink, _, _, _, _, _>(spec, function)
+        FnService::handler(spec, function)
     }
 
     /// A processor from a closure or function `(event: T, ctx: Context) -> Result<O, E>`:
     /// what it returns (one event, or several as [`Events`]) is published to the spec's
     /// [`output`](HandlerSpec::output) before the input is acknowledged.
-    pub fn processor<F, T, Fut, O, E>(spec: HandlerSpec, function: F) -> Self
+    pub fn processor<F, T, Fut, O, E>(
+        spec: HandlerSpec,
+        function: F,
+    ) -> Handler<FnService<Processor, F, T>>
     where
-        F: Fn(T, Context) -> Fut + Send + Sync + 'static,
+        F: HandlerFn<T, Output = O, Error = E>,
         T: Decode + Send + 'static,
-        Fut: Future<Output = Result<O, E>> + Send + 'static,
         Processor: OutputPolicy<O>,
-        E: Into<BoxError> + 'static,
+        E: Into<BoxError>,
+        F: Fn(T, Context) -> Fut,
     {
-        Self::erase::<Processor, _, _, _, _, _>(spec, function)
+        FnService::handler(spec, function)
     }
+}
 
-    fn erase<K, F, T, Fut, O, E>(spec: HandlerSpec, function: F) -> Self
-    where
-        K: OutputPolicy<O>,
-        F: Fn(T, Context) -> Fut + Send + Sync + 'static,
-        T: Decode + Send + 'static,
-        Fut: Future<Output = Result<O, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        let call = move |message: &Message, ctx: Context| -> Result<HandlerFuture> {
-            let event = T::decode(message)?;
-            let pending = function(event, ctx);
-            Ok(Box::pin(async move {
-                let output = pending.await.map_err(Into::into)?;
-                K::into_messages(output).map_err(BoxError::from)
-            }))
-        };
-        Handler {
-            spec,
-            publishes: K::PUBLISHES,
-            call: Arc::new(call),
-        }
-    }
-
+impl<S> Handler<S> {
     /// Where the handler reads and writes.
     pub fn spec(&self) -> &HandlerSpec {
         &self.spec
@@ -277,22 +287,241 @@ impl Handler {
         self
     }
 
+    /// Wraps the handler's service in a tower layer: a timeout, a concurrency or rate
+    /// limit, or a layer of your own. Layers added later wrap the ones added before; each
+    /// sees every call of the handler (every attempt of every message), with the
+    /// message's [`Context`] as the request.
+    ///
+    /// ```
+    /// use event_binder_core::{Context, Handler, HandlerSpec};
+    /// use tower_layer::layer_fn;
+    ///
+    /// let handler = Handler::from_fn(
+    ///     HandlerSpec::new("bill", "orders").group("billing"),
+    ///     |_order: serde_json::Value, _ctx: Context| async { Ok::<_, std::io::Error>(()) },
+    /// )
+    /// // Any `tower::Layer`; `layer_fn` makes one from a function.
+    /// .layer(layer_fn(|inner| inner));
+    /// assert_eq!(handler.spec().name(), "bill");
+    /// ```
+    pub fn layer<L>(self, layer: L) -> Handler<L::Service>
+    where
+        L: Layer<S>,
+    {
+        Handler {
+            spec: self.spec,
+            publishes: self.publishes,
+            service: layer.layer(self.service),
+        }
+    }
+
+    /// The service, to call it directly (a unit test of a layer, say).
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
     /// Whether it is a processor (publishes what it returns).
     pub(crate) fn publishes(&self) -> bool {
         self.publishes
     }
 
-    pub(crate) fn call(&self, message: &Message, ctx: Context) -> Result<HandlerFuture> {
-        (self.call)(message, ctx)
+    pub(crate) fn into_service(self) -> S {
+        self.service
     }
 }
 
-impl fmt::Debug for Handler {
+impl<S> fmt::Debug for Handler<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handler")
             .field("spec", &self.spec)
+            .field("publishes", &self.publishes)
             .finish_non_exhaustive()
     }
+}
+
+/// A handler function of event type `T`: a closure `(T, Context) -> impl Future<Output =
+/// Result<O, E>>`, or a `#[handler]` function. Implemented for you; it names the future a
+/// function returns, so that the runtime calls it without boxing.
+pub trait HandlerFn<T>: Send + Sync + 'static {
+    /// What a successful call returns.
+    type Output;
+    /// What a failed call returns.
+    type Error: Into<BoxError>;
+    /// The future a call returns.
+    type Future: Future<Output = Result<Self::Output, Self::Error>> + Send + 'static;
+
+    /// Calls the function.
+    fn call(&self, event: T, ctx: Context) -> Self::Future;
+}
+
+impl<F, T, Fut, O, E> HandlerFn<T> for F
+where
+    F: Fn(T, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    type Output = O;
+    type Error = E;
+    type Future = Fut;
+
+    fn call(&self, event: T, ctx: Context) -> Fut {
+        self(event, ctx)
+    }
+}
+
+/// The service of a handler function: decodes the event from the message, calls the
+/// function, and turns its result into the messages to publish (`K` says how: [`Sink`] or
+/// [`Processor`]).
+///
+/// A payload that cannot be decoded fails the call with an error that sends the message to
+/// the dead letters at once (with 0 attempts: the function was never called); a panic while
+/// decoding is a failed attempt like any other.
+pub struct FnService<K, F, T> {
+    function: Arc<F>,
+    types: PhantomData<fn(T) -> K>,
+}
+
+impl<K, F, T> FnService<K, F, T>
+where
+    F: HandlerFn<T>,
+    K: OutputPolicy<F::Output>,
+{
+    fn handler(spec: HandlerSpec, function: F) -> Handler<Self> {
+        Handler {
+            spec,
+            publishes: K::PUBLISHES,
+            service: FnService {
+                function: Arc::new(function),
+                types: PhantomData,
+            },
+        }
+    }
+}
+
+impl<K, F, T> Clone for FnService<K, F, T> {
+    fn clone(&self) -> Self {
+        FnService {
+            function: self.function.clone(),
+            types: PhantomData,
+        }
+    }
+}
+
+impl<K, F, T> fmt::Debug for FnService<K, F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnService")
+    }
+}
+
+impl<K, F, T> Service<Context> for FnService<K, F, T>
+where
+    F: HandlerFn<T>,
+    T: Decode,
+    K: OutputPolicy<F::Output>,
+{
+    type Response = Vec<Message>;
+    type Error = BoxError;
+    type Future = CallFuture<F::Future, K>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, ctx: Context) -> Self::Future {
+        // Decoding is the user's code too (a `Deserialize` impl): a panic there is a failed
+        // attempt like any other.
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| T::decode(ctx.message())));
+        match decoded {
+            Ok(Ok(event)) => CallFuture::running(self.function.call(event, ctx)),
+            Ok(Err(error)) => CallFuture::failed(Undecodable(error).into()),
+            Err(panic) => CallFuture::failed(panic_error("decoding panicked", &*panic)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`FnService`] call.
+    pub struct CallFuture<Fut, K> {
+        #[pin]
+        state: CallState<Fut, K>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = CallProjection]
+    enum CallState<Fut, K> {
+        // The function runs.
+        Running {
+            #[pin]
+            future: Fut,
+            kind: PhantomData<fn() -> K>,
+        },
+        // Decoding failed; the error, until it is returned.
+        Done { error: Option<BoxError> },
+    }
+}
+
+impl<Fut, K> CallFuture<Fut, K> {
+    fn running(future: Fut) -> Self {
+        CallFuture {
+            state: CallState::Running {
+                future,
+                kind: PhantomData,
+            },
+        }
+    }
+
+    fn failed(error: BoxError) -> Self {
+        CallFuture {
+            state: CallState::Done { error: Some(error) },
+        }
+    }
+}
+
+impl<Fut, K, O, E> Future for CallFuture<Fut, K>
+where
+    Fut: Future<Output = Result<O, E>>,
+    E: Into<BoxError>,
+    K: OutputPolicy<O>,
+{
+    type Output = Result<Vec<Message>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            CallProjection::Running { future, .. } => match future.poll(cx) {
+                Poll::Ready(Ok(output)) => {
+                    Poll::Ready(K::into_messages(output).map_err(BoxError::from))
+                }
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+                Poll::Pending => Poll::Pending,
+            },
+            CallProjection::Done { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "a handler call was polled after it finished".into()))),
+        }
+    }
+}
+
+impl<F, K> fmt::Debug for CallFuture<F, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CallFuture")
+    }
+}
+
+/// The error of a payload that could not be decoded into the handler's event: the message
+/// goes to the dead letters at once, with 0 attempts.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub(crate) struct Undecodable(pub(crate) Error);
+
+/// The error for a panic: `what` panicked, and the panic's message.
+pub(crate) fn panic_error(what: &str, panic: &(dyn Any + Send)) -> BoxError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    format!("{what}: {text}").into()
 }
 
 /// Several events returned by a processor, each published as its own message.
@@ -373,12 +602,17 @@ fn publishable<T: Encode + ?Sized>(event: &T) -> Result<Option<Message>> {
     note = "annotate an `async fn(event: T) -> Result<_, E>` or `async fn(event: T, ctx: Context) -> Result<_, E>` with `#[handler(destination = \"…\")]`, or build one with `Handler::from_fn`; if it has `#[handler]` already, the error at the function says what is wrong"
 )]
 pub trait IntoHandler<Args> {
+    /// The handler's service.
+    type Service: HandlerService;
+
     /// The handler.
-    fn into_handler(self) -> Handler;
+    fn into_handler(self) -> Handler<Self::Service>;
 }
 
-impl IntoHandler<()> for Handler {
-    fn into_handler(self) -> Handler {
+impl<S: HandlerService> IntoHandler<()> for Handler<S> {
+    type Service = S;
+
+    fn into_handler(self) -> Handler<S> {
         self
     }
 }
@@ -432,19 +666,61 @@ impl<R, F> fmt::Debug for Routed<R, F> {
     }
 }
 
+/// A `#[handler]` function that takes the event alone, as a [`HandlerFn`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct EventOnly<Func>(Func);
+
+impl<Func, T, R, Fut, O, E> HandlerFn<T> for EventOnly<Func>
+where
+    Func: Fn(T) -> Routed<R, Fut> + Send + Sync + 'static,
+    R: Route,
+    Fut: Future<Output = Result<O, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    type Output = O;
+    type Error = E;
+    type Future = Fut;
+
+    fn call(&self, event: T, _ctx: Context) -> Fut {
+        (self.0)(event).into_inner()
+    }
+}
+
+/// A `#[handler]` function that takes the event and the [`Context`], as a [`HandlerFn`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct WithContext<Func>(Func);
+
+impl<Func, T, R, Fut, O, E> HandlerFn<T> for WithContext<Func>
+where
+    Func: Fn(T, Context) -> Routed<R, Fut> + Send + Sync + 'static,
+    R: Route,
+    Fut: Future<Output = Result<O, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    type Output = O;
+    type Error = E;
+    type Future = Fut;
+
+    fn call(&self, event: T, ctx: Context) -> Fut {
+        (self.0)(event, ctx).into_inner()
+    }
+}
+
 impl<Func, T, R, Fut, O, E> IntoHandler<(R, T)> for Func
 where
     Func: Fn(T) -> Routed<R, Fut> + Send + Sync + 'static,
     T: Decode + Send + 'static,
     R: Route,
-    R::Kind: OutputPolicy<O>,
+    R::Kind: OutputPolicy<O> + 'static,
     Fut: Future<Output = Result<O, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    fn into_handler(self) -> Handler {
-        Handler::erase::<R::Kind, _, _, _, _, _>(R::spec(), move |event: T, _: Context| {
-            self(event).into_inner()
-        })
+    type Service = FnService<R::Kind, EventOnly<Func>, T>;
+
+    fn into_handler(self) -> Handler<Self::Service> {
+        FnService::handler(R::spec(), EventOnly(self))
     }
 }
 
@@ -453,14 +729,14 @@ where
     Func: Fn(T, Context) -> Routed<R, Fut> + Send + Sync + 'static,
     T: Decode + Send + 'static,
     R: Route,
-    R::Kind: OutputPolicy<O>,
+    R::Kind: OutputPolicy<O> + 'static,
     Fut: Future<Output = Result<O, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    fn into_handler(self) -> Handler {
-        Handler::erase::<R::Kind, _, _, _, _, _>(R::spec(), move |event: T, ctx: Context| {
-            self(event, ctx).into_inner()
-        })
+    type Service = FnService<R::Kind, WithContext<Func>, T>;
+
+    fn into_handler(self) -> Handler<Self::Service> {
+        FnService::handler(R::spec(), WithContext(self))
     }
 }
 

@@ -11,6 +11,7 @@ pub use app::{App, RunningApp};
 pub use context::Context;
 pub use failure::{NonRetryable, RetryAfter};
 pub use handler::{
-    Events, Handler, HandlerSpec, IntoHandler, OutputPolicy, Processor, Route, Routed, Sink,
+    CallFuture, EventOnly, Events, FnService, Handler, HandlerFn, HandlerService, HandlerSpec,
+    IntoHandler, OutputPolicy, Processor, Route, Routed, Sink, WithContext,
 };
 pub use retry::RetryPolicy;
