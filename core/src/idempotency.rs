@@ -2,6 +2,7 @@
 //! delivered.
 
 use crate::error::Result;
+use crate::message::Message;
 use async_trait::async_trait;
 use hashbrown::hash_map::RawEntryMut;
 use std::any::Any;
@@ -88,7 +89,7 @@ struct Limits {
 #[derive(Debug)]
 pub(crate) struct ScopeIds {
     ids: Mutex<Ids>,
-    /// The map's own hasher, so that an id is hashed outside the lock, once per operation.
+    /// The map's own hasher, so that an id is hashed outside the lock, once per delivery.
     hasher: RandomState,
     released: Notify,
     limits: Limits,
@@ -117,30 +118,48 @@ struct Handled {
     at: Instant,
 }
 
+/// A message id, hashed once for all the operations of one delivery on the store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdProbe<'a> {
+    id: &'a str,
+    /// The message's own shared id, kept by the store without a copy.
+    shared: Option<&'a Arc<str>>,
+    hash: u64,
+}
+
+impl IdProbe<'_> {
+    fn to_key(self) -> Arc<str> {
+        self.shared.cloned().unwrap_or_else(|| self.id.into())
+    }
+}
+
 impl Ids {
-    /// The entry of `id`, whose hash the caller computed (once per operation: message ids
-    /// are hashed with SipHash, which is not free).
+    /// The entry of `probe`.
     fn entry<'a>(
         &'a mut self,
-        hash: u64,
-        id: &str,
+        probe: IdProbe<'_>,
     ) -> RawEntryMut<'a, Arc<str>, Entry, RandomState> {
         self.entries
             .raw_entry_mut()
-            .from_key_hashed_nocheck(hash, id)
+            .from_key_hashed_nocheck(probe.hash, probe.id)
     }
 
     fn evict(&mut self, limits: Limits, now: Instant) {
-        while let Some(oldest) = self.handled.pop_front() {
-            let expired = now.duration_since(oldest.at) >= limits.ttl;
-            if self.handled.len() < limits.capacity && !expired {
-                self.handled.push_front(oldest);
+        while let Some(oldest) = self.handled.front() {
+            // The age is only worth reading while the capacity holds.
+            if self.handled.len() <= limits.capacity && now.duration_since(oldest.at) < limits.ttl {
                 break;
             }
-            let Handled { id, hash, at } = oldest;
+            let Some(Handled { id, hash, at }) = self.handled.pop_front() else {
+                break;
+            };
             // The id may have been claimed and handled again since: only its latest
             // completion removes it.
-            if let RawEntryMut::Occupied(entry) = self.entry(hash, &id) {
+            let entry = self
+                .entries
+                .raw_entry_mut()
+                .from_hash(hash, |key| *key == id);
+            if let RawEntryMut::Occupied(entry) = entry {
                 if *entry.get() == Entry::Handled(at) {
                     entry.remove();
                 }
@@ -172,15 +191,20 @@ impl ScopeIds {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn hash(&self, id: &str) -> u64 {
-        self.hasher.hash_one(id)
+    /// `id` ready for the calls of one delivery; `shared`, if given, is the same id as the
+    /// message shares it.
+    pub(crate) fn probe<'a>(&self, id: &'a str, shared: Option<&'a Arc<str>>) -> IdProbe<'a> {
+        IdProbe {
+            id,
+            shared,
+            hash: self.hasher.hash_one(id),
+        }
     }
 
     /// Claims `id`, or says it was handled; `None` while another caller holds its claim.
-    fn try_begin(&self, id: &str) -> Option<Claim> {
-        let hash = self.hash(id);
+    fn try_begin(&self, probe: IdProbe<'_>) -> Option<Claim> {
         let ttl = self.limits.ttl;
-        match self.lock().entry(hash, id) {
+        match self.lock().entry(probe) {
             RawEntryMut::Occupied(mut entry) => match *entry.get() {
                 Entry::InProgress => None,
                 Entry::Handled(at) if at.elapsed() < ttl => Some(Claim::AlreadyHandled),
@@ -190,13 +214,14 @@ impl ScopeIds {
                 }
             },
             RawEntryMut::Vacant(entry) => {
-                entry.insert_hashed_nocheck(hash, Arc::from(id), Entry::InProgress);
+                entry.insert_hashed_nocheck(probe.hash, probe.to_key(), Entry::InProgress);
                 Some(Claim::Acquired)
             }
         }
     }
-    pub(crate) async fn begin(&self, id: &str) -> Claim {
-        if let Some(claim) = self.try_begin(id) {
+
+    pub(crate) async fn begin(&self, probe: IdProbe<'_>) -> Claim {
+        if let Some(claim) = self.try_begin(probe) {
             return claim;
         }
         self.lock().waiting += 1;
@@ -207,31 +232,34 @@ impl ScopeIds {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if let Some(claim) = self.try_begin(id) {
+            if let Some(claim) = self.try_begin(probe) {
                 return claim;
             }
             released.await;
         }
     }
 
-    pub(crate) fn complete(&self, id: &str) {
-        let hash = self.hash(id);
+    pub(crate) fn complete(&self, probe: IdProbe<'_>) {
         let now = Instant::now();
         let waiting = {
             let mut ids = self.lock();
-            let id = match ids.entry(hash, id) {
+            let id = match ids.entry(probe) {
                 RawEntryMut::Occupied(mut entry) => {
                     let (key, entry) = entry.get_key_value_mut();
                     *entry = Entry::Handled(now);
                     key.clone()
                 }
                 RawEntryMut::Vacant(entry) => {
-                    let key = Arc::<str>::from(id);
-                    entry.insert_hashed_nocheck(hash, key.clone(), Entry::Handled(now));
+                    let key = probe.to_key();
+                    entry.insert_hashed_nocheck(probe.hash, key.clone(), Entry::Handled(now));
                     key
                 }
             };
-            ids.handled.push_back(Handled { id, hash, at: now });
+            ids.handled.push_back(Handled {
+                id,
+                hash: probe.hash,
+                at: now,
+            });
             ids.evict(self.limits, now);
             ids.waiting
         };
@@ -240,11 +268,10 @@ impl ScopeIds {
         }
     }
 
-    pub(crate) fn abandon(&self, id: &str) {
-        let hash = self.hash(id);
+    pub(crate) fn abandon(&self, probe: IdProbe<'_>) {
         let waiting = {
             let mut ids = self.lock();
-            if let RawEntryMut::Occupied(entry) = ids.entry(hash, id) {
+            if let RawEntryMut::Occupied(entry) = ids.entry(probe) {
                 if *entry.get() == Entry::InProgress {
                     entry.remove();
                 }
@@ -313,16 +340,19 @@ impl Default for MemoryIdempotencyStore {
 #[async_trait]
 impl IdempotencyStore for MemoryIdempotencyStore {
     async fn begin(&self, scope: &str, id: &str) -> Result<Claim> {
-        Ok(self.scope(scope).begin(id).await)
+        let ids = self.scope(scope);
+        Ok(ids.begin(ids.probe(id, None)).await)
     }
 
     async fn complete(&self, scope: &str, id: &str) -> Result<()> {
-        self.scope(scope).complete(id);
+        let ids = self.scope(scope);
+        ids.complete(ids.probe(id, None));
         Ok(())
     }
 
     async fn abandon(&self, scope: &str, id: &str) -> Result<()> {
-        self.scope(scope).abandon(id);
+        let ids = self.scope(scope);
+        ids.abandon(ids.probe(id, None));
         Ok(())
     }
 }
@@ -370,40 +400,67 @@ pub(crate) enum ScopedStore {
     },
 }
 
+/// A message id as one handler's store looks it up: hashed once per delivery in memory,
+/// as given for other stores.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StoreId<'a> {
+    Memory(IdProbe<'a>),
+    Other(&'a str),
+}
+
 impl ScopedStore {
-    pub(crate) async fn begin(&self, id: &str) -> Result<Claim> {
+    /// The id of `message`, ready for the calls of one delivery.
+    pub(crate) fn id<'a>(&self, message: &'a Message) -> StoreId<'a> {
         match self {
-            ScopedStore::Memory(ids) => Ok(ids.begin(id).await),
-            ScopedStore::Other { store, scope } => store.begin(scope, id).await,
+            ScopedStore::Memory(ids) => {
+                StoreId::Memory(ids.probe(message.id(), Some(message.shared_id())))
+            }
+            ScopedStore::Other { .. } => StoreId::Other(message.id()),
         }
     }
 
-    pub(crate) async fn complete(&self, id: &str) -> Result<()> {
-        match self {
-            ScopedStore::Memory(ids) => {
-                ids.complete(id);
-                Ok(())
+    pub(crate) async fn begin(&self, id: StoreId<'_>) -> Result<Claim> {
+        match (self, id) {
+            (ScopedStore::Memory(ids), StoreId::Memory(probe)) => Ok(ids.begin(probe).await),
+            (ScopedStore::Other { store, scope }, StoreId::Other(id)) => {
+                store.begin(scope, id).await
             }
-            ScopedStore::Other { store, scope } => store.complete(scope, id).await,
+            _ => Err(mismatch()),
         }
     }
 
-    pub(crate) async fn abandon(&self, id: &str) -> Result<()> {
-        match self {
-            ScopedStore::Memory(ids) => {
-                ids.abandon(id);
+    pub(crate) async fn complete(&self, id: StoreId<'_>) -> Result<()> {
+        match (self, id) {
+            (ScopedStore::Memory(ids), StoreId::Memory(probe)) => {
+                ids.complete(probe);
                 Ok(())
             }
-            ScopedStore::Other { store, scope } => store.abandon(scope, id).await,
+            (ScopedStore::Other { store, scope }, StoreId::Other(id)) => {
+                store.complete(scope, id).await
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
+    pub(crate) async fn abandon(&self, id: StoreId<'_>) -> Result<()> {
+        match (self, id) {
+            (ScopedStore::Memory(ids), StoreId::Memory(probe)) => {
+                ids.abandon(probe);
+                Ok(())
+            }
+            (ScopedStore::Other { store, scope }, StoreId::Other(id)) => {
+                store.abandon(scope, id).await
+            }
+            _ => Err(mismatch()),
         }
     }
 
     /// Releases a claim from a place that cannot wait (a `Drop`): at once in memory, in a
     /// task of its own for other stores.
-    pub(crate) fn abandon_in_background(&self, id: &str) {
-        match self {
-            ScopedStore::Memory(ids) => ids.abandon(id),
-            ScopedStore::Other { store, scope } => {
+    pub(crate) fn abandon_in_background(&self, id: StoreId<'_>) {
+        match (self, id) {
+            (ScopedStore::Memory(ids), StoreId::Memory(probe)) => ids.abandon(probe),
+            (ScopedStore::Other { store, scope }, StoreId::Other(id)) => {
                 let (store, scope, id) = (store.clone(), scope.clone(), id.to_owned());
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                     tracing::warn!(message_id = %id, "no runtime to release a claim on; it stays until the store forgets it");
@@ -415,8 +472,16 @@ impl ScopedStore {
                     }
                 });
             }
+            _ => tracing::error!("{}", mismatch()),
         }
     }
+}
+
+/// An id made by one store's [`ScopedStore::id`] given to another: a bug of the runtime.
+fn mismatch() -> crate::Error {
+    crate::Error::Unsupported(
+        "an id prepared for one idempotency store was given to another".into(),
+    )
 }
 
 #[cfg(test)]
@@ -464,12 +529,13 @@ mod tests {
     async fn a_cancelled_waiter_stops_counting_as_waiting() {
         let store = MemoryIdempotencyStore::new();
         let ids = store.scope("s");
-        assert_eq!(ids.begin("a").await, Claim::Acquired);
-        let waiting = tokio::time::timeout(Duration::ZERO, ids.begin("a")).await;
+        let a = ids.probe("a", None);
+        assert_eq!(ids.begin(a).await, Claim::Acquired);
+        let waiting = tokio::time::timeout(Duration::ZERO, ids.begin(a)).await;
         assert!(waiting.is_err(), "the claim is held");
         assert_eq!(ids.lock().waiting, 0);
-        ids.complete("a");
-        assert_eq!(ids.begin("a").await, Claim::AlreadyHandled);
+        ids.complete(a);
+        assert_eq!(ids.begin(a).await, Claim::AlreadyHandled);
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! Messages: payload bytes, headers, an optional key and an id that survives every hop.
 
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Names of the headers event-binder reads and writes.
@@ -138,18 +140,22 @@ impl<'a> IntoIterator for &'a Headers {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    id: String,
+    /// Shared, so that the idempotency store and derived messages keep it without a copy.
+    id: Arc<str>,
     payload: Bytes,
     headers: Headers,
     key: Option<String>,
     timestamp: SystemTime,
-    content_type: Option<String>,
+    /// Borrowed for the well-known types, so that typed events allocate none.
+    content_type: Option<Cow<'static, str>>,
 }
 
 impl Message {
     /// A message with this payload, a fresh UUID v7 id, the current time and nothing else.
     pub fn new(payload: impl Into<Bytes>) -> Self {
-        Self::new_with_id(new_message_id(), payload)
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text);
+        Self::new_with_id(&*id, payload)
     }
 
     /// A message with a known id (one a backend received, or one the caller chose), the
@@ -159,7 +165,7 @@ impl Message {
     /// let message = event_binder_core::Message::new_with_id("order-42", "{}");
     /// assert_eq!(message.id(), "order-42");
     /// ```
-    pub fn new_with_id(id: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn new_with_id(id: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Self {
         Message {
             id: id.into(),
             payload: payload.into(),
@@ -171,7 +177,7 @@ impl Message {
     }
 
     /// Replaces the id.
-    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+    pub fn with_id(mut self, id: impl Into<Arc<str>>) -> Self {
         self.id = id.into();
         self
     }
@@ -202,7 +208,7 @@ impl Message {
     }
 
     /// Sets the content type of the payload.
-    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+    pub fn with_content_type(mut self, content_type: impl Into<Cow<'static, str>>) -> Self {
         self.content_type = Some(content_type.into());
         self
     }
@@ -215,6 +221,11 @@ impl Message {
 
     /// The id, unique per message.
     pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The id, shared: a clone of it is a reference count, not a copy.
+    pub fn shared_id(&self) -> &Arc<str> {
         &self.id
     }
 
@@ -254,7 +265,7 @@ impl Message {
             + self.headers.encoded_len()
             + self.key.as_ref().map_or(0, String::len)
             + self.id.len()
-            + self.content_type.as_ref().map_or(0, String::len)
+            + self.content_type.as_ref().map_or(0, |content_type| content_type.len())
     }
 
     /// The creation time in milliseconds since the Unix epoch (0 for times before it).

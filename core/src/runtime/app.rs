@@ -9,7 +9,9 @@ use super::IntoHandler;
 use crate::channel::{Channel, Consumer, Producer, Subscription};
 use crate::delivery::Delivery;
 use crate::error::{BoxError, Error, Result};
-use crate::idempotency::{AppStore, Claim, IdempotencyStore, MemoryIdempotencyStore, ScopedStore};
+use crate::idempotency::{
+    AppStore, Claim, IdempotencyStore, MemoryIdempotencyStore, ScopedStore, StoreId,
+};
 use crate::message::{header, Message};
 use crate::publisher::Publisher;
 use std::collections::HashMap;
@@ -543,13 +545,8 @@ impl<S: HandlerService> Worker<S> {
         let settings = &self.settings;
         let name = settings.spec.name();
         loop {
-            let looping = consume(&self, consumer, stop.clone());
-            let Err(panic) = CatchUnwind::new(async move {
-                looping.await;
-                Ok::<_, BoxError>(())
-            })
-            .await
-            else {
+            let looping = CatchUnwind::new(consume(&self, consumer, stop.clone()));
+            let Err(panic) = looping.await else {
                 return;
             };
             tracing::error!(handler = name, error = %panic, "the consume loop died; starting it again");
@@ -715,13 +712,7 @@ impl<S: HandlerService> Worker<S> {
             return;
         }
         let message = delivery.shared_message().clone();
-        let processing = self.process(delivery);
-        if let Err(panic) = CatchUnwind::new(async move {
-            processing.await;
-            Ok::<_, BoxError>(())
-        })
-        .await
-        {
+        if let Err(panic) = CatchUnwind::new(self.process(delivery)).await {
             tracing::error!(
                 handler = self.settings.spec.name(),
                 message_id = message.id(),
@@ -734,8 +725,10 @@ impl<S: HandlerService> Worker<S> {
     async fn process(&self, delivery: Delivery) {
         let message = delivery.shared_message().clone();
         let id = message.id();
-        let claim = match self.settings.idempotency.begin(id).await {
-            Ok(Claim::Acquired) => ClaimGuard::new(&self.settings.idempotency, id),
+        let store = &self.settings.idempotency;
+        let store_id = store.id(&message);
+        let claim = match store.begin(store_id).await {
+            Ok(Claim::Acquired) => ClaimGuard::new(store, store_id, id),
             Ok(Claim::AlreadyHandled) => {
                 tracing::debug!(message_id = %id, "already handled; acknowledging");
                 self.report(delivery.ack().await, id, "ack");
@@ -875,6 +868,7 @@ impl<S: HandlerService> Worker<S> {
             producer.send_batch(outputs).await.map_err(BoxError::from)
         })
         .await
+        .and_then(|published| published)
     }
 
     /// An output's id is derived from the input's, so a retried processor publishes
@@ -923,15 +917,17 @@ impl<S: HandlerService> Worker<S> {
 /// a cancelled task), it is abandoned, so no claim stays "in progress" for ever.
 struct ClaimGuard<'a> {
     store: &'a ScopedStore,
-    id: &'a str,
+    id: StoreId<'a>,
+    message_id: &'a str,
     settled: bool,
 }
 
 impl<'a> ClaimGuard<'a> {
-    fn new(store: &'a ScopedStore, id: &'a str) -> Self {
+    fn new(store: &'a ScopedStore, id: StoreId<'a>, message_id: &'a str) -> Self {
         ClaimGuard {
             store,
             id,
+            message_id,
             settled: false,
         }
     }
@@ -940,7 +936,7 @@ impl<'a> ClaimGuard<'a> {
     async fn complete(mut self) {
         self.settled = true;
         if let Err(err) = self.store.complete(self.id).await {
-            tracing::warn!(message_id = %self.id, error = %err, "idempotency store failed to record the message as handled");
+            tracing::warn!(message_id = self.message_id, error = %err, "idempotency store failed to record the message as handled");
         }
     }
 
@@ -948,7 +944,7 @@ impl<'a> ClaimGuard<'a> {
     async fn abandon(mut self) {
         self.settled = true;
         if let Err(err) = self.store.abandon(self.id).await {
-            tracing::warn!(message_id = %self.id, error = %err, "idempotency store failed to release a claim");
+            tracing::warn!(message_id = self.message_id, error = %err, "idempotency store failed to release a claim");
         }
     }
 }
@@ -977,7 +973,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pin_project_lite::pin_project! {
-    /// Turns a panic while polling a fallible future into an error.
+    /// Turns a panic while polling a future into an error.
     struct CatchUnwind<F> {
         #[pin]
         inner: F,
@@ -990,16 +986,13 @@ impl<F> CatchUnwind<F> {
     }
 }
 
-impl<F, T> Future for CatchUnwind<F>
-where
-    F: Future<Output = Result<T, BoxError>>,
-{
-    type Output = Result<T, BoxError>;
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let inner = self.project().inner;
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(poll) => poll,
+            Ok(poll) => poll.map(Ok),
             Err(panic) => Poll::Ready(Err(panic_error("handler panicked", &*panic))),
         }
     }
