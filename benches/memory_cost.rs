@@ -31,6 +31,7 @@
 //! - `backend-raw`: the same loop reading the payload's length, no codec;
 //! - `runtime-json`: an `App` with one handler (concurrency 1) taking the decoded `Order`;
 //! - `runtime-raw`: the same handler taking `Raw` bytes, no codec;
+//! - `runtime-batch`: an `App` with one batch handler taking `Vec<Order>`, 64 at a time;
 //! - `publish`: building one message and `Producer::send` of it into a group's queue.
 //!
 //! The consuming scenarios find their messages already published (outside the measured
@@ -41,7 +42,8 @@
 
 use event_binder::memory::{MemoryChannel, MemoryConfig};
 use event_binder::{
-    App, Channel, Context, Handler, HandlerSpec, MemoryIdempotencyStore, Message, Raw, Subscription,
+    App, Batch, BatchHandler, Channel, Context, Handler, HandlerSpec, MemoryIdempotencyStore,
+    Message, Raw, Subscription,
 };
 use serde::Deserialize;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -52,6 +54,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, Notify};
+
+/// The batch size of `runtime-batch`, issue #11's.
+const BATCH: usize = 64;
 
 /// The body of every message, issue #11's: the same bytes each time.
 const PAYLOAD: &[u8] = br#"{"id":1000000,"quantity":37}"#;
@@ -82,16 +87,18 @@ enum Scenario {
     BackendRaw,
     RuntimeJson,
     RuntimeRaw,
+    RuntimeBatch,
     Publish,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::RawJson,
         Scenario::BackendJson,
         Scenario::BackendRaw,
         Scenario::RuntimeJson,
         Scenario::RuntimeRaw,
+        Scenario::RuntimeBatch,
         Scenario::Publish,
     ];
 
@@ -102,6 +109,7 @@ impl Scenario {
             Scenario::BackendRaw => "backend-raw",
             Scenario::RuntimeJson => "runtime-json",
             Scenario::RuntimeRaw => "runtime-raw",
+            Scenario::RuntimeBatch => "runtime-batch",
             Scenario::Publish => "publish",
         }
     }
@@ -194,7 +202,7 @@ async fn run(scenario: Scenario, fixture: &Fixture) {
                 delivery.ack().await.expect("ack");
             }
         }
-        Scenario::RuntimeJson | Scenario::RuntimeRaw => {
+        Scenario::RuntimeJson | Scenario::RuntimeRaw | Scenario::RuntimeBatch => {
             let handled = Arc::new(AtomicU64::new(0));
             let done = Arc::new(Notify::new());
             let spec = HandlerSpec::new("cost", DESTINATION).group(GROUP);
@@ -210,7 +218,19 @@ async fn run(scenario: Scenario, fixture: &Fixture) {
                 .idempotency(fixture.store.clone())
                 .concurrency(1);
             // Each handler keeps its own type: the two scenarios build two apps.
-            let app = if matches!(scenario, Scenario::RuntimeJson) {
+            let app = if matches!(scenario, Scenario::RuntimeBatch) {
+                let spec = spec.batch(BATCH, Duration::from_millis(50));
+                app.batch_handler(BatchHandler::from_fn(
+                    spec,
+                    move |events: Vec<Order>, _batch: Batch| {
+                        for event in events {
+                            event.consume();
+                            counter();
+                        }
+                        async { Ok::<(), std::convert::Infallible>(()) }
+                    },
+                ))
+            } else if matches!(scenario, Scenario::RuntimeJson) {
                 app.handler(Handler::from_fn(
                     spec,
                     move |event: Order, _ctx: Context| {

@@ -4,8 +4,9 @@
 
 use event_binder::memory::MemoryChannel;
 use event_binder::{
-    header, App, BoxError, Channel, Context, Error, Events, Handler, HandlerService, HandlerSpec,
-    Layer, Message, NonRetryable, RetryAfter, RetryPolicy, Service, Subscription,
+    header, App, Batch, BatchHandler, BoxError, Channel, Context, Error, Events, Handler,
+    HandlerService, HandlerSpec, Layer, Message, NonRetryable, RetryAfter, RetryPolicy, Service,
+    Subscription,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -999,4 +1000,72 @@ async fn an_app_layer_added_after_a_handler_is_refused_naming_it() {
         }
         other => panic!("expected a configuration error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn batch_limits_on_a_handler_of_one_event_are_refused() {
+    let app = App::new(MemoryChannel::new()).handler(Handler::from_fn(
+        HandlerSpec::new("single", "orders")
+            .group("billing")
+            .batch(10, Duration::from_millis(5)),
+        |_: Order, _: Context| async { Ok::<(), std::io::Error>(()) },
+    ));
+    match app.start().await {
+        Err(Error::Config(message)) => {
+            assert!(
+                message.contains("handler single has batch limits"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_as_a_whole_is_retried_then_each_message_dead_lettered() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        BatchHandler::from_fn(
+            HandlerSpec::new("bulk", "orders")
+                .group("billing")
+                .batch(10, Duration::from_millis(20)),
+            move |orders: Vec<Order>, _: Batch| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err::<(), _>(format!("the warehouse refused {} orders", orders.len()))
+                }
+            },
+        )
+    };
+    let bus = MemoryChannel::new();
+    bus.provision("orders", Some("billing")).await.unwrap();
+    let mut dead = bus.dead_letters("orders", Some("billing")).await.unwrap();
+    let producer = bus.producer("orders").await.unwrap();
+    let orders = (1..=3).map(|id| Message::new(serde_json::to_vec(&Order { id }).unwrap()));
+    producer.send_batch(orders.collect()).await.unwrap();
+    let running = App::new(bus.clone())
+        .retry(quick_retries(2))
+        .batch_handler(handler)
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let delivery = receive(&mut *dead).await;
+        let headers = delivery.message().headers();
+        assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("2"));
+        assert_eq!(
+            headers.get(header::DEAD_LETTER_ERROR),
+            Some("the warehouse refused 3 orders")
+        );
+        delivery.ack().await.unwrap();
+    }
+    running.shutdown().await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one call per attempt of the batch"
+    );
+    assert_eq!(bus.queued("orders", "billing"), 0);
 }

@@ -419,6 +419,21 @@ impl ScopedStore {
         }
     }
 
+    /// As [`begin`](Self::begin), but `None` at once for an id claimed already, where the
+    /// store can tell (in memory): a batch holding its own claim on the id must not wait
+    /// for itself. Other stores wait as `begin` does, so check the batch first.
+    pub(crate) async fn begin_unless_held(&self, id: StoreId<'_>) -> Result<Option<Claim>> {
+        match (self, id) {
+            (ScopedStore::Memory(ids), StoreId::Memory(probe)) => Ok(ids.try_begin(probe)),
+            _ => self.begin(id).await.map(Some),
+        }
+    }
+
+    /// Whether [`begin_unless_held`](Self::begin_unless_held) tells a held claim.
+    pub(crate) fn tells_held_claims(&self) -> bool {
+        matches!(self, ScopedStore::Memory(_))
+    }
+
     pub(crate) async fn begin(&self, id: StoreId<'_>) -> Result<Claim> {
         match (self, id) {
             (ScopedStore::Memory(ids), StoreId::Memory(probe)) => Ok(ids.begin(probe).await),

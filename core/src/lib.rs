@@ -38,8 +38,9 @@ pub use message::{
 pub use name::{validate_destination, validate_group, validate_prefix, DottedNames, MAX_NAME_LEN};
 pub use publisher::Publisher;
 pub use runtime::{
-    App, CallFuture, Context, Events, FnService, Handler, HandlerFn, HandlerService, HandlerSpec,
-    IntoHandler, NonRetryable, OutputPolicy, Processor, RetryAfter, RetryPolicy, RunningApp, Sink,
+    App, Batch, BatchFailure, BatchFn, BatchHandler, BatchService, CallFuture, Context, Events,
+    FnService, Handler, HandlerFn, HandlerService, HandlerSpec, IntoHandler, NonRetryable,
+    OutputPolicy, Processor, RetryAfter, RetryPolicy, RunningApp, Sink,
 };
 pub use tower_layer::{layer_fn, Layer};
 pub use tower_service::Service;

@@ -265,7 +265,10 @@ impl Message {
             + self.headers.encoded_len()
             + self.key.as_ref().map_or(0, String::len)
             + self.id.len()
-            + self.content_type.as_ref().map_or(0, |content_type| content_type.len())
+            + self
+                .content_type
+                .as_ref()
+                .map_or(0, |content_type| content_type.len())
     }
 
     /// The creation time in milliseconds since the Unix epoch (0 for times before it).

@@ -5,7 +5,10 @@ use crate::channel::{Channel, Consumer, Subscription};
 use crate::error::{Error, Result};
 use crate::idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 use crate::message::{header, Message};
-use crate::runtime::{App, Context, Handler, HandlerSpec, NonRetryable, RetryPolicy};
+use crate::runtime::{
+    App, Batch, BatchFailure, BatchHandler, Context, Handler, HandlerSpec, NonRetryable,
+    RetryPolicy,
+};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -64,6 +67,13 @@ pub enum Case {
     /// claims no counted deliveries or delayed redelivery, the retries wait in process,
     /// and the case checks that (holding the slot) instead.
     RetriesThroughTheBrokerFreeTheSlot,
+    /// A batch handler gets its messages in batches no larger than its limit, and each
+    /// message is settled on its own: those the handler did not fail are handled once,
+    /// those it failed (a [`BatchFailure`](crate::BatchFailure)) are retried and then
+    /// dead-lettered with their own error and attempts, an undecodable one is
+    /// dead-lettered at once without reaching the handler, and a redelivered copy of a
+    /// handled one is skipped.
+    BatchHandlerSettlesEachMessageOnItsOwn,
     /// Shutdown finishes and acknowledges what is in flight; a new app then handles the
     /// rest; every message is handled exactly once.
     GracefulShutdownLosesNothingAndHandlesNothingTwice,
@@ -78,7 +88,7 @@ pub enum Case {
 
 impl Case {
     /// Every case, in the order the suite lists them.
-    pub const ALL: [Case; 21] = [
+    pub const ALL: [Case; 22] = [
         Case::PublishSubscribeKeepsEverythingIntact,
         Case::ConcurrentPublishersAndConsumersLoseNothing,
         Case::DestinationsAreIsolated,
@@ -96,6 +106,7 @@ impl Case {
         Case::OrderIsKeptPerKeyThroughTheRuntime,
         Case::NonRetryableErrorIsDeadLetteredAtOnce,
         Case::RetriesThroughTheBrokerFreeTheSlot,
+        Case::BatchHandlerSettlesEachMessageOnItsOwn,
         Case::GracefulShutdownLosesNothingAndHandlesNothingTwice,
         Case::OversizedMessageIsRefused,
         Case::InvalidNamesAreRefused,
@@ -123,6 +134,7 @@ pub(super) async fn run(case: Case, channel: Arc<dyn Channel>, config: SuiteConf
         Case::OrderIsKeptPerKeyThroughTheRuntime => suite.order_per_key_through_runtime().await,
         Case::NonRetryableErrorIsDeadLetteredAtOnce => suite.non_retryable().await,
         Case::RetriesThroughTheBrokerFreeTheSlot => suite.retries_through_broker().await,
+        Case::BatchHandlerSettlesEachMessageOnItsOwn => suite.batches().await,
         Case::GracefulShutdownLosesNothingAndHandlesNothingTwice => suite.graceful_shutdown().await,
         Case::OversizedMessageIsRefused => suite.oversized().await,
         Case::InvalidNamesAreRefused => suite.invalid_names().await,
@@ -1103,6 +1115,129 @@ impl Suite {
                 other > position(1, 3),
                 "retries in process hold the slot until the last attempt ({calls:?})"
             );
+        }
+    }
+
+    async fn batches(&self) {
+        let (destination, group) = (unique("batch"), unique("g"));
+        let (size, count) = (4usize, 12u64);
+        // Every call: the probes it got, in order.
+        let calls = Arc::new(std::sync::Mutex::new(Vec::<Vec<u64>>::new()));
+        let handled = Recorder::<u64>::new();
+        let handler = {
+            let (calls, handled) = (calls.clone(), handled.clone());
+            BatchHandler::from_fn(
+                HandlerSpec::new("in-bulk", destination.as_str())
+                    .group(group.as_str())
+                    .batch(size, Duration::from_millis(200)),
+                move |probes: Vec<Probe>, batch: Batch| {
+                    let (calls, handled) = (calls.clone(), handled.clone());
+                    async move {
+                        assert_eq!(probes.len(), batch.len(), "one context per event");
+                        calls
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(probes.iter().map(|probe| probe.n).collect());
+                        let mut failure = BatchFailure::new();
+                        for (index, probe) in probes.iter().enumerate() {
+                            if probe.fail {
+                                failure = failure.fail(index, format!("probe {} fails", probe.n));
+                            } else {
+                                handled.record(probe.n);
+                            }
+                        }
+                        if failure.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(failure)
+                        }
+                    }
+                },
+            )
+        };
+        let mut dead_letters = self.dead_letter_consumer(&destination, &group).await;
+        let producer = expect(
+            self.channel.producer(&destination).await,
+            "opening a producer",
+        );
+        // Probes 3 and 7 always fail; one undecodable message; probe 5 sent twice.
+        let mut messages: Vec<Message> = (0..count)
+            .map(|n| {
+                Message::new(format!(r#"{{"n":{n},"fail":{}}}"#, n == 3 || n == 7))
+                    .with_content_type("application/json")
+            })
+            .collect();
+        let poison = Message::new("{not json");
+        messages.insert(6, poison.clone());
+        messages.push(messages[5].clone());
+        expect(
+            self.channel.provision(&destination, Some(&group)).await,
+            "provisioning the group",
+        );
+        expect(producer.send_batch(messages).await, "send_batch");
+        let running = expect(
+            App::new(self.channel.clone())
+                .retry(fast_retries(3))
+                .batch_handler(handler)
+                .start()
+                .await,
+            "starting the app",
+        );
+        let mut dead = HashMap::new();
+        for _ in 0..3 {
+            let delivery = receive(&mut *dead_letters, self.config.timeout, "a dead letter").await;
+            let headers = delivery.message().headers();
+            let attempts = headers
+                .get(header::DEAD_LETTER_ATTEMPTS)
+                .unwrap_or_default();
+            let error = headers.get(header::DEAD_LETTER_ERROR).unwrap_or_default();
+            dead.insert(
+                delivery.message().id().to_owned(),
+                (attempts.to_owned(), error.to_owned()),
+            );
+            expect(delivery.ack().await, "ack of a dead letter");
+        }
+        handled
+            .wait_for(
+                self.config.timeout,
+                "every good probe to be handled",
+                |seen| seen.len() == count as usize - 2,
+            )
+            .await;
+        expect(running.shutdown().await, "shutdown");
+        assert_eq!(
+            dead.get(poison.id()).map(|(attempts, _)| attempts.as_str()),
+            Some("0"),
+            "the undecodable message is dead-lettered at once: {dead:?}"
+        );
+        let failing: Vec<&(String, String)> = dead
+            .iter()
+            .filter(|(id, _)| *id != poison.id())
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(failing.len(), 2, "{dead:?}");
+        for (attempts, error) in failing {
+            assert_eq!(attempts, "3", "{dead:?}");
+            assert!(
+                error.starts_with("probe ") && error.ends_with(" fails"),
+                "its own error: {error}"
+            );
+        }
+        let calls = calls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert!(
+            calls.iter().all(|call| call.len() <= size),
+            "no batch over the limit: {calls:?}"
+        );
+        assert!(
+            calls.iter().any(|call| call.len() > 1),
+            "messages come in batches: {calls:?}"
+        );
+        for n in (0..count).filter(|n| *n != 3 && *n != 7) {
+            assert_eq!(handled.count(&n), 1, "probe {n} is handled once: {calls:?}");
+        }
+        for n in [3, 7] {
+            let tries = calls.iter().filter(|call| call.contains(&n)).count();
+            assert_eq!(tries, 3, "probe {n} is tried 3 times: {calls:?}");
         }
     }
 

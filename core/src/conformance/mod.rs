@@ -85,6 +85,7 @@ macro_rules! conformance_tests {
             order_is_kept_per_key_through_the_runtime => OrderIsKeptPerKeyThroughTheRuntime,
             non_retryable_error_is_dead_lettered_at_once => NonRetryableErrorIsDeadLetteredAtOnce,
             retries_through_the_broker_free_the_slot => RetriesThroughTheBrokerFreeTheSlot,
+            batch_handler_settles_each_message_on_its_own => BatchHandlerSettlesEachMessageOnItsOwn,
             graceful_shutdown_loses_nothing_and_handles_nothing_twice => GracefulShutdownLosesNothingAndHandlesNothingTwice,
             oversized_message_is_refused => OversizedMessageIsRefused,
             invalid_names_are_refused => InvalidNamesAreRefused,

@@ -1,5 +1,6 @@
 //! The app: registered handlers running on one channel.
 
+use super::batch::{BatchHandler, BatchService, BatchWorker};
 use super::context::{Context, Extensions, Shared};
 use super::failure::Disposition;
 use super::handler::{panic_error, Handler, HandlerService, HandlerSpec};
@@ -111,6 +112,14 @@ impl<L> App<L> {
         self
     }
 
+    /// Registers a [`BatchHandler`]. The app's layers do not wrap it (they take one
+    /// message's [`Context`]; a batch handler's service takes a [`Batch`](crate::Batch)):
+    /// give it its own with [`BatchHandler::layer`].
+    pub fn batch_handler<S: BatchService>(mut self, handler: BatchHandler<S>) -> Self {
+        self.handlers.push(Box::new(handler));
+        self
+    }
+
     /// Wraps every handler in a tower layer (a timeout, a concurrency or rate limit,
     /// tracing, your own), outside the layers of each [`Handler`] and of earlier calls.
     /// Add app-wide layers before the handlers: [`start`](Self::start) refuses an app
@@ -218,9 +227,14 @@ impl<L> App<L> {
         for handler in self.handlers {
             let spec = handler.spec();
             let concurrency = spec.concurrency_or(self.concurrency);
+            // A batch handler holds a whole batch unacknowledged.
+            let prefetch = match spec.batch_limits() {
+                Some((size, _)) if handler.is_batch() => size,
+                _ => concurrency,
+            };
             let subscription = Subscription::new(spec.destination())
                 .optional_group(spec.group_name().map(str::to_owned))
-                .prefetch(u16::try_from(concurrency).unwrap_or(u16::MAX));
+                .prefetch(u16::try_from(prefetch).unwrap_or(u16::MAX));
             let consumer = self.channel.consumer(&subscription).await?;
             let output = match spec.output_destination() {
                 Some(output) => Some(self.publisher.producer(output).await?),
@@ -299,6 +313,20 @@ impl<L> App<L> {
                 return Err(Error::Config(format!(
                     "handler {name} has a concurrency of 0; it would never run"
                 )));
+            }
+            match (spec.batch_limits(), handler.is_batch()) {
+                (Some((0, _)), true) => {
+                    return Err(Error::Config(format!(
+                        "batch handler {name} has a batch size of 0; it would never run"
+                    )))
+                }
+                (Some(_), false) => {
+                    return Err(Error::Config(format!(
+                        "handler {name} has batch limits but takes one event at a time; \
+                         make it a BatchHandler, or drop the limits"
+                    )))
+                }
+                _ => {}
             }
             spec.retry_or(self.retry)
                 .validate()
@@ -459,7 +487,7 @@ fn log_join(joined: std::result::Result<(), tokio::task::JoinError>) {
 }
 
 /// The pause after `failures` failed attempts in a row to reach the broker.
-fn broker_backoff(failures: u32) -> Duration {
+pub(super) fn broker_backoff(failures: u32) -> Duration {
     RetryPolicy::default()
         .backoff(Duration::from_millis(100), MAX_RECEIVE_BACKOFF)
         .delay_after(failures)
@@ -467,7 +495,7 @@ fn broker_backoff(failures: u32) -> Duration {
 
 /// Waits until `abort` says so. A dropped sender is no abort: a dropped [`RunningApp`]
 /// lets its handlers finish.
-async fn aborted(abort: &mut watch::Receiver<bool>) {
+pub(super) async fn aborted(abort: &mut watch::Receiver<bool>) {
     if abort.wait_for(|aborted| *aborted).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -479,22 +507,55 @@ fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
 }
 
 /// What a handler's binding needs besides the handler itself.
-struct Settings {
-    spec: HandlerSpec,
-    scope: Arc<str>,
-    retry: RetryPolicy,
+pub(super) struct Settings {
+    pub(super) spec: HandlerSpec,
+    pub(super) scope: Arc<str>,
+    pub(super) retry: RetryPolicy,
     /// Whether the waits between attempts are taken by the broker (a nack with delay).
-    retry_through_broker: bool,
-    output: Option<Arc<dyn Producer>>,
-    idempotency: ScopedStore,
-    shared: Arc<Shared>,
-    abort: watch::Receiver<bool>,
+    pub(super) retry_through_broker: bool,
+    pub(super) output: Option<Arc<dyn Producer>>,
+    pub(super) idempotency: ScopedStore,
+    pub(super) shared: Arc<Shared>,
+    pub(super) abort: watch::Receiver<bool>,
     /// Whether deliveries are placed on slots by key, keeping the backend's order per key
     /// through concurrent handling.
-    ordered: bool,
-    channel: Arc<dyn Channel>,
-    subscription: Subscription,
-    concurrency: usize,
+    pub(super) ordered: bool,
+    pub(super) channel: Arc<dyn Channel>,
+    pub(super) subscription: Subscription,
+    pub(super) concurrency: usize,
+}
+
+impl Settings {
+    /// Dead-letters `delivery`, saying why in the log.
+    pub(super) async fn dead_letter(&self, delivery: Delivery, reason: &str, attempts: u32) {
+        let id = delivery.message().id().to_owned();
+        tracing::warn!(
+            handler = self.spec.name(),
+            destination = delivery.destination(),
+            group = delivery.group(),
+            message_id = %id,
+            attempts,
+            reason,
+            "dead-lettering message"
+        );
+        self.report(
+            delivery.dead_letter(reason, attempts).await,
+            &id,
+            "dead-letter",
+        );
+    }
+
+    /// Logs a failed settlement (the broker delivers the message again).
+    pub(super) fn report(&self, settled: Result<()>, id: &str, what: &str) {
+        if let Err(err) = settled {
+            tracing::warn!(
+                handler = self.spec.name(),
+                message_id = %id,
+                error = %err,
+                "{what} failed; the broker will deliver the message again"
+            );
+        }
+    }
 }
 
 /// A registered handler, its type erased once, at registration: all [`App::start`] needs
@@ -504,6 +565,9 @@ trait Registered: Send {
     fn spec(&self) -> &HandlerSpec;
 
     fn publishes(&self) -> bool;
+
+    /// Whether it takes its messages in batches.
+    fn is_batch(&self) -> bool;
 
     /// The binding's consume loop, to be spawned.
     fn bind(
@@ -523,6 +587,10 @@ impl<S: HandlerService> Registered for Handler<S> {
         Handler::publishes(self)
     }
 
+    fn is_batch(&self) -> bool {
+        false
+    }
+
     fn bind(
         self: Box<Self>,
         settings: Settings,
@@ -533,42 +601,70 @@ impl<S: HandlerService> Registered for Handler<S> {
             service: self.into_service(),
             settings,
         };
-        Box::pin(worker.run(consumer, stop))
+        Box::pin(run(worker, consumer, stop))
     }
 }
 
-impl<S: HandlerService> Worker<S> {
-    /// Runs the consume loop until the app stops. A loop that dies (a panic in the
-    /// backend's consumer, say) is logged and started again on a new consumer: a binding
-    /// never stops silently.
-    async fn run(self, mut consumer: Box<dyn Consumer>, mut stop: watch::Receiver<bool>) {
-        let settings = &self.settings;
-        let name = settings.spec.name();
-        loop {
-            let looping = CatchUnwind::new(consume(&self, consumer, stop.clone()));
-            let Err(panic) = looping.await else {
+/// A binding's consume loop: one delivery at a time in each slot, or in batches.
+pub(super) trait Consume: Send + Sync {
+    fn settings(&self) -> &Settings;
+
+    /// Receives and handles until the app stops; finishes what it took before returning.
+    fn consume(
+        &self,
+        consumer: Box<dyn Consumer>,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+impl<S: HandlerService> Consume for Worker<S> {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn consume(
+        &self,
+        consumer: Box<dyn Consumer>,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send {
+        consume(self, consumer, stop)
+    }
+}
+
+/// Runs a binding's consume loop until the app stops. A loop that dies (a panic in the
+/// backend's consumer, say) is logged and started again on a new consumer: a binding
+/// never stops silently.
+pub(super) async fn run<W: Consume>(
+    worker: W,
+    mut consumer: Box<dyn Consumer>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let settings = worker.settings();
+    let name = settings.spec.name();
+    loop {
+        let looping = CatchUnwind::new(worker.consume(consumer, stop.clone()));
+        let Err(panic) = looping.await else {
+            return;
+        };
+        tracing::error!(handler = name, error = %panic, "the consume loop died; starting it again");
+        let mut failures = 0u32;
+        consumer = loop {
+            if stop_requested(&stop) {
                 return;
-            };
-            tracing::error!(handler = name, error = %panic, "the consume loop died; starting it again");
-            let mut failures = 0u32;
-            consumer = loop {
-                if stop_requested(&stop) {
-                    return;
-                }
-                match settings.channel.consumer(&settings.subscription).await {
-                    Ok(consumer) => break consumer,
-                    Err(err) => {
-                        failures = failures.saturating_add(1);
-                        let pause = broker_backoff(failures);
-                        tracing::warn!(handler = name, error = %err, retry_in = ?pause, "reopening the consumer failed");
-                        tokio::select! {
-                            _ = stop.wait_for(|stopped| *stopped) => return,
-                            () = sleep(pause) => {}
-                        }
+            }
+            match settings.channel.consumer(&settings.subscription).await {
+                Ok(consumer) => break consumer,
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    let pause = broker_backoff(failures);
+                    tracing::warn!(handler = name, error = %err, retry_in = ?pause, "reopening the consumer failed");
+                    tokio::select! {
+                        _ = stop.wait_for(|stopped| *stopped) => return,
+                        () = sleep(pause) => {}
                     }
                 }
-            };
-        }
+            }
+        };
     }
 }
 
@@ -677,7 +773,7 @@ fn retries_through_broker(
 }
 
 /// Completes once the app is stopped (or its [`RunningApp`] dropped).
-async fn stopped(mut stop: watch::Receiver<bool>) {
+pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
@@ -700,6 +796,31 @@ enum Outcome {
     Aborted,
 }
 
+impl<S: BatchService> Registered for BatchHandler<S> {
+    fn spec(&self) -> &HandlerSpec {
+        BatchHandler::spec(self)
+    }
+
+    fn publishes(&self) -> bool {
+        false
+    }
+
+    fn is_batch(&self) -> bool {
+        true
+    }
+
+    fn bind(
+        self: Box<Self>,
+        settings: Settings,
+        consumer: Box<dyn Consumer>,
+        stop: watch::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let (_, service) = self.into_parts();
+        let worker = BatchWorker { service, settings };
+        Box::pin(run(worker, consumer, stop))
+    }
+}
+
 impl<S: HandlerService> Worker<S> {
     /// Processes one delivery. A panic anywhere in it is logged; the delivery goes back to
     /// the broker and its claim is released.
@@ -708,7 +829,7 @@ impl<S: HandlerService> Worker<S> {
             // Its turn came after the shutdown timeout: hand it back untried, so that it
             // keeps its place before the later ones of its key.
             let id = delivery.message().id().to_owned();
-            self.report(delivery.nack(None).await, &id, "nack");
+            self.settings.report(delivery.nack(None).await, &id, "nack");
             return;
         }
         let message = delivery.shared_message().clone();
@@ -731,12 +852,12 @@ impl<S: HandlerService> Worker<S> {
             Ok(Claim::Acquired) => ClaimGuard::new(store, store_id, id),
             Ok(Claim::AlreadyHandled) => {
                 tracing::debug!(message_id = %id, "already handled; acknowledging");
-                self.report(delivery.ack().await, id, "ack");
+                self.settings.report(delivery.ack().await, id, "ack");
                 return;
             }
             Err(err) => {
                 tracing::warn!(message_id = %id, error = %err, "idempotency store failed; the message will come back");
-                self.report(
+                self.settings.report(
                     delivery.nack(Some(Duration::from_secs(1))).await,
                     id,
                     "nack",
@@ -750,7 +871,7 @@ impl<S: HandlerService> Worker<S> {
                 delivery.attempt()
             );
             claim.abandon().await;
-            self.dead_letter(delivery, &reason, 0).await;
+            self.settings.dead_letter(delivery, &reason, 0).await;
             return;
         }
         let outcome = self.call_with_retries(&delivery).await;
@@ -759,15 +880,17 @@ impl<S: HandlerService> Worker<S> {
             _ => claim.abandon().await,
         }
         match outcome {
-            Outcome::Handled => self.report(delivery.ack().await, id, "ack"),
+            Outcome::Handled => self.settings.report(delivery.ack().await, id, "ack"),
             Outcome::Failed { error, attempts } => {
-                self.dead_letter(delivery, &error_chain(&*error), attempts)
+                self.settings
+                    .dead_letter(delivery, &error_chain(&*error), attempts)
                     .await;
             }
             Outcome::RetryLater(delay) => {
-                self.report(delivery.nack(Some(delay)).await, id, "nack");
+                self.settings
+                    .report(delivery.nack(Some(delay)).await, id, "nack");
             }
-            Outcome::Aborted => self.report(delivery.nack(None).await, id, "nack"),
+            Outcome::Aborted => self.settings.report(delivery.nack(None).await, id, "nack"),
         }
     }
 
@@ -882,35 +1005,6 @@ impl<S: HandlerService> Worker<S> {
             .with_optional_key(key)
             .with_header(header::CAUSATION_ID, input.id())
     }
-
-    async fn dead_letter(&self, delivery: Delivery, reason: &str, attempts: u32) {
-        let id = delivery.message().id().to_owned();
-        tracing::warn!(
-            handler = self.settings.spec.name(),
-            destination = delivery.destination(),
-            group = delivery.group(),
-            message_id = %id,
-            attempts,
-            reason,
-            "dead-lettering message"
-        );
-        self.report(
-            delivery.dead_letter(reason, attempts).await,
-            &id,
-            "dead-letter",
-        );
-    }
-
-    fn report(&self, settled: Result<()>, id: &str, what: &str) {
-        if let Err(err) = settled {
-            tracing::warn!(
-                handler = self.settings.spec.name(),
-                message_id = %id,
-                error = %err,
-                "{what} failed; the broker will deliver the message again"
-            );
-        }
-    }
 }
 
 /// A claimed message id. Completed or abandoned explicitly; dropped otherwise (a panic,
@@ -958,7 +1052,7 @@ impl Drop for ClaimGuard<'_> {
 }
 
 /// An error and its sources, joined with ": ".
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -974,14 +1068,14 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 pin_project_lite::pin_project! {
     /// Turns a panic while polling a future into an error.
-    struct CatchUnwind<F> {
+    pub(super) struct CatchUnwind<F> {
         #[pin]
         inner: F,
     }
 }
 
 impl<F> CatchUnwind<F> {
-    fn new(inner: F) -> Self {
+    pub(super) fn new(inner: F) -> Self {
         CatchUnwind { inner }
     }
 }

@@ -45,6 +45,7 @@ pub struct HandlerSpec {
     jitter: Option<f64>,
     through_broker: Option<bool>,
     timeout: Option<Duration>,
+    batch: Option<(usize, Duration)>,
 }
 
 impl HandlerSpec {
@@ -63,6 +64,7 @@ impl HandlerSpec {
             jitter: None,
             through_broker: None,
             timeout: None,
+            batch: None,
         }
     }
 
@@ -137,6 +139,27 @@ impl HandlerSpec {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// For a [`BatchHandler`](crate::BatchHandler): the most messages in one batch, and
+    /// the longest a batch waits for more after its first message (default: 100 messages,
+    /// 100 ms). The consumer's prefetch is the batch size.
+    ///
+    /// ```
+    /// use event_binder_core::HandlerSpec;
+    /// use std::time::Duration;
+    ///
+    /// let spec = HandlerSpec::new("stock", "orders").batch(64, Duration::from_millis(20));
+    /// assert_eq!(spec.batch_limits(), Some((64, Duration::from_millis(20))));
+    /// ```
+    pub fn batch(mut self, max_size: usize, max_wait: Duration) -> Self {
+        self.batch = Some((max_size, max_wait));
+        self
+    }
+
+    /// The batch limits set with [`batch`](Self::batch).
+    pub fn batch_limits(&self) -> Option<(usize, Duration)> {
+        self.batch
     }
 
     /// The handler's name.

@@ -1,6 +1,7 @@
 //! The handler runtime: consume, decode, deduplicate, call, retry, dead-letter, acknowledge.
 
 mod app;
+mod batch;
 mod context;
 mod failure;
 mod handler;
@@ -8,6 +9,7 @@ mod retry;
 mod slots;
 
 pub use app::{App, RunningApp};
+pub use batch::{Batch, BatchFailure, BatchFn, BatchHandler, BatchService};
 pub use context::Context;
 pub use failure::{NonRetryable, RetryAfter};
 pub use handler::{
