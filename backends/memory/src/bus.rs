@@ -1,7 +1,7 @@
 //! The bus: destinations, their queues, and the counters that `wait_idle` watches.
 
 use crate::config::MemoryConfig;
-use crate::queue::{Entry, Queue, QueueKind, Take};
+use crate::queue::{Body, InFlight, Queue, QueueKind, Take, Wakeup};
 use event_binder_core::{Capabilities, Error, Message, Result};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -171,7 +171,7 @@ impl Bus {
             {
                 let state = lock(&destination.state);
                 for queue in state.slots.iter().flatten() {
-                    queue.notify.notify_waiters();
+                    queue.wakeup.notify.notify_waiters();
                 }
             }
             destination.space.notify_waiters();
@@ -350,8 +350,8 @@ impl Destination {
         lock(&self.state).group(group);
     }
 
-    /// Opens a queue for a new consumer: its slot and the `Notify` that wakes it.
-    pub(crate) fn attach(&self, attach: Attach<'_>) -> (SlotRef, Arc<Notify>) {
+    /// Opens a queue for a new consumer: its slot and what wakes it.
+    pub(crate) fn attach(&self, attach: Attach<'_>) -> (SlotRef, Arc<Wakeup>) {
         let mut state = lock(&self.state);
         let index = match attach {
             Attach::Group(group) => state.group(group),
@@ -363,20 +363,22 @@ impl Destination {
             Attach::DeadLetters(group) => state.dead_letters(group),
         };
         let slot = state.slot_ref(index);
-        let notify = match state.get_mut(slot) {
+        let wakeup = match state.get_mut(slot) {
             Some(queue) => {
                 queue.consumers += 1;
-                Arc::clone(&queue.notify)
+                Arc::clone(&queue.wakeup)
             }
             // Unreachable: the slot was just filled.
-            None => Arc::new(Notify::new()),
+            None => Arc::default(),
         };
-        (slot, notify)
+        (slot, wakeup)
     }
 
     /// A consumer went away; an anonymous subscription goes with it, waiting messages and all.
     pub(crate) fn detach(&self, slot: SlotRef) {
-        {
+        // Messages are dropped once the lock is released: dropping a payload may run its
+        // owner's code.
+        let _removed = {
             let mut state = lock(&self.state);
             let Some(queue) = state.get_mut(slot) else {
                 return;
@@ -385,11 +387,12 @@ impl Destination {
             if matches!(queue.kind, QueueKind::Anonymous(_)) {
                 // Its in-flight deliveries stay counted bus-wide until settled; settling
                 // finds the slot gone and only updates that count.
-                queue.clear();
-                state.slots[slot.index] = None;
                 state.free.push(slot.index);
+                state.slots[slot.index].take()
+            } else {
+                None
             }
-        }
+        };
         self.space.notify_waiters();
         self.shared.announce();
     }
@@ -400,7 +403,8 @@ impl Destination {
         let history = self.shared.config.history;
         {
             let mut state = lock(&self.state);
-            let mut last = None;
+            let mut first = None;
+            let mut subscriptions = 0usize;
             for (index, queue) in state.slots.iter().enumerate() {
                 let Some(queue) = queue else { continue };
                 if !queue.kind.is_subscription() {
@@ -412,7 +416,8 @@ impl Destination {
                         queue: queue.kind.clone(),
                     }));
                 }
-                last = Some(index);
+                first.get_or_insert(index);
+                subscriptions += 1;
             }
             if history > 0 {
                 if state.history.len() >= history {
@@ -420,21 +425,21 @@ impl Destination {
                 }
                 state.history.push_back(message.clone());
             }
-            if let Some(last) = last {
-                let mut message = Some(Arc::new(message));
-                for (index, queue) in state.slots.iter_mut().enumerate().take(last + 1) {
-                    let Some(queue) = queue else { continue };
-                    if !queue.kind.is_subscription() {
-                        continue;
+            match (first, subscriptions) {
+                (None, _) => {}
+                // A single queue owns the message: no allocation.
+                (Some(index), 1) => {
+                    if let Some(Some(queue)) = state.slots.get_mut(index) {
+                        queue.push(Body::Owned(message));
                     }
-                    // The queues share one message.
-                    let copy = if index == last {
-                        message.take()
-                    } else {
-                        message.clone()
-                    };
-                    if let Some(copy) = copy {
-                        queue.push(copy);
+                }
+                // Fan-out: the queues share one message.
+                (Some(first), _) => {
+                    let message = Arc::new(message);
+                    for queue in state.slots[first..].iter_mut().flatten() {
+                        if queue.kind.is_subscription() {
+                            queue.push(Body::Shared(Arc::clone(&message)));
+                        }
                     }
                 }
             }
@@ -443,19 +448,33 @@ impl Destination {
         Ok(())
     }
 
-    /// Hands out the next message of a queue, now in flight. Fails once the bus is closed.
-    pub(crate) fn take(&self, slot: SlotRef) -> Result<Take> {
+    /// Hands out the next message of a queue, now in flight, shared through `last` if it
+    /// can (see [`Entry::into_in_flight`](crate::queue::Entry::into_in_flight)). Fails once
+    /// the bus is closed.
+    pub(crate) fn take(
+        &self,
+        slot: SlotRef,
+        last: &mut Option<Arc<Message>>,
+    ) -> Result<Take<InFlight>> {
         self.shared.check_open()?;
-        let mut state = lock(&self.state);
-        let Some(queue) = state.get_mut(slot) else {
-            return Err(shut_down());
+        let take = {
+            let mut state = lock(&self.state);
+            let Some(queue) = state.get_mut(slot) else {
+                return Err(shut_down());
+            };
+            let take = queue.take();
+            if matches!(take, Take::Ready(_)) {
+                // Counted under the lock, so `busy` never sees the message nowhere.
+                self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+            }
+            take
         };
-        let take = queue.take();
-        if matches!(take, Take::Ready(_)) {
-            // Counted under the lock, so `busy` never sees the message nowhere.
-            self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(take)
+        // Shared here, once the lock is released, so that what leaves is a pointer rather
+        // than the message itself.
+        Ok(match take {
+            Take::Ready(entry) => Take::Ready(entry.into_in_flight(last)),
+            Take::Wait(due) => Take::Wait(due),
+        })
     }
 
     /// Ends an in-flight delivery's count, under the destination lock.
@@ -485,11 +504,11 @@ impl Destination {
     }
 
     /// Returns a message to its place in its queue, due at once or at `not_before`.
-    pub(crate) fn requeue(&self, slot: SlotRef, entry: Entry, not_before: Option<Instant>) {
+    pub(crate) fn requeue(&self, slot: SlotRef, in_flight: InFlight, not_before: Option<Instant>) {
         {
             let mut state = lock(&self.state);
             if let Some(queue) = state.get_mut(slot) {
-                queue.requeue(entry, not_before);
+                queue.requeue(in_flight, not_before);
             }
             // Otherwise the anonymous subscription is gone, and so is the message.
             self.settled();
@@ -531,7 +550,7 @@ impl Destination {
                 }));
             }
             // Stored first, then the original removed: under one lock, so never neither.
-            dead_letters.push(Arc::new(dead_letter));
+            dead_letters.push(Body::Owned(dead_letter));
             let freed = match state.get_mut(slot) {
                 Some(queue) => {
                     // From a dead-letter queue into itself the length does not change.

@@ -1,17 +1,17 @@
 //! Producers, consumers and acknowledgers of the memory bus.
 
 use crate::bus::{notified_before, Attach, Bus, Destination, Full, SlotRef};
-use crate::queue::{Entry, Take};
+use crate::queue::{InFlight, Take, Wakeup};
 use async_trait::async_trait;
 use event_binder_core::{
     Acknowledger, Consumer, DeadLetterFailed, Delivery, Error, Message, Origin, Producer, Result,
     Subscription,
 };
 use std::fmt;
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Sends to one destination of a bus.
@@ -42,9 +42,25 @@ impl Producer for MemoryProducer {
         &self.destination.name
     }
 
-    async fn send(&self, message: Message) -> Result<()> {
-        self.bus.capabilities.check_size(&message)?;
-        send(&self.destination, message).await
+    // Written out rather than `async fn`: `async_trait` moves the message into a local of
+    // the future besides its captured copy, and the future is copied whole into its box at
+    // each send; this one holds the message once.
+    fn send<'life0, 'async_trait>(
+        &'life0 self,
+        message: Message,
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            self.bus.capabilities.check_size(&message)?;
+            let full = match send_now(&self.destination, message)? {
+                Ok(()) => return Ok(()),
+                Err(full) => full,
+            };
+            send_later(&self.destination, full).await
+        })
     }
 
     /// Checks the size of every message first (nothing is sent if one is too large), then
@@ -54,19 +70,31 @@ impl Producer for MemoryProducer {
             self.bus.capabilities.check_size(message)?;
         }
         for message in messages {
-            send(&self.destination, message).await?;
+            if let Err(full) = send_now(&self.destination, message)? {
+                send_later(&self.destination, full).await?;
+            }
         }
         Ok(())
     }
 }
 
-/// Enqueues into every subscription queue of the destination, waiting for room if one is full.
-async fn send(destination: &Destination, message: Message) -> Result<()> {
+/// Enqueues into every subscription queue of the destination if each has room; the inner
+/// error hands the message back to wait with [`send_later`]. Not async, so that the usual
+/// send completes without building a second future and moving the message into it.
+fn send_now(destination: &Destination, message: Message) -> Result<Result<(), Box<Full>>> {
     destination.shared.check_open()?;
-    match destination.try_send(message) {
-        Ok(()) => Ok(()),
-        Err(full) => wait_for_room(destination, full, |m| destination.try_send(m)).await,
-    }
+    Ok(destination.try_send(message))
+}
+
+/// Waits for room in the full queue, then enqueues.
+///
+/// Boxed: the waiting state (a timer among it) would otherwise be part of every send's
+/// future, which is copied whole into its box at each send, waiting or not.
+async fn send_later(destination: &Destination, full: Box<Full>) -> Result<()> {
+    Box::pin(wait_for_room(destination, full, |m| {
+        destination.try_send(m)
+    }))
+    .await
 }
 
 /// Retries `attempt` each time a queue of the destination gets room, until it succeeds, the
@@ -113,7 +141,10 @@ pub(crate) struct MemoryConsumer {
     bus: Arc<Bus>,
     destination: Arc<Destination>,
     slot: SlotRef,
-    notify: Arc<Notify>,
+    wakeup: Arc<Wakeup>,
+    /// The message of the last delivery, whose allocation the next one reuses once nothing
+    /// else holds it. Kept until then.
+    last: Option<Arc<Message>>,
     origin: Arc<Origin>,
     subscription: Subscription,
     dead_letters: bool,
@@ -130,27 +161,28 @@ impl MemoryConsumer {
             (false, Some(group)) => Attach::Group(group),
             (false, None) => Attach::Anonymous,
         };
-        let (slot, notify) = destination.attach(attach);
+        let (slot, wakeup) = destination.attach(attach);
         MemoryConsumer {
             origin: Origin::new(subscription.destination(), group),
             bus,
             destination,
             slot,
-            notify,
+            wakeup,
+            last: None,
             subscription,
             dead_letters,
         }
     }
 
-    fn deliver(&self, entry: Entry) -> Delivery {
+    fn deliver(&self, in_flight: InFlight) -> Delivery {
         Delivery::new(
-            Arc::clone(&entry.message),
-            entry.deliveries,
+            Arc::clone(&in_flight.message),
+            in_flight.deliveries,
             Arc::clone(&self.origin),
             Box::new(MemoryAcknowledger {
                 destination: Arc::clone(&self.destination),
                 slot: self.slot,
-                entry: Some(entry),
+                in_flight: Some(in_flight),
             }),
         )
     }
@@ -182,21 +214,29 @@ impl Consumer for MemoryConsumer {
     /// Cancel safe: a message leaves its queue only in the synchronous step that returns it.
     async fn receive(&mut self) -> Result<Delivery> {
         // Fast path: a message is there, no need to register as a waiter.
-        if let Take::Ready(entry) = self.destination.take(self.slot)? {
-            return Ok(self.deliver(entry));
+        if let Take::Ready(in_flight) = self.destination.take(self.slot, &mut self.last)? {
+            return Ok(self.deliver(in_flight));
         }
-        let notify = Arc::clone(&self.notify);
+        let wakeup = &self.wakeup;
+        let _sleeping = wakeup.sleeping();
         loop {
             // Registered before looking, so a message arriving in between wakes us.
-            let mut notified = pin!(notify.notified());
+            let mut notified = pin!(wakeup.notify.notified());
             notified.as_mut().enable();
-            match self.destination.take(self.slot)? {
-                Take::Ready(entry) => return Ok(self.deliver(entry)),
+            // Bound here, so that the take's result is not kept across the awaits below: the
+            // future is copied whole into its box at each receive.
+            let due = match self.destination.take(self.slot, &mut self.last)? {
+                Take::Ready(in_flight) => return Ok(self.deliver(in_flight)),
+                Take::Wait(due) => due,
+            };
+            match due {
                 // A delayed message is due then: look again at that instant at the latest.
-                Take::Wait(Some(due)) => {
-                    let _ = tokio::time::timeout_at(due, notified).await;
+                // Boxed, as delays are rare: the timer would otherwise be part of every
+                // receive's future, which is copied whole into its box at each receive.
+                Some(due) => {
+                    let _ = Box::pin(tokio::time::timeout_at(due, notified)).await;
                 }
-                Take::Wait(None) => notified.await,
+                None => notified.await,
             }
         }
     }
@@ -208,15 +248,15 @@ struct MemoryAcknowledger {
     destination: Arc<Destination>,
     slot: SlotRef,
     /// `None` once settled.
-    entry: Option<Entry>,
+    in_flight: Option<InFlight>,
 }
 
 impl fmt::Debug for MemoryAcknowledger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryAcknowledger")
             .field("destination", &self.destination.name)
-            .field("id", &self.entry.as_ref().map(|e| e.message.id()))
-            .field("settled", &self.entry.is_none())
+            .field("id", &self.in_flight.as_ref().map(|m| m.message.id()))
+            .field("settled", &self.in_flight.is_none())
             .finish()
     }
 }
@@ -227,21 +267,21 @@ const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 #[async_trait]
 impl Acknowledger for MemoryAcknowledger {
     async fn ack(mut self: Box<Self>) -> Result<()> {
-        if let Some(entry) = self.entry.take() {
-            self.destination.ack(self.slot, entry.message.key());
+        if let Some(in_flight) = self.in_flight.take() {
+            self.destination.ack(self.slot, in_flight.message.key());
         }
         Ok(())
     }
 
     async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<()> {
-        if let Some(entry) = self.entry.take() {
+        if let Some(in_flight) = self.in_flight.take() {
             let not_before = delay.map(|delay| {
                 let now = Instant::now();
                 now.checked_add(delay)
                     .or_else(|| now.checked_add(FAR_FUTURE))
                     .unwrap_or(now)
             });
-            self.destination.requeue(self.slot, entry, not_before);
+            self.destination.requeue(self.slot, in_flight, not_before);
         }
         Ok(())
     }
@@ -251,10 +291,10 @@ impl Acknowledger for MemoryAcknowledger {
         dead_letter: Message,
     ) -> Result<(), DeadLetterFailed> {
         let result = {
-            let Some(entry) = self.entry.as_ref() else {
+            let Some(in_flight) = self.in_flight.as_ref() else {
                 return Ok(());
             };
-            let (destination, slot, key) = (&self.destination, self.slot, entry.message.key());
+            let (destination, slot, key) = (&self.destination, self.slot, in_flight.message.key());
             match destination.try_dead_letter(slot, key, dead_letter) {
                 Ok(()) => Ok(()),
                 Err(full) => {
@@ -267,10 +307,10 @@ impl Acknowledger for MemoryAcknowledger {
         };
         match result {
             Ok(()) => {
-                self.entry = None;
+                self.in_flight = None;
                 Ok(())
             }
-            // The entry is still here: the original stays unsettled.
+            // Still in flight: the original stays unsettled.
             Err(error) => Err(DeadLetterFailed::new(error, self)),
         }
     }
@@ -278,8 +318,8 @@ impl Acknowledger for MemoryAcknowledger {
 
 impl Drop for MemoryAcknowledger {
     fn drop(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            self.destination.requeue(self.slot, entry, None);
+        if let Some(in_flight) = self.in_flight.take() {
+            self.destination.requeue(self.slot, in_flight, None);
         }
     }
 }

@@ -5,6 +5,7 @@
 use event_binder_core::Message;
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -42,28 +43,138 @@ impl fmt::Display for QueueKind {
     }
 }
 
-/// A message in a queue, waiting or in flight.
+/// A message as a queue holds it.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// In this queue alone: kept inline, so that a send into one queue allocates nothing. It
+    /// gets its `Arc` when delivered (see [`Entry::into_in_flight`]).
+    Owned(Message),
+    /// Shared by the queues a send fanned out to, or back from a delivery.
+    Shared(Arc<Message>),
+}
+
+impl Body {
+    fn message(&self) -> &Message {
+        match self {
+            Body::Owned(message) => message,
+            Body::Shared(message) => message,
+        }
+    }
+}
+
+/// A message waiting in a queue.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// The message.
-    pub(crate) message: Arc<Message>,
+    body: Body,
     /// Its position in the queue's order; a returned message goes back to its place.
     seq: u64,
     /// How many times it has been handed out.
-    pub(crate) deliveries: u32,
+    deliveries: u32,
     /// Not handed out before this instant (a nack with a delay).
     not_before: Option<Instant>,
 }
 
-/// What [`Queue::take`] found.
+impl Entry {
+    /// The entry [`Queue::take`] handed out, its message shared. An owned message moves into
+    /// `last`, the `Arc` of the consumer's previous delivery, when nothing else holds that
+    /// any more (the common case: it was settled and dropped), and into a new `Arc`, kept
+    /// in `last` for next time, otherwise.
+    ///
+    /// Called once the destination lock is released: it drops the message `last` held, and
+    /// dropping a payload may run its owner's code.
+    pub(crate) fn into_in_flight(self, last: &mut Option<Arc<Message>>) -> InFlight {
+        let message = match self.body {
+            Body::Shared(message) => message,
+            Body::Owned(message) => {
+                let shared = match last.take() {
+                    Some(mut previous) => match Arc::get_mut(&mut previous) {
+                        Some(old) => {
+                            *old = message;
+                            previous
+                        }
+                        None => Arc::new(message),
+                    },
+                    None => Arc::new(message),
+                };
+                *last = Some(Arc::clone(&shared));
+                shared
+            }
+        };
+        InFlight {
+            message,
+            seq: self.seq,
+            deliveries: self.deliveries,
+        }
+    }
+}
+
+/// A message handed out and not settled yet: what its acknowledger keeps.
 #[derive(Debug)]
-pub(crate) enum Take {
+pub(crate) struct InFlight {
+    pub(crate) message: Arc<Message>,
+    seq: u64,
+    /// How many times it has been handed out, this time included.
+    pub(crate) deliveries: u32,
+}
+
+/// What [`Queue::take`] found (with the [`Entry`]), or the destination's take (with the
+/// [`InFlight`] made of it).
+#[derive(Debug)]
+pub(crate) enum Take<T = Entry> {
     /// The next message, now in flight.
-    Ready(Entry),
+    Ready(T),
     /// Nothing can be handed out now; look again when notified, or at this instant (the
     /// earliest a delayed message becomes due).
     Wait(Option<Instant>),
 }
+
+/// Wakes the consumers of one queue.
+#[derive(Debug, Default)]
+pub(crate) struct Wakeup {
+    pub(crate) notify: Notify,
+    /// Consumers that may be waiting on `notify`. With none (consumers working through a
+    /// backlog never wait), a change notifies nobody.
+    sleepers: AtomicUsize,
+}
+
+impl Wakeup {
+    /// Counts a consumer as waiting until the guard is dropped. Taken before the consumer
+    /// looks at the queue (under the destination lock), so a change made after that look
+    /// sees it and wakes it.
+    pub(crate) fn sleeping(&self) -> Sleeping<'_> {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        Sleeping(self)
+    }
+
+    /// Called under the destination lock.
+    fn wake_one(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Called under the destination lock.
+    fn wake_all(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// A consumer counted as waiting (see [`Wakeup::sleeping`]).
+#[derive(Debug)]
+pub(crate) struct Sleeping<'a>(&'a Wakeup);
+
+impl Drop for Sleeping<'_> {
+    fn drop(&mut self) {
+        self.0.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The buffer a drained queue keeps, in entries. Entries hold their messages inline, so a
+/// burst would otherwise pin the room of every message it queued for as long as the queue
+/// lives.
+const KEPT_CAPACITY: usize = 1024;
 
 /// A bounded FIFO queue with per-key in-flight locks.
 #[derive(Debug)]
@@ -80,7 +191,7 @@ pub(crate) struct Queue {
     locked_keys: HashSet<String>,
     next_seq: u64,
     /// Wakes the consumers of this queue.
-    pub(crate) notify: Arc<Notify>,
+    pub(crate) wakeup: Arc<Wakeup>,
 }
 
 impl Queue {
@@ -93,7 +204,7 @@ impl Queue {
             consumers: 0,
             locked_keys: HashSet::new(),
             next_seq: 0,
-            notify: Arc::new(Notify::new()),
+            wakeup: Arc::default(),
         }
     }
 
@@ -114,16 +225,19 @@ impl Queue {
     }
 
     /// Appends a message and wakes one consumer.
-    pub(crate) fn push(&mut self, message: Arc<Message>) {
+    // Inlined so that the message is moved straight into the queue: a message is a memcpy
+    // to move, and a call in between adds two.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, body: Body) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.ready.push_back(Entry {
-            message,
+            body,
             seq,
             deliveries: 0,
             not_before: None,
         });
-        self.notify.notify_one();
+        self.wakeup.wake_one();
     }
 
     /// Hands out the first message that may go now, or says how long to wait.
@@ -132,20 +246,26 @@ impl Queue {
     /// flight or waiting ahead of it. O(1) when the front message may go (always the case
     /// without keys and delays); otherwise a scan up to the first message that may go.
     pub(crate) fn take(&mut self) -> Take {
-        let index = match self.ready.front() {
+        let entry = match self.ready.front() {
             None => return Take::Wait(None),
-            Some(front) if front.not_before.is_none() && !self.is_locked(&front.message) => 0,
+            Some(front) if front.not_before.is_none() && !self.is_locked(front.body.message()) => {
+                self.ready.pop_front()
+            }
+            // Only here, with a delayed or key-locked message in front, is the clock read.
             Some(_) => match self.scan(Instant::now()) {
-                Ok(index) => index,
+                Ok(index) => self.ready.remove(index),
                 Err(deadline) => return Take::Wait(deadline),
             },
         };
-        let Some(mut entry) = self.ready.remove(index) else {
+        let Some(mut entry) = entry else {
             return Take::Wait(None);
         };
+        if self.ready.is_empty() && self.ready.capacity() > KEPT_CAPACITY {
+            self.ready.shrink_to(KEPT_CAPACITY);
+        }
         entry.deliveries = entry.deliveries.saturating_add(1);
         entry.not_before = None;
-        if let Some(key) = entry.message.key() {
+        if let Some(key) = entry.body.message().key() {
             self.locked_keys.insert(key.to_owned());
         }
         self.in_flight += 1;
@@ -166,7 +286,7 @@ impl Queue {
         let mut delayed_keys: HashSet<&str> = HashSet::new();
         let mut earliest: Option<Instant> = None;
         for (index, entry) in self.ready.iter().enumerate() {
-            let key = entry.message.key();
+            let key = entry.body.message().key();
             if let Some(due) = entry.not_before.filter(|due| *due > now) {
                 earliest = Some(earliest.map_or(due, |e| e.min(due)));
                 if let Some(key) = key {
@@ -189,33 +309,35 @@ impl Queue {
             self.locked_keys.remove(key);
             if !self.ready.is_empty() {
                 // A message waiting for this key may go now.
-                self.notify.notify_one();
+                self.wakeup.wake_one();
             }
         }
     }
 
     /// Puts an in-flight message back in its place (ahead of everything sent after it), to be
     /// handed out again at once or after `not_before`.
-    pub(crate) fn requeue(&mut self, mut entry: Entry, not_before: Option<Instant>) {
+    pub(crate) fn requeue(&mut self, in_flight: InFlight, not_before: Option<Instant>) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(key) = entry.message.key() {
+        if let Some(key) = in_flight.message.key() {
             self.locked_keys.remove(key);
         }
-        entry.not_before = not_before;
-        let seq = entry.seq;
+        let seq = in_flight.seq;
         let index = self.ready.partition_point(|waiting| waiting.seq < seq);
-        self.ready.insert(index, entry);
+        self.ready.insert(
+            index,
+            Entry {
+                body: Body::Shared(in_flight.message),
+                seq,
+                deliveries: in_flight.deliveries,
+                not_before,
+            },
+        );
         if not_before.is_some() {
             // Every waiting consumer must learn the new deadline.
-            self.notify.notify_waiters();
+            self.wakeup.wake_all();
         } else {
-            self.notify.notify_one();
+            self.wakeup.wake_one();
         }
-    }
-
-    /// Drops every waiting message (an anonymous subscription going away).
-    pub(crate) fn clear(&mut self) {
-        self.ready.clear();
     }
 }
 
@@ -228,22 +350,26 @@ mod tests {
         Queue::new(QueueKind::Group("g".into()), 0)
     }
 
-    fn take(queue: &mut Queue) -> Option<Entry> {
+    fn take(queue: &mut Queue) -> Option<InFlight> {
         match queue.take() {
-            Take::Ready(entry) => Some(entry),
+            Take::Ready(entry) => Some(entry.into_in_flight(&mut None)),
             Take::Wait(_) => None,
         }
     }
 
-    fn payload(entry: &Entry) -> &[u8] {
-        entry.message.payload()
+    fn payload(in_flight: &InFlight) -> &[u8] {
+        in_flight.message.payload()
+    }
+
+    fn owned(message: Message) -> Body {
+        Body::Owned(message)
     }
 
     #[test]
     fn fifo_and_counts() {
         let mut q = queue();
-        q.push(Arc::new(Message::new("a")));
-        q.push(Arc::new(Message::new("b")));
+        q.push(owned(Message::new("a")));
+        q.push(owned(Message::new("b")));
         assert_eq!((q.len(), q.waiting(), q.in_flight()), (2, 2, 0));
         let a = take(&mut q).unwrap();
         assert_eq!(payload(&a), b"a");
@@ -259,7 +385,7 @@ mod tests {
     fn requeued_messages_go_back_to_their_place() {
         let mut q = queue();
         for p in ["1", "2", "3"] {
-            q.push(Arc::new(Message::new(p)));
+            q.push(owned(Message::new(p)));
         }
         let one = take(&mut q).unwrap();
         let two = take(&mut q).unwrap();
@@ -276,10 +402,10 @@ mod tests {
     #[test]
     fn a_key_in_flight_holds_back_its_followers_only() {
         let mut q = queue();
-        q.push(Arc::new(Message::new("k1").with_key("k")));
-        q.push(Arc::new(Message::new("k2").with_key("k")));
-        q.push(Arc::new(Message::new("free")));
-        q.push(Arc::new(Message::new("j1").with_key("j")));
+        q.push(owned(Message::new("k1").with_key("k")));
+        q.push(owned(Message::new("k2").with_key("k")));
+        q.push(owned(Message::new("free")));
+        q.push(owned(Message::new("j1").with_key("j")));
         let k1 = take(&mut q).unwrap();
         assert_eq!(payload(&take(&mut q).unwrap()), b"free");
         assert_eq!(payload(&take(&mut q).unwrap()), b"j1");
@@ -291,9 +417,9 @@ mod tests {
     #[test]
     fn a_delayed_message_holds_back_its_key_and_reports_its_deadline() {
         let mut q = queue();
-        q.push(Arc::new(Message::new("k1").with_key("k")));
-        q.push(Arc::new(Message::new("k2").with_key("k")));
-        q.push(Arc::new(Message::new("free")));
+        q.push(owned(Message::new("k1").with_key("k")));
+        q.push(owned(Message::new("k2").with_key("k")));
+        q.push(owned(Message::new("free")));
         let k1 = take(&mut q).unwrap();
         let due = Instant::now() + Duration::from_secs(60);
         q.requeue(k1, Some(due));
@@ -307,10 +433,68 @@ mod tests {
     #[test]
     fn a_due_message_goes() {
         let mut q = queue();
-        q.push(Arc::new(Message::new("x")));
+        q.push(owned(Message::new("x")));
         let x = take(&mut q).unwrap();
         q.requeue(x, Some(Instant::now()));
         let again = take(&mut q).unwrap();
         assert_eq!(again.deliveries, 2);
+    }
+
+    fn taken(queue: &mut Queue) -> Entry {
+        match queue.take() {
+            Take::Ready(entry) => entry,
+            Take::Wait(due) => panic!("nothing to take (due {due:?})"),
+        }
+    }
+
+    #[test]
+    fn a_delivered_message_moves_into_the_previous_ones_arc_once_released() {
+        let mut q = queue();
+        for p in ["1", "2", "3"] {
+            q.push(owned(Message::new(p)));
+        }
+        let mut last = None;
+        let one = taken(&mut q).into_in_flight(&mut last);
+        let first = Arc::as_ptr(&one.message);
+        assert_eq!(last.as_ref().map(Arc::as_ptr), Some(first));
+        drop(one);
+        let two = taken(&mut q).into_in_flight(&mut last);
+        assert_eq!(payload(&two), b"2");
+        assert_eq!(Arc::as_ptr(&two.message), first, "the allocation is reused");
+        // Still held (a handler kept it): the next message gets an `Arc` of its own.
+        let three = taken(&mut q).into_in_flight(&mut last);
+        assert_eq!(payload(&three), b"3");
+        assert_ne!(Arc::as_ptr(&three.message), first);
+        assert_eq!(payload(&two), b"2", "a held message is left alone");
+        assert_eq!(
+            last.as_ref().map(Arc::as_ptr),
+            Some(Arc::as_ptr(&three.message))
+        );
+    }
+
+    #[test]
+    fn a_shared_message_is_delivered_as_it_is() {
+        let mut q = queue();
+        let shared = Arc::new(Message::new("s"));
+        q.push(Body::Shared(Arc::clone(&shared)));
+        let mut last = Some(Arc::new(Message::new("previous")));
+        let s = taken(&mut q).into_in_flight(&mut last);
+        assert!(Arc::ptr_eq(&s.message, &shared));
+        assert_eq!(
+            last.map(|m| m.payload().clone()).as_deref(),
+            Some(&b"previous"[..])
+        );
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_its_buffer() {
+        let mut q = queue();
+        for _ in 0..4 * KEPT_CAPACITY {
+            q.push(owned(Message::new("x")));
+        }
+        while let Some(x) = take(&mut q) {
+            q.remove_in_flight(x.message.key());
+        }
+        assert!(q.ready.capacity() <= KEPT_CAPACITY);
     }
 }
