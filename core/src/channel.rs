@@ -308,4 +308,11 @@ pub trait Consumer: Send + Debug {
     /// Waits for the next delivery. Cancel safe: a `receive` future dropped before it
     /// completes loses no message. Fails with [`Error::ShutDown`] once the channel is closed.
     async fn receive(&mut self) -> Result<Delivery>;
+
+    /// The next delivery if one is there now, with no waiting: the fast path the runtime
+    /// takes before [`receive`](Self::receive), with no future to make. `None` when nothing
+    /// is ready, or when the backend has no such path (the default).
+    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        None
+    }
 }

@@ -31,6 +31,15 @@ pub trait Acknowledger: Send + Sync + fmt::Debug {
     /// message to the group after a backoff, so a broken dead-letter destination neither
     /// loses the message nor spins on it.
     async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<(), DeadLetterFailed>;
+
+    /// Acknowledges at once where that needs no waiting: the fast path
+    /// [`Delivery::ack`] takes before [`ack`](Self::ack), with no future to make. Returns
+    /// `None`, and leaves the delivery unsettled, when it would have to wait, or when the
+    /// backend has no such path (the default); `Some` once settled, and then the
+    /// acknowledger is only dropped.
+    fn try_ack(&mut self) -> Option<Result<()>> {
+        None
+    }
 }
 
 /// A dead letter that could not be stored: why, and the original's acknowledger, still
@@ -211,7 +220,11 @@ impl Delivery {
 
     /// Acknowledges the message: it was handled and is removed.
     pub async fn ack(self) -> Result<()> {
-        self.acknowledger.ack().await
+        let mut acknowledger = self.acknowledger;
+        match acknowledger.try_ack() {
+            Some(acked) => acked,
+            None => acknowledger.ack().await,
+        }
     }
 
     /// Rejects the message for now: it is delivered again, after `delay` if given.

@@ -211,6 +211,14 @@ impl Consumer for MemoryConsumer {
         &self.subscription
     }
 
+    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        match self.destination.take(self.slot, &mut self.last) {
+            Ok(Take::Ready(in_flight)) => Some(Ok(self.deliver(in_flight))),
+            Ok(Take::Wait(_)) => None,
+            Err(error) => Some(Err(error)),
+        }
+    }
+
     /// Cancel safe: a message leaves its queue only in the synchronous step that returns it.
     async fn receive(&mut self) -> Result<Delivery> {
         // Fast path: a message is there, no need to register as a waiter.
@@ -266,11 +274,16 @@ const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 #[async_trait]
 impl Acknowledger for MemoryAcknowledger {
-    async fn ack(mut self: Box<Self>) -> Result<()> {
+    /// Acknowledging never waits here.
+    fn try_ack(&mut self) -> Option<Result<()>> {
         if let Some(in_flight) = self.in_flight.take() {
             self.destination.ack(self.slot, in_flight.message.key());
         }
-        Ok(())
+        Some(Ok(()))
+    }
+
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        self.try_ack().unwrap_or(Ok(()))
     }
 
     async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<()> {

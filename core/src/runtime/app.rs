@@ -686,29 +686,58 @@ async fn consume<S: HandlerService>(
         if stop_seen(&stop) {
             break;
         }
-        let mut receiving = consumer.receive();
-        let next = poll_fn(|cx| {
+        // First what is there now, taken with no future to make (while a slot is free);
+        // then, once nothing is, wait for the next delivery.
+        let ready = poll_fn(|cx| loop {
             while slots.poll_progress(cx, &mut start).is_ready() {}
-            if slots.has_room() {
-                if let Poll::Ready(received) = receiving.as_mut().poll(cx) {
-                    return Poll::Ready(Some(received));
+            if !slots.has_room() {
+                if stopping.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Next::Stop);
                 }
+                return Poll::Pending;
             }
-            if stopping.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
+            if stop_seen(&stop) {
+                return Poll::Ready(Next::Stop);
             }
-            Poll::Pending
+            match consumer.try_receive() {
+                Some(Ok(delivery)) => {
+                    failures = 0;
+                    let slot = slots.slot_for(delivery.message().key());
+                    slots.place(slot, delivery, &mut start);
+                }
+                Some(Err(error)) => return Poll::Ready(Next::Received(Err(error))),
+                None => return Poll::Ready(Next::Nothing),
+            }
         })
         .await;
-        drop(receiving);
+        let next = match ready {
+            Next::Nothing => {
+                let mut receiving = consumer.receive();
+                poll_fn(|cx| {
+                    while slots.poll_progress(cx, &mut start).is_ready() {}
+                    if slots.has_room() {
+                        if let Poll::Ready(received) = receiving.as_mut().poll(cx) {
+                            return Poll::Ready(Next::Received(received));
+                        }
+                    }
+                    if stopping.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Next::Stop);
+                    }
+                    Poll::Pending
+                })
+                .await
+            }
+            next => next,
+        };
         match next {
-            None => break,
-            Some(Ok(delivery)) => {
+            Next::Stop => break,
+            Next::Nothing => {}
+            Next::Received(Ok(delivery)) => {
                 failures = 0;
                 let slot = slots.slot_for(delivery.message().key());
                 slots.place(slot, delivery, &mut start);
             }
-            Some(Err(Error::ShutDown(what))) => {
+            Next::Received(Err(Error::ShutDown(what))) => {
                 if !stop_seen(&stop) {
                     tracing::warn!(
                         handler = settings.spec.name(),
@@ -717,7 +746,7 @@ async fn consume<S: HandlerService>(
                 }
                 break;
             }
-            Some(Err(err)) => {
+            Next::Received(Err(err)) => {
                 failures = failures.saturating_add(1);
                 let pause = broker_backoff(failures);
                 tracing::warn!(
@@ -770,6 +799,16 @@ fn retries_through_broker(
         "retries wait in process, not through the broker: {why_not}"
     );
     false
+}
+
+/// What the consume loop does next.
+enum Next {
+    /// The app stops.
+    Stop,
+    /// Nothing is there now: wait for it.
+    Nothing,
+    /// A delivery, or why none came.
+    Received(Result<Delivery>),
 }
 
 /// Completes once the app is stopped (or its [`RunningApp`] dropped).

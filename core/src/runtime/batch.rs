@@ -358,11 +358,15 @@ impl<S: BatchService> Consume for BatchWorker<S> {
             // Collect: up to `size`, and no longer than `wait` after the first.
             let mut open = false;
             while batch.len() < size && !stop_seen(&stop) {
-                let received = tokio::select! {
-                    biased;
-                    received = consumer.receive() => received,
-                    () = &mut stopping => break,
-                    () = &mut closing, if open => break,
+                // What is there now first, with no future to make.
+                let received = match consumer.try_receive() {
+                    Some(received) => received,
+                    None => tokio::select! {
+                        biased;
+                        received = consumer.receive() => received,
+                        () = &mut stopping => break,
+                        () = &mut closing, if open => break,
+                    },
                 };
                 match received {
                     Ok(delivery) => {
