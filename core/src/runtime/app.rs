@@ -955,10 +955,14 @@ impl<S: HandlerService> Worker<S> {
                 self.settings.shared.clone(),
             );
             // The handler first: one that finishes at once never listens for the abort.
-            let result = tokio::select! {
-                biased;
-                result = self.run_once(ctx, delivery.message()) => result,
-                () = aborted(&mut abort) => return Outcome::Aborted,
+            let mut running = pin!(self.run_once(ctx, delivery.message()));
+            let result = match poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await {
+                Poll::Ready(result) => result,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    result = &mut running => result,
+                    () = aborted(&mut abort) => return Outcome::Aborted,
+                },
             };
             let error = match result {
                 Ok(()) => return Outcome::Handled,
