@@ -42,8 +42,8 @@
 
 use event_binder::memory::{MemoryChannel, MemoryConfig};
 use event_binder::{
-    App, Batch, BatchHandler, Channel, Context, Handler, HandlerSpec, MemoryIdempotencyStore,
-    Message, Raw, Subscription,
+    App, Batch, BatchHandler, Channel, Handler, HandlerSpec, MemoryIdempotencyStore, Message, Raw,
+    Subscription,
 };
 use serde::Deserialize;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -231,16 +231,13 @@ async fn run(scenario: Scenario, fixture: &Fixture) {
                     },
                 ))
             } else if matches!(scenario, Scenario::RuntimeJson) {
-                app.handler(Handler::from_fn(
-                    spec,
-                    move |event: Order, _ctx: Context| {
-                        event.consume();
-                        counter();
-                        async { Ok::<(), std::convert::Infallible>(()) }
-                    },
-                ))
+                app.handler(Handler::from_fn(spec, move |event: Order| {
+                    event.consume();
+                    counter();
+                    async { Ok::<(), std::convert::Infallible>(()) }
+                }))
             } else {
-                app.handler(Handler::from_fn(spec, move |event: Raw, _ctx: Context| {
+                app.handler(Handler::from_fn(spec, move |event: Raw| {
                     black_box(event.0.len());
                     counter();
                     async { Ok::<(), std::convert::Infallible>(()) }

@@ -27,7 +27,7 @@
 //! than the best-to-worst spread of either loop is reported as indistinguishable.
 
 use event_binder::memory::{MemoryChannel, MemoryConfig};
-use event_binder::{App, Channel, Context, Handler, HandlerSpec, Message, Producer, Subscription};
+use event_binder::{App, Channel, Handler, HandlerSpec, Message, Producer, Subscription};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,7 +147,7 @@ async fn runtime(count: usize, concurrency: usize) -> Duration {
             HandlerSpec::new("bench", "orders")
                 .group("bench")
                 .concurrency(concurrency),
-            move |event: Order, _ctx: Context| {
+            move |event: Order| {
                 event.consume();
                 if handled.fetch_add(1, Ordering::Relaxed) + 1 == count {
                     done.notify_one();

@@ -1,9 +1,14 @@
 //! What `#[handler]` expands to: the function stays callable as written, and registers with
 //! the spec its attribute gives.
 
-use event_binder::{handler, Context, Events, IntoHandler, Message};
+use event_binder::memory::MemoryChannel;
+use event_binder::{
+    handler, App, Attempt, Context, Events, IntoHandler, Key, Message, MessageId, State,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// An order was placed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +151,29 @@ async fn through_core(
     if event.amount > 100 {
         return Err(BillingError("too much".into()));
     }
+    Ok(())
+}
+
+/// The app state of [`reserve`]: where it reserves, and what it saw.
+#[derive(Clone, Default)]
+struct Stock {
+    warehouse: &'static str,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+/// Extractors after the event: the message's id, key and attempt, and the app's state.
+#[handler(destination = "reservations", group = "stock")]
+async fn reserve(
+    event: OrderPlaced,
+    id: MessageId,
+    Key(key): Key,
+    attempt: Attempt,
+    State(stock): State<Stock>,
+) -> Result<(), BillingError> {
+    stock.seen.lock().unwrap().push(format!(
+        "order {} id {id} key {key:?} attempt {} in {}",
+        event.order_id, attempt.0, stock.warehouse
+    ));
     Ok(())
 }
 
@@ -304,4 +332,50 @@ async fn another_crate_path_works_the_same() {
 #[test]
 fn patterns_register() {
     assert_eq!(pair.into_handler().spec().destination(), "pairs");
+}
+
+#[tokio::test]
+async fn extractors_are_made_from_the_delivery_and_the_app_state() {
+    let stock = Stock {
+        warehouse: "north",
+        ..Stock::default()
+    };
+    let bus = MemoryChannel::new();
+    let running = App::new(bus.clone())
+        .state(stock.clone())
+        .handler(reserve)
+        .start()
+        .await
+        .unwrap();
+    let id = running
+        .publisher()
+        .publish_keyed("reservations", "customer-3", &order(10))
+        .await
+        .unwrap();
+    bus.wait_idle(Duration::from_secs(10)).await.unwrap();
+    running.shutdown().await.unwrap();
+    assert_eq!(
+        *stock.seen.lock().unwrap(),
+        [format!(
+            "order 7 id {id} key Some(\"customer-3\") attempt 1 in north"
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_handler_with_extractors_is_called_directly() {
+    let stock = Stock {
+        warehouse: "south",
+        ..Stock::default()
+    };
+    let id = MessageId("order-7".into());
+    let called = reserve(order(10), id, Key(None), Attempt(2), State(stock.clone())).await;
+    assert_eq!(called, Ok(()));
+    assert_eq!(
+        *stock.seen.lock().unwrap(),
+        ["order 7 id order-7 key None attempt 2 in south"]
+    );
+    let handler = reserve.into_handler();
+    assert_eq!(handler.spec().destination(), "reservations");
+    assert_eq!(handler.spec().group_name(), Some("stock"));
 }

@@ -4,9 +4,9 @@
 
 use event_binder::memory::MemoryChannel;
 use event_binder::{
-    header, App, Batch, BatchHandler, BoxError, Channel, Context, Error, Events, Handler,
-    HandlerService, HandlerSpec, Layer, Message, NonRetryable, RetryAfter, RetryPolicy, Service,
-    Subscription,
+    header, App, Attempt, Batch, BatchHandler, BoxError, Channel, Context, Error, Events, Handler,
+    HandlerService, HandlerSpec, Headers, Key, Layer, Message, MessageId, NonRetryable, RetryAfter,
+    RetryPolicy, Service, State, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1068,4 +1068,109 @@ async fn a_batch_that_fails_as_a_whole_is_retried_then_each_message_dead_lettere
         "one call per attempt of the batch"
     );
     assert_eq!(bus.queued("orders", "billing"), 0);
+}
+
+#[tokio::test]
+async fn extractors_and_the_app_state_reach_the_handler() {
+    #[derive(Clone)]
+    struct Warehouse {
+        name: &'static str,
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = {
+        let seen = seen.clone();
+        Handler::from_fn(
+            HandlerSpec::new("reserve", "orders").group("stock"),
+            move |order: Order,
+                  id: MessageId,
+                  Key(key): Key,
+                  Attempt(attempt): Attempt,
+                  headers: Headers,
+                  State(warehouse): State<Arc<Warehouse>>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(format!(
+                        "order {} id {id} key {key:?} attempt {attempt} tenant {:?} in {}",
+                        order.id,
+                        headers.get("tenant"),
+                        warehouse.name
+                    ));
+                    Ok::<(), std::io::Error>(())
+                }
+            },
+        )
+    };
+    let bus = MemoryChannel::new();
+    let running = App::new(bus.clone())
+        .state(Arc::new(Warehouse { name: "north" }))
+        .handler(handler)
+        .start()
+        .await
+        .unwrap();
+    let message = Message::new(serde_json::to_vec(&Order { id: 7 }).unwrap())
+        .with_key("customer-3")
+        .with_header("tenant", "acme");
+    let id = message.id().to_owned();
+    bus.producer("orders")
+        .await
+        .unwrap()
+        .send(message)
+        .await
+        .unwrap();
+    wait_until("the order handled", || seen.lock().unwrap().len() == 1).await;
+    running.shutdown().await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        format!(
+            "order 7 id {id} key Some(\"customer-3\") attempt 1 tenant Some(\"acme\") in north"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_handler_that_wakes_itself_does_not_keep_other_tasks_from_running() {
+    // The handler waits for a flag that only another task of this one-thread runtime sets,
+    // waking itself on every poll (as a future out of Tokio's cooperative budget does): the
+    // binding must yield to the scheduler between polls, or that task never runs.
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (flag, handled) = (flag.clone(), handled.clone());
+        Handler::from_fn(
+            HandlerSpec::new("patient", "orders").group("billing"),
+            move |_: Order| {
+                let (flag, handled) = (flag.clone(), handled.clone());
+                async move {
+                    std::future::poll_fn(|cx| {
+                        if flag.load(Ordering::SeqCst) {
+                            return std::task::Poll::Ready(());
+                        }
+                        cx.waker().wake_by_ref();
+                        std::task::Poll::Pending
+                    })
+                    .await;
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    Ok::<(), std::io::Error>(())
+                }
+            },
+        )
+    };
+    let running = App::new(MemoryChannel::new())
+        .concurrency(2)
+        .handler(handler)
+        .start()
+        .await
+        .unwrap();
+    running
+        .publisher()
+        .publish("orders", &Order { id: 1 })
+        .await
+        .unwrap();
+    let setter = tokio::spawn({
+        let flag = flag.clone();
+        async move { flag.store(true, Ordering::SeqCst) }
+    });
+    tokio::time::timeout(LIMIT, setter).await.unwrap().unwrap();
+    wait_until("the order handled", || handled.load(Ordering::SeqCst) == 1).await;
+    running.shutdown().await.unwrap();
 }

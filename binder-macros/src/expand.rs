@@ -1,10 +1,10 @@
 //! The code `#[handler]` generates: a route type carrying the spec, and the function,
 //! unchanged to its callers, returning its body's future tagged with that route.
 
-use crate::args::{path_string, Args};
-use crate::signature::{self, ARGUMENTS_ADVICE, RETURN_ADVICE};
-use proc_macro2::{Group, Span, TokenStream, TokenTree};
-use quote::{format_ident, quote, quote_spanned};
+use crate::args::Args;
+use crate::signature::{self, RETURN_ADVICE};
+use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Attribute, FnArg, Ident, ItemFn, Pat, PatIdent, PatType, ReturnType, Type};
@@ -190,8 +190,9 @@ fn parameters<'a>(
 }
 
 /// Compile-time checks of the signature against the runtime, each spanned on the user's
-/// tokens and worded by a local trait's `on_unimplemented`, so that a mistake shows at the
-/// function (not only where it is registered) with advice. They cost nothing at run time.
+/// tokens and worded by an `on_unimplemented` (a local trait's, or core's `Decode`,
+/// `FromContext` and `Merge`), so that a mistake shows at the function (not only where it
+/// is registered) with advice. They cost nothing at run time.
 fn checks<'a>(
     args: &Args,
     kind: &TokenStream,
@@ -221,24 +222,41 @@ fn checks<'a>(
         quote!(__event_binder_check_output::<#kind, #ret>();),
         ret.span(),
     );
-    let context_check = inputs.next().map(|ty| {
-        let check = respan(quote!(__event_binder_check_context::<#ty>();), ty.span());
-        let advice = format!(
-            "{ARGUMENTS_ADVICE}; `Context` is `{}::Context`",
-            path_string(krate)
-        );
-        quote! {
-            #[diagnostic::on_unimplemented(
-                message = "the second argument of a handler is its `Context`, not `{Self}`",
-                label = "not the `Context`",
-                note = #advice
-            )]
-            trait __EventBinderContext {}
-            impl __EventBinderContext for #krate::Context {}
-            fn __event_binder_check_context<C: __EventBinderContext>() {}
-            #check
-        }
-    });
+    // Every further argument is made from the delivery's context (core's `FromContext` says
+    // what it can be), and what they need of the app's state must be one type (core's
+    // `Merge`), as `App::handler` checks too; here each error points at the argument's type.
+    // The tokens of one argument's checks span its type, first to last, so that an error
+    // underlines the whole type and the compiler reports it once, not once more for each
+    // check that depends on it.
+    let argument_check = inputs
+        .map(|ty| {
+            let (first, last) = outer_spans(ty);
+            let call = quote_spanned!(first=> __event_binder_state::<);
+            let close = quote_spanned!(last=> >());
+            (quote!(#call #ty #close), first, last)
+        })
+        .reduce(|(states, ..), (state, first, last)| {
+            // The new argument's state first: an error blames that argument.
+            let call = quote_spanned!(first=> __event_binder_merge);
+            let mut arguments = Group::new(Delimiter::Parenthesis, quote!(#state, #states));
+            arguments.set_span(last);
+            (quote!(#call #arguments), first, last)
+        })
+        .map(|(states, ..)| {
+            quote! {
+                fn __event_binder_state<A: #krate::FromContext>(
+                ) -> ::core::marker::PhantomData<A::State> {
+                    ::core::marker::PhantomData
+                }
+                fn __event_binder_merge<New: #krate::__private::Merge<Before>, Before>(
+                    _: ::core::marker::PhantomData<New>,
+                    _: ::core::marker::PhantomData<Before>,
+                ) -> ::core::marker::PhantomData<New::Out> {
+                    ::core::marker::PhantomData
+                }
+                #states;
+            }
+        });
     // In a block of their own, so that their names stay out of the body's scope.
     quote! {{
         #[diagnostic::on_unimplemented(
@@ -263,8 +281,19 @@ fn checks<'a>(
         }
         #output_check
         #event_check
-        #context_check
+        #argument_check
     }}
+}
+
+/// The spans of a type's first and last tokens: code spanned from one to the other is
+/// reported as the whole type.
+fn outer_spans(ty: &Type) -> (Span, Span) {
+    let mut tokens = ty.to_token_stream().into_iter();
+    let first = tokens
+        .next()
+        .map_or_else(|| ty.span(), |token| token.span());
+    let last = tokens.last().map_or(first, |token| token.span());
+    (first, last)
 }
 
 /// The same tokens, all spanned at `span`.
@@ -411,6 +440,66 @@ mod tests {
             code.contains(&quote!(let (a, b) = __event_binder_arg1;).to_string()),
             "{code}"
         );
+    }
+
+    #[test]
+    fn extractors_stay_in_the_signature_and_are_checked() {
+        let code = expanded(
+            &quote!(destination = "orders"),
+            quote!(
+                async fn reserve(
+                    event: Order,
+                    id: MessageId,
+                    State(db): State<Db>,
+                    attempt: Attempt,
+                ) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let expected_params = quote!(fn reserve(
+            event: Order,
+            id: MessageId,
+            __event_binder_arg2: State<Db>,
+            attempt: Attempt
+        ))
+        .to_string();
+        assert!(code.contains(&expected_params), "{code}");
+        assert!(
+            code.contains(&quote!(let State(db) = __event_binder_arg2;).to_string()),
+            "{code}"
+        );
+        let expected_checks = quote!(__event_binder_merge(
+            __event_binder_state::<Attempt>(),
+            __event_binder_merge(
+                __event_binder_state::<State<Db>>(),
+                __event_binder_state::<MessageId>()
+            )
+        ))
+        .to_string();
+        // `>>` and `> >` are the same tokens, printed apart.
+        let squeeze = |text: &str| text.replace(' ', "");
+        assert!(
+            squeeze(&code).contains(&squeeze(&expected_checks)),
+            "{code}"
+        );
+        assert!(
+            code.contains(&quote!(A: ::event_binder::FromContext).to_string()),
+            "{code}"
+        );
+    }
+
+    #[test]
+    fn a_handler_of_its_event_alone_checks_no_arguments() {
+        let code = expanded(
+            &quote!(destination = "orders"),
+            quote!(
+                async fn bill(event: Order) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(!code.contains("__event_binder_state"), "{code}");
     }
 
     #[test]

@@ -68,9 +68,10 @@ mod args;
 mod expand;
 mod signature;
 
-/// Turns an `async fn(event: T) -> Result<_, E>` or `async fn(event: T, ctx: Context) ->
-/// Result<_, E>` into an event handler that an `App` registers with `.handler(name)`, and
-/// leaves it callable as a plain async function.
+/// Turns an `async fn(event: T, …) -> Result<_, E>` into an event handler that an `App`
+/// registers with `.handler(name)`, and leaves it callable as a plain async function. After
+/// the event it takes up to 6 arguments made from the delivery: `Context`, `MessageId`,
+/// `Key`, `Attempt`, `Headers` and the app's `State<S>`.
 ///
 /// | argument | required | meaning |
 /// |---|---|---|
@@ -124,13 +125,75 @@ mod signature;
 /// ```
 ///
 /// The function is a free `async fn` (in a module, not in an `impl`; not generic) that takes
-/// the event by value, optionally followed by a `Context`, and returns `Result<(), E>`, or
-/// with `output`, `Result<Event, E>` or `Result<Events<Event>, E>`; `E` converts into
-/// `BoxError`. Its future must be `Send`. Mistakes are reported at the function.
+/// the event by value, then up to 6 more arguments, in any order, each made from the
+/// delivery (core's `FromContext`):
+///
+/// | argument | what it is |
+/// |---|---|
+/// | `ctx: Context` | the whole delivery: message, attempt, origin, the app's extensions |
+/// | `id: MessageId` | the message's id (`Deref<Target = str>`, `Display`) |
+/// | `Key(key): Key` | the message's key, an `Option<String>` |
+/// | `Attempt(n): Attempt` | which call for this message this is, 1 for the first |
+/// | `headers: Headers` | the message's headers |
+/// | `State(db): State<Db>` | the app's state, given with `App::state(db)`; `Db: Clone` |
+///
+/// Each argument is a name or a pattern, and owned (not `&T`). The function returns
+/// `Result<(), E>`, or with `output`, `Result<Event, E>` or `Result<Events<Event>, E>`; `E`
+/// converts into `BoxError`. Its future must be `Send`. Mistakes are reported at the
+/// function: an argument of another type ("`u32` cannot be a handler argument"), two
+/// different `State` types (an app has one state type: put both values in it), more than 7
+/// arguments in all. A handler taking `State<S>` registers only in an app whose state is an
+/// `S`; `App::handler` checks it at compile time ("this handler needs an app state the app
+/// does not have").
+///
+/// ```
+/// use event_binder::memory::MemoryChannel;
+/// use event_binder::{handler, App, MessageId, State};
+/// use std::sync::Arc;
+///
+/// #[derive(serde::Deserialize)]
+/// pub struct OrderPlaced {
+///     pub order_id: u64,
+/// }
+///
+/// /// What the app's handlers share: a pool, a client, configuration.
+/// #[derive(Clone)]
+/// pub struct Inventory {
+///     pub warehouse: Arc<str>,
+/// }
+///
+/// #[handler(destination = "orders", group = "inventory")]
+/// pub async fn reserve(
+///     event: OrderPlaced,
+///     id: MessageId,
+///     State(inventory): State<Inventory>,
+/// ) -> Result<(), std::io::Error> {
+///     println!("reserving order {} in {} (message {id})", event.order_id, inventory.warehouse);
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let inventory = Inventory { warehouse: "north".into() };
+/// // In a unit test, the arguments are plain values:
+/// let id = MessageId("order-7".into());
+/// reserve(OrderPlaced { order_id: 7 }, id, State(inventory.clone())).await?;
+/// // In the service, the app makes them for each message; without `.state(…)`, registering
+/// // `reserve` would not compile.
+/// let running = App::new(MemoryChannel::new())
+///     .state(inventory)
+///     .handler(reserve)
+///     .start()
+///     .await?;
+/// running.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// The macro adds a hidden struct of the same name as the function (a type, so the two do
 /// not clash) that carries the handler's spec; the function returns its body's future
-/// tagged with that struct, so `bill(event, ctx).await` works as before.
+/// tagged with that struct, so `bill(event, ctx).await` and `reserve(event, id,
+/// State(inventory)).await` work as they would without the attribute.
 #[proc_macro_attribute]
 pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
     let args = proc_macro2::TokenStream::from(args);

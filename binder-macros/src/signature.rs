@@ -4,13 +4,18 @@ use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::{FnArg, PatType, ReturnType, Signature, Type};
 
-pub(crate) const ARGUMENTS_ADVICE: &str =
-    "a handler takes `(event: T)` or `(event: T, ctx: Context)`";
+/// How many arguments a handler takes after its event: as many as the runtime implements
+/// `IntoHandler` for.
+pub(crate) const MAX_EXTRACTORS: usize = 6;
+
+pub(crate) const ARGUMENTS_ADVICE: &str = "a handler takes its event, then up to 6 of \
+     `Context`, `MessageId`, `Key`, `Attempt`, `Headers` and `State<S>`, in any order";
 pub(crate) const RETURN_ADVICE: &str =
     "a handler returns `Result<(), E>`, or `Result<Event, E>` with `output = \"…\"`";
 
-/// Checks that the function is a free, non-generic `async fn` of one or two owned arguments
-/// with a return type. Types are checked by the compiler, against the generated code.
+/// Checks that the function is a free, non-generic `async fn` of its event and up to
+/// [`MAX_EXTRACTORS`] further owned arguments, with a return type. Types are checked by the
+/// compiler, against the generated code.
 pub(crate) fn check(sig: &Signature) -> syn::Result<()> {
     check_qualifiers(sig)?;
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
@@ -74,22 +79,30 @@ fn check_arguments(sig: &Signature) -> syn::Result<()> {
                 return Err(syn::Error::new_spanned(
                     receiver,
                     format!(
-                        "#[handler] cannot take `self`: {ARGUMENTS_ADVICE}, as a free function; \
-                         share state through `App::extension` and `ctx.extension::<T>()`"
+                        "#[handler] cannot take `self`: write a free function, and share values \
+                         through `App::state` and a `State<S>` argument; {ARGUMENTS_ADVICE}"
                     ),
                 ));
             }
-            FnArg::Typed(PatType { ty, .. }) => {
-                if let Type::Reference(reference) = &**ty {
+            FnArg::Typed(PatType { ty, .. }) => match &**ty {
+                Type::Reference(reference) => {
                     return Err(syn::Error::new_spanned(
                         reference,
                         format!(
                             "a handler owns its arguments, so it cannot borrow them: \
-                             {ARGUMENTS_ADVICE}, without `&`"
+                             write the type without `&`; {ARGUMENTS_ADVICE}"
                         ),
                     ));
                 }
-            }
+                Type::ImplTrait(impl_trait) => {
+                    return Err(syn::Error::new_spanned(
+                        impl_trait,
+                        "#[handler] cannot be generic, and an `impl Trait` argument makes it so: \
+                         the runtime must know each argument's type; name the type",
+                    ));
+                }
+                _ => {}
+            },
         }
     }
     match sig.inputs.len() {
@@ -97,19 +110,22 @@ fn check_arguments(sig: &Signature) -> syn::Result<()> {
             sig.paren_token.span.join(),
             format!("#[handler] needs the event to handle: {ARGUMENTS_ADVICE}"),
         )),
-        1 | 2 => Ok(()),
-        _ => {
+        count if count <= 1 + MAX_EXTRACTORS => Ok(()),
+        count => {
             let extra: TokenStream = sig
                 .inputs
                 .iter()
-                .skip(2)
+                .skip(1 + MAX_EXTRACTORS)
                 .map(ToTokens::to_token_stream)
                 .collect();
             Err(syn::Error::new_spanned(
                 extra,
                 format!(
-                    "#[handler] takes at most two arguments: {ARGUMENTS_ADVICE}; \
-                     reach shared values through `ctx.extension::<T>()`"
+                    "#[handler] takes at most {} arguments, the event and {MAX_EXTRACTORS} \
+                     more, not {count}: take `Context` alone to read the message's id, key, \
+                     attempt and headers from it, and put shared values together in one app \
+                     state, taken as `State<S>`",
+                    1 + MAX_EXTRACTORS
                 ),
             ))
         }
@@ -126,15 +142,24 @@ mod tests {
     }
 
     #[test]
-    fn accepts_one_or_two_owned_arguments() {
+    fn accepts_the_event_and_up_to_six_owned_arguments() {
         for ok in [
             "async fn bill(event: Order) -> Result<(), E>",
             "async fn bill(mut event: Order, ctx: Context) -> Result<Invoice, E>",
             "async fn bill((a, b): (u32, u32), _: Context) -> io::Result<()>",
+            "async fn bill(event: Order, State(db): State<Db>, id: MessageId) -> Result<(), E>",
+            // Types are the compiler's to check: any owned type passes the macro.
+            "async fn bill(event: Order, count: u32) -> Result<(), E>",
+            "async fn bill(e: O, a: A, b: B, c: C, d: D, f: F, g: G) -> Result<(), E>",
         ] {
             let sig: Signature = syn::parse_str(ok).unwrap();
             assert!(check(&sig).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn the_advice_names_the_limit() {
+        assert!(ARGUMENTS_ADVICE.contains(&format!("up to {MAX_EXTRACTORS} of")));
     }
 
     #[test]
@@ -151,9 +176,14 @@ mod tests {
             ),
             ("async fn bill() -> R", "needs the event"),
             (
-                "async fn bill(e: O, c: Context, x: u32) -> R",
-                "at most two",
+                "async fn bill(e: O, a: A, b: B, c: C, d: D, f: F, g: G, h: H) -> R",
+                "at most 7 arguments, the event and 6 more, not 8",
             ),
+            (
+                "async fn bill(e: O, c: impl Clone) -> R",
+                "`impl Trait` argument",
+            ),
+            ("async fn bill(e: O, c: &Context) -> R", "cannot borrow"),
             ("async fn bill(&self, e: O) -> R", "cannot take `self`"),
             ("async fn bill(e: &O) -> R", "cannot borrow"),
             ("async fn bill(e: O)", "needs a return type"),

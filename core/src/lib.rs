@@ -38,9 +38,10 @@ pub use message::{
 pub use name::{validate_destination, validate_group, validate_prefix, DottedNames, MAX_NAME_LEN};
 pub use publisher::Publisher;
 pub use runtime::{
-    App, Batch, BatchFailure, BatchFn, BatchHandler, BatchService, CallFuture, Context, Events,
-    FnService, Handler, HandlerFn, HandlerService, HandlerSpec, IntoHandler, NonRetryable,
-    OutputPolicy, Processor, RetryAfter, RetryPolicy, RunningApp, Sink,
+    App, Attempt, Batch, BatchFailure, BatchFn, BatchHandler, BatchService, CallFuture, Context,
+    Events, FnService, FromContext, Handler, HandlerFn, HandlerService, HandlerSpec, IntoHandler,
+    Key, MessageId, NoState, NonRetryable, OutputPolicy, Processor, ProvidedBy, RetryAfter,
+    RetryPolicy, RunningApp, Sink, State, StateOf,
 };
 pub use tower_layer::{layer_fn, Layer};
 pub use tower_service::Service;
@@ -49,5 +50,5 @@ pub use url::{hide_secrets, is_secret_param, redact_url, ChannelUrl};
 /// Used by the code the `#[handler]` macro generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::runtime::{EventOnly, Route, Routed, WithContext};
+    pub use crate::runtime::{Extractors, Merge, Route, Routed, RoutedFn};
 }

@@ -2,6 +2,7 @@
 
 use super::batch::{BatchHandler, BatchService, BatchWorker};
 use super::context::{Context, Extensions, Shared};
+use super::extract::ProvidedBy;
 use super::failure::Disposition;
 use super::handler::{panic_error, Handler, HandlerService, HandlerSpec};
 use super::retry::RetryPolicy;
@@ -60,7 +61,7 @@ use tower_layer::{Identity, Layer, Stack};
 /// running.shutdown().await?;
 /// # Ok(()) }
 /// ```
-pub struct App<L = Identity> {
+pub struct App<L = Identity, St = ()> {
     channel: Arc<dyn Channel>,
     handlers: Vec<Box<dyn Registered>>,
     concurrency: usize,
@@ -72,6 +73,8 @@ pub struct App<L = Identity> {
     layer: L,
     /// A handler registered before the last [`layer`](Self::layer), which it misses.
     missed_layer: Option<String>,
+    /// What [`State`](crate::State) arguments get.
+    state: St,
 }
 
 impl App {
@@ -94,16 +97,21 @@ impl App {
             extensions: Extensions::default(),
             layer: Identity::new(),
             missed_layer: None,
+            state: (),
         }
     }
 }
 
-impl<L> App<L> {
+impl<L, St: Send + Sync + 'static> App<L, St> {
     /// Registers a handler: a `#[handler]` function, or a [`Handler`] built by hand. The
     /// app's layers (see [`layer`](Self::layer)) wrap it.
+    ///
+    /// A handler taking [`State<S>`](crate::State) needs the app's state to be an `S`
+    /// ([`state`](Self::state)): the compiler checks it here.
     pub fn handler<Args, H>(mut self, handler: H) -> Self
     where
         H: IntoHandler<Args>,
+        H::Requires: ProvidedBy<St> + 'static,
         L: Layer<H::Service>,
         L::Service: HandlerService,
     {
@@ -151,12 +159,48 @@ impl<L> App<L> {
     /// running.shutdown().await?;
     /// # Ok(()) }
     /// ```
-    pub fn layer<N>(self, layer: N) -> App<Stack<L, N>> {
-        let missed_layer = self.missed_layer.or_else(|| {
+    pub fn layer<N>(self, layer: N) -> App<Stack<L, N>, St> {
+        let missed_layer = self.missed_layer.clone().or_else(|| {
             self.handlers
                 .last()
                 .map(|handler| handler.spec().name().to_owned())
         });
+        let mut app = self.rebuild(|inner, state| (Stack::new(inner, layer), state));
+        app.missed_layer = missed_layer;
+        app
+    }
+
+    /// Gives the app its state: a database pool, a client, configuration, which handlers
+    /// take as a [`State<S>`](crate::State) argument (cloned for each call: share what is
+    /// big behind an `Arc`, as pools do). A handler that takes a `State<S>` can only be
+    /// registered once the app's state is an `S`.
+    ///
+    /// ```
+    /// # fn demo(channel: impl event_binder_core::Channel) {
+    /// use event_binder_core::{App, Handler, HandlerSpec, State};
+    /// use std::sync::Arc;
+    ///
+    /// #[derive(Clone)]
+    /// struct Billing { tax_percent: u32 }
+    ///
+    /// let app = App::new(channel)
+    ///     .state(Arc::new(Billing { tax_percent: 20 }))
+    ///     .handler(Handler::from_fn(
+    ///         HandlerSpec::new("bill", "orders").group("billing"),
+    ///         |total: u64, State(billing): State<Arc<Billing>>| async move {
+    ///             println!("tax: {}", total * u64::from(billing.tax_percent) / 100);
+    ///             Ok::<(), std::io::Error>(())
+    ///         },
+    ///     ));
+    /// # let _ = app; }
+    /// ```
+    pub fn state<S: Clone + Send + Sync + 'static>(self, state: S) -> App<L, S> {
+        self.rebuild(|layer, _| (layer, state))
+    }
+
+    /// The same app with another layer and state.
+    fn rebuild<L2, St2>(self, parts: impl FnOnce(L, St) -> (L2, St2)) -> App<L2, St2> {
+        let (layer, state) = parts(self.layer, self.state);
         App {
             channel: self.channel,
             handlers: self.handlers,
@@ -166,8 +210,9 @@ impl<L> App<L> {
             idempotency: self.idempotency,
             extensions: self.extensions,
             publisher: self.publisher,
-            layer: Stack::new(self.layer, layer),
-            missed_layer,
+            layer,
+            missed_layer: self.missed_layer,
+            state,
         }
     }
 
@@ -220,6 +265,7 @@ impl<L> App<L> {
         let shared = Arc::new(Shared {
             publisher: Some(self.publisher.clone()),
             extensions: self.extensions,
+            state: Some(Arc::new(self.state)),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
@@ -365,7 +411,7 @@ impl<L> App<L> {
     }
 }
 
-impl<L> fmt::Debug for App<L> {
+impl<L, St> fmt::Debug for App<L, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("App")
             .field("channel", &self.channel)
@@ -475,6 +521,10 @@ impl fmt::Debug for RunningApp {
     }
 }
 
+/// How many deliveries the consume loop takes without waiting before it yields to the
+/// scheduler (as Tokio's cooperative budget would make an awaiting loop do).
+const FAST_PATH_BUDGET: u32 = 128;
+
 /// How long aborted deliveries get to be handed back after the shutdown timeout.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
 /// The longest pause between two failed attempts to receive or to open a consumer.
@@ -578,7 +628,7 @@ trait Registered: Send {
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
-impl<S: HandlerService> Registered for Handler<S> {
+impl<S: HandlerService, R: 'static> Registered for Handler<S, R> {
     fn spec(&self) -> &HandlerSpec {
         Handler::spec(self)
     }
@@ -688,8 +738,16 @@ async fn consume<S: HandlerService>(
         }
         // First what is there now, taken with no future to make (while a slot is free);
         // then, once nothing is, wait for the next delivery.
+        let mut taken = 0;
         let ready = poll_fn(|cx| loop {
             while slots.poll_progress(cx, &mut start).is_ready() {}
+            if taken == FAST_PATH_BUDGET {
+                // A stream that never runs dry must not keep the worker thread from its
+                // other tasks: yield, and come back at once.
+                taken = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             if !slots.has_room() {
                 if stopping.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Next::Stop);
@@ -701,6 +759,7 @@ async fn consume<S: HandlerService>(
             }
             match consumer.try_receive() {
                 Some(Ok(delivery)) => {
+                    taken += 1;
                     failures = 0;
                     let slot = slots.slot_for(delivery.message().key());
                     slots.place(slot, delivery, &mut start);

@@ -28,6 +28,8 @@ impl Extensions {
 pub(crate) struct Shared {
     pub(crate) publisher: Option<Publisher>,
     pub(crate) extensions: Extensions,
+    /// The app's state ([`App::state`](crate::App::state)), read by [`State`](crate::State).
+    pub(crate) state: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// The second, optional argument of a handler: the message behind the event, which attempt
@@ -78,6 +80,26 @@ impl Context {
             Origin::new("detached", None),
             Arc::default(),
         )
+    }
+
+    /// Gives the context an app state, as [`App::state`](crate::App::state) does, for the
+    /// [`State`](crate::State) argument of a handler called directly.
+    ///
+    /// ```
+    /// use event_binder_core::{Context, FromContext, Message, State};
+    ///
+    /// let ctx = Context::detached(Message::new("{}")).with_state(42u32);
+    /// assert_eq!(State::<u32>::from_context(&ctx).0, 42);
+    /// ```
+    pub fn with_state<S: Send + Sync + 'static>(mut self, state: S) -> Self {
+        Arc::make_mut(&mut self.shared).state = Some(Arc::new(state));
+        self
+    }
+
+    /// The app's state, if it is an `S`. A handler takes it as a [`State<S>`](crate::State)
+    /// argument, which the compiler checks against the app.
+    pub fn state<S: Send + Sync + 'static>(&self) -> Option<&S> {
+        self.shared.state.as_deref()?.downcast_ref()
     }
 
     /// Adds a shared value, as [`App::extension`](crate::App::extension) does.

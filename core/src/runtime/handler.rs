@@ -1,6 +1,7 @@
 //! Handlers: user functions written against typed events, never against a broker.
 
 use super::context::Context;
+use super::extract::{Extractors, NoState};
 use super::retry::RetryPolicy;
 use crate::codec::{Decode, Encode};
 use crate::error::{BoxError, Error, Result};
@@ -243,16 +244,32 @@ impl<S> HandlerService for S where
 /// [`layer`](Self::layer).
 ///
 /// Each handler keeps its own type, so the runtime calls it directly: no boxed future and
-/// no allocation per message.
-#[derive(Clone)]
-pub struct Handler<S> {
+/// no allocation per message. `R` says what app state its arguments need ([`NoState`], or
+/// [`StateOf<S>`](crate::StateOf) for a [`State<S>`](crate::State) argument), which
+/// [`App::handler`](crate::App::handler) checks against the app's.
+pub struct Handler<S, R = NoState> {
     spec: HandlerSpec,
     publishes: bool,
     service: S,
+    requires: PhantomData<fn() -> R>,
+}
+
+impl<S: Clone, R> Clone for Handler<S, R> {
+    fn clone(&self) -> Self {
+        Handler {
+            spec: self.spec.clone(),
+            publishes: self.publishes,
+            service: self.service.clone(),
+            requires: PhantomData,
+        }
+    }
 }
 
 impl Handler<()> {
-    /// A handler from a closure or function `(event: T, ctx: Context) -> Result<(), E>`.
+    /// A handler from a closure or function `(event: T, args…) -> Result<(), E>`, where
+    /// the arguments after the event are any of [`Context`], [`MessageId`](crate::MessageId),
+    /// [`Key`](crate::Key), [`Attempt`](crate::Attempt), [`Headers`](crate::Headers) and
+    /// [`State<S>`](crate::State) (see [`FromContext`](crate::FromContext)), or none.
     ///
     /// ```
     /// use event_binder_core::{Context, Handler, HandlerSpec};
@@ -270,35 +287,37 @@ impl Handler<()> {
     /// );
     /// assert_eq!(handler.spec().destination(), "acme-orders");
     /// ```
-    pub fn from_fn<F, T, Fut, E>(spec: HandlerSpec, function: F) -> Handler<FnService<Sink, F, T>>
+    pub fn from_fn<F, T, Args>(
+        spec: HandlerSpec,
+        function: F,
+    ) -> Handler<FnService<Sink, F, T, Args>, Args::State>
     where
-        F: HandlerFn<T, Output = (), Error = E>,
+        F: HandlerFn<T, Args, Output = ()>,
         T: Decode + Send + 'static,
-        E: Into<BoxError>,
-        F: Fn(T, Context) -> Fut,
+        Args: Extractors,
     {
         FnService::handler(spec, function)
     }
 
-    /// A processor from a closure or function `(event: T, ctx: Context) -> Result<O, E>`:
-    /// what it returns (one event, or several as [`Events`]) is published to the spec's
-    /// [`output`](HandlerSpec::output) before the input is acknowledged.
-    pub fn processor<F, T, Fut, O, E>(
+    /// A processor from a closure or function `(event: T, args…) -> Result<O, E>` (the
+    /// arguments as for [`from_fn`](Self::from_fn)): what it returns (one event, or several
+    /// as [`Events`]) is published to the spec's [`output`](HandlerSpec::output) before the
+    /// input is acknowledged.
+    pub fn processor<F, T, Args>(
         spec: HandlerSpec,
         function: F,
-    ) -> Handler<FnService<Processor, F, T>>
+    ) -> Handler<FnService<Processor, F, T, Args>, Args::State>
     where
-        F: HandlerFn<T, Output = O, Error = E>,
+        F: HandlerFn<T, Args>,
         T: Decode + Send + 'static,
-        Processor: OutputPolicy<O>,
-        E: Into<BoxError>,
-        F: Fn(T, Context) -> Fut,
+        Args: Extractors,
+        Processor: OutputPolicy<F::Output>,
     {
         FnService::handler(spec, function)
     }
 }
 
-impl<S> Handler<S> {
+impl<S, R> Handler<S, R> {
     /// Where the handler reads and writes.
     pub fn spec(&self) -> &HandlerSpec {
         &self.spec
@@ -327,7 +346,7 @@ impl<S> Handler<S> {
     /// .layer(layer_fn(|inner| inner));
     /// assert_eq!(handler.spec().name(), "bill");
     /// ```
-    pub fn layer<L>(self, layer: L) -> Handler<L::Service>
+    pub fn layer<L>(self, layer: L) -> Handler<L::Service, R>
     where
         L: Layer<S>,
     {
@@ -335,6 +354,7 @@ impl<S> Handler<S> {
             spec: self.spec,
             publishes: self.publishes,
             service: layer.layer(self.service),
+            requires: PhantomData,
         }
     }
 
@@ -353,7 +373,7 @@ impl<S> Handler<S> {
     }
 }
 
-impl<S> fmt::Debug for Handler<S> {
+impl<S, R> fmt::Debug for Handler<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handler")
             .field("spec", &self.spec)
@@ -362,10 +382,11 @@ impl<S> fmt::Debug for Handler<S> {
     }
 }
 
-/// A handler function of event type `T`: a closure `(T, Context) -> impl Future<Output =
-/// Result<O, E>>`, or a `#[handler]` function. Implemented for you; it names the future a
-/// function returns, so that the runtime calls it without boxing.
-pub trait HandlerFn<T>: Send + Sync + 'static {
+/// A handler function of event type `T` taking the arguments `Args` after it: a closure
+/// or function `(T, args…) -> impl Future<Output = Result<O, E>>`, or a `#[handler]`
+/// function. Implemented for you, for up to 6 arguments after the event; it names the
+/// future a function returns, so that the runtime calls it without boxing.
+pub trait HandlerFn<T, Args>: Send + Sync + 'static {
     /// What a successful call returns.
     type Output;
     /// What a failed call returns.
@@ -374,23 +395,77 @@ pub trait HandlerFn<T>: Send + Sync + 'static {
     type Future: Future<Output = Result<Self::Output, Self::Error>> + Send + 'static;
 
     /// Calls the function.
-    fn call(&self, event: T, ctx: Context) -> Self::Future;
+    fn call(&self, event: T, args: Args) -> Self::Future;
 }
 
-impl<F, T, Fut, O, E> HandlerFn<T> for F
-where
-    F: Fn(T, Context) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<O, E>> + Send + 'static,
-    E: Into<BoxError>,
-{
-    type Output = O;
-    type Error = E;
-    type Future = Fut;
+/// A `#[handler]` function, as a [`HandlerFn`]: it returns its body's future tagged with
+/// its [`Route`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct RoutedFn<Func>(Func);
 
-    fn call(&self, event: T, ctx: Context) -> Fut {
-        self(event, ctx)
-    }
+macro_rules! handler_fns {
+    ($($arg:ident),*) => {
+        impl<F, T, Fut, O, E, $($arg,)*> HandlerFn<T, ($($arg,)*)> for F
+        where
+            F: Fn(T, $($arg,)*) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = Result<O, E>> + Send + 'static,
+            E: Into<BoxError>,
+        {
+            type Output = O;
+            type Error = E;
+            type Future = Fut;
+
+            #[allow(non_snake_case)]
+            fn call(&self, event: T, ($($arg,)*): ($($arg,)*)) -> Fut {
+                self(event, $($arg,)*)
+            }
+        }
+
+        impl<Func, T, R, Fut, O, E, $($arg,)*> HandlerFn<T, ($($arg,)*)> for RoutedFn<Func>
+        where
+            Func: Fn(T, $($arg,)*) -> Routed<R, Fut> + Send + Sync + 'static,
+            R: Route,
+            Fut: Future<Output = Result<O, E>> + Send + 'static,
+            E: Into<BoxError>,
+        {
+            type Output = O;
+            type Error = E;
+            type Future = Fut;
+
+            #[allow(non_snake_case)]
+            fn call(&self, event: T, ($($arg,)*): ($($arg,)*)) -> Fut {
+                (self.0)(event, $($arg,)*).into_inner()
+            }
+        }
+
+        impl<Func, T, R, Fut, O, E, $($arg,)*> IntoHandler<(R, T, $($arg,)*)> for Func
+        where
+            Func: Fn(T, $($arg,)*) -> Routed<R, Fut> + Send + Sync + 'static,
+            T: Decode + Send + 'static,
+            R: Route,
+            R::Kind: OutputPolicy<O> + 'static,
+            Fut: Future<Output = Result<O, E>> + Send + 'static,
+            E: Into<BoxError> + 'static,
+            ($($arg,)*): Extractors,
+        {
+            type Service = FnService<R::Kind, RoutedFn<Func>, T, ($($arg,)*)>;
+            type Requires = <($($arg,)*) as Extractors>::State;
+
+            fn into_handler(self) -> Handler<Self::Service, Self::Requires> {
+                FnService::handler(R::spec(), RoutedFn(self))
+            }
+        }
+    };
 }
+
+handler_fns!();
+handler_fns!(A1);
+handler_fns!(A1, A2);
+handler_fns!(A1, A2, A3);
+handler_fns!(A1, A2, A3, A4);
+handler_fns!(A1, A2, A3, A4, A5);
+handler_fns!(A1, A2, A3, A4, A5, A6);
 
 /// The service of a handler function: decodes the event from the message, calls the
 /// function, and turns its result into the messages to publish (`K` says how: [`Sink`] or
@@ -399,17 +474,18 @@ where
 /// A payload that cannot be decoded fails the call with an error that sends the message to
 /// the dead letters at once (with 0 attempts: the function was never called); a panic while
 /// decoding is a failed attempt like any other.
-pub struct FnService<K, F, T> {
+pub struct FnService<K, F, T, Args> {
     function: Arc<F>,
-    types: PhantomData<fn(T) -> K>,
+    types: PhantomData<fn(T, Args) -> K>,
 }
 
-impl<K, F, T> FnService<K, F, T>
+impl<K, F, T, Args> FnService<K, F, T, Args>
 where
-    F: HandlerFn<T>,
+    F: HandlerFn<T, Args>,
     K: OutputPolicy<F::Output>,
+    Args: Extractors,
 {
-    fn handler(spec: HandlerSpec, function: F) -> Handler<Self> {
+    fn handler(spec: HandlerSpec, function: F) -> Handler<Self, Args::State> {
         Handler {
             spec,
             publishes: K::PUBLISHES,
@@ -417,11 +493,12 @@ where
                 function: Arc::new(function),
                 types: PhantomData,
             },
+            requires: PhantomData,
         }
     }
 }
 
-impl<K, F, T> Clone for FnService<K, F, T> {
+impl<K, F, T, Args> Clone for FnService<K, F, T, Args> {
     fn clone(&self) -> Self {
         FnService {
             function: self.function.clone(),
@@ -430,17 +507,18 @@ impl<K, F, T> Clone for FnService<K, F, T> {
     }
 }
 
-impl<K, F, T> fmt::Debug for FnService<K, F, T> {
+impl<K, F, T, Args> fmt::Debug for FnService<K, F, T, Args> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("FnService")
     }
 }
 
-impl<K, F, T> Service<Context> for FnService<K, F, T>
+impl<K, F, T, Args> Service<Context> for FnService<K, F, T, Args>
 where
-    F: HandlerFn<T>,
+    F: HandlerFn<T, Args>,
     T: Decode,
     K: OutputPolicy<F::Output>,
+    Args: Extractors,
 {
     type Response = Vec<Message>;
     type Error = BoxError;
@@ -453,9 +531,11 @@ where
     fn call(&mut self, ctx: Context) -> Self::Future {
         // Decoding is the user's code too (a `Deserialize` impl): a panic there is a failed
         // attempt like any other.
-        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| T::decode(ctx.message())));
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            T::decode(ctx.message()).map(|event| (event, Args::extract(&ctx)))
+        }));
         match decoded {
-            Ok(Ok(event)) => CallFuture::running(self.function.call(event, ctx)),
+            Ok(Ok((event, args))) => CallFuture::running(self.function.call(event, args)),
             Ok(Err(error)) => CallFuture::failed(Undecodable(error).into()),
             Err(panic) => CallFuture::failed(panic_error("decoding panicked", &*panic)),
         }
@@ -622,20 +702,24 @@ fn publishable<T: Encode + ?Sized>(event: &T) -> Result<Option<Message>> {
 /// a `#[handler]` function, or a [`Handler`] built by hand.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event handler",
-    note = "annotate an `async fn(event: T) -> Result<_, E>` or `async fn(event: T, ctx: Context) -> Result<_, E>` with `#[handler(destination = \"…\")]`, or build one with `Handler::from_fn`; if it has `#[handler]` already, the error at the function says what is wrong"
+    note = "annotate an `async fn(event: T, args…) -> Result<_, E>` (after the event, up to 6 of `Context`, `MessageId`, `Key`, `Attempt`, `Headers` and `State<S>`) with `#[handler(destination = \"…\")]`, or build one with `Handler::from_fn`; if it has `#[handler]` already, the error at the function says what is wrong"
 )]
 pub trait IntoHandler<Args> {
     /// The handler's service.
     type Service: HandlerService;
+    /// What app state the handler needs ([`NoState`], or
+    /// [`StateOf<S>`](crate::StateOf)).
+    type Requires;
 
     /// The handler.
-    fn into_handler(self) -> Handler<Self::Service>;
+    fn into_handler(self) -> Handler<Self::Service, Self::Requires>;
 }
 
-impl<S: HandlerService> IntoHandler<()> for Handler<S> {
+impl<S: HandlerService, R> IntoHandler<()> for Handler<S, R> {
     type Service = S;
+    type Requires = R;
 
-    fn into_handler(self) -> Handler<S> {
+    fn into_handler(self) -> Handler<S, R> {
         self
     }
 }
@@ -686,80 +770,6 @@ impl<R, F: Future> Future for Routed<R, F> {
 impl<R, F> fmt::Debug for Routed<R, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Routed")
-    }
-}
-
-/// A `#[handler]` function that takes the event alone, as a [`HandlerFn`].
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct EventOnly<Func>(Func);
-
-impl<Func, T, R, Fut, O, E> HandlerFn<T> for EventOnly<Func>
-where
-    Func: Fn(T) -> Routed<R, Fut> + Send + Sync + 'static,
-    R: Route,
-    Fut: Future<Output = Result<O, E>> + Send + 'static,
-    E: Into<BoxError>,
-{
-    type Output = O;
-    type Error = E;
-    type Future = Fut;
-
-    fn call(&self, event: T, _ctx: Context) -> Fut {
-        (self.0)(event).into_inner()
-    }
-}
-
-/// A `#[handler]` function that takes the event and the [`Context`], as a [`HandlerFn`].
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct WithContext<Func>(Func);
-
-impl<Func, T, R, Fut, O, E> HandlerFn<T> for WithContext<Func>
-where
-    Func: Fn(T, Context) -> Routed<R, Fut> + Send + Sync + 'static,
-    R: Route,
-    Fut: Future<Output = Result<O, E>> + Send + 'static,
-    E: Into<BoxError>,
-{
-    type Output = O;
-    type Error = E;
-    type Future = Fut;
-
-    fn call(&self, event: T, ctx: Context) -> Fut {
-        (self.0)(event, ctx).into_inner()
-    }
-}
-
-impl<Func, T, R, Fut, O, E> IntoHandler<(R, T)> for Func
-where
-    Func: Fn(T) -> Routed<R, Fut> + Send + Sync + 'static,
-    T: Decode + Send + 'static,
-    R: Route,
-    R::Kind: OutputPolicy<O> + 'static,
-    Fut: Future<Output = Result<O, E>> + Send + 'static,
-    E: Into<BoxError> + 'static,
-{
-    type Service = FnService<R::Kind, EventOnly<Func>, T>;
-
-    fn into_handler(self) -> Handler<Self::Service> {
-        FnService::handler(R::spec(), EventOnly(self))
-    }
-}
-
-impl<Func, T, R, Fut, O, E> IntoHandler<(R, T, Context)> for Func
-where
-    Func: Fn(T, Context) -> Routed<R, Fut> + Send + Sync + 'static,
-    T: Decode + Send + 'static,
-    R: Route,
-    R::Kind: OutputPolicy<O> + 'static,
-    Fut: Future<Output = Result<O, E>> + Send + 'static,
-    E: Into<BoxError> + 'static,
-{
-    type Service = FnService<R::Kind, WithContext<Func>, T>;
-
-    fn into_handler(self) -> Handler<Self::Service> {
-        FnService::handler(R::spec(), WithContext(self))
     }
 }
 

@@ -3,6 +3,7 @@
 mod app;
 mod batch;
 mod context;
+mod extract;
 mod failure;
 mod handler;
 mod retry;
@@ -12,8 +13,11 @@ pub use app::{App, RunningApp};
 pub use batch::{Batch, BatchFailure, BatchFn, BatchHandler, BatchService};
 pub use context::Context;
 pub use failure::{NonRetryable, RetryAfter};
+pub use extract::{
+    Attempt, Extractors, FromContext, Key, Merge, MessageId, NoState, ProvidedBy, State, StateOf,
+};
 pub use handler::{
-    CallFuture, EventOnly, Events, FnService, Handler, HandlerFn, HandlerService, HandlerSpec,
-    IntoHandler, OutputPolicy, Processor, Route, Routed, Sink, WithContext,
+    CallFuture, Events, FnService, Handler, HandlerFn, HandlerService, HandlerSpec, IntoHandler,
+    OutputPolicy, Processor, Route, Routed, RoutedFn, Sink,
 };
 pub use retry::RetryPolicy;

@@ -25,6 +25,8 @@ pub(crate) struct Slots<T, F> {
     cursor: usize,
     /// Hashes keys to slots; `None` when order by key is not kept.
     keys: Option<RandomState>,
+    /// The list of woken slots being polled, kept to be reused.
+    scratch: Vec<usize>,
 }
 
 struct Slot<T, F> {
@@ -118,6 +120,7 @@ impl<T, F: Future<Output = ()>> Slots<T, F> {
             cursor: 0,
             // One slot keeps every order anyway.
             keys: (ordered && count > 1).then(RandomState::new),
+            scratch: Vec::new(),
         }
     }
 
@@ -197,20 +200,21 @@ impl<T, F: Future<Output = ()>> Slots<T, F> {
         start: &mut impl FnMut(T, bool) -> F,
     ) -> Poll<()> {
         let load = self.load;
-        loop {
-            let woken = std::mem::take(&mut self.woken.lock().slots);
-            if woken.is_empty() {
-                break;
-            }
-            for index in woken {
-                // Before the poll, so that a wake during it lists the slot again.
-                self.slots[index]
-                    .wake
-                    .listed
-                    .store(false, Ordering::Release);
-                self.poll_slot(index, start);
-            }
+        // One pass over the slots woken so far: a slot that wakes itself while polled (a
+        // future out of Tokio's cooperative budget does) waits for the next poll of the
+        // task, so the task yields to the scheduler instead of spinning.
+        let mut woken = std::mem::take(&mut self.scratch);
+        std::mem::swap(&mut self.woken.lock().slots, &mut woken);
+        for &index in &woken {
+            // Before the poll, so that a wake during it lists the slot again.
+            self.slots[index]
+                .wake
+                .listed
+                .store(false, Ordering::Release);
+            self.poll_slot(index, start);
         }
+        woken.clear();
+        self.scratch = woken;
         if self.load < load {
             return Poll::Ready(());
         }
