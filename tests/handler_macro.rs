@@ -3,7 +3,8 @@
 
 use event_binder::memory::MemoryChannel;
 use event_binder::{
-    handler, App, Attempt, Context, Events, IntoHandler, Key, Message, MessageId, State,
+    handler, App, Attempt, Batch, BatchFailure, BatchHandler, Channel, Context, Events,
+    HandlerSpec, IntoBatchHandler, IntoHandler, Key, Message, MessageId, State,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -174,6 +175,68 @@ async fn reserve(
         "order {} id {id} key {key:?} attempt {} in {}",
         event.order_id, attempt.0, stock.warehouse
     ));
+    Ok(())
+}
+
+/// What [`reserve_in_bulk`] saw, given to it as an app extension: the order ids of each
+/// batch.
+#[derive(Clone, Default)]
+struct Reservations {
+    batches: Arc<Mutex<Vec<Vec<u64>>>>,
+}
+
+/// A batch handler taking the contexts of its events too: up to 4 orders at once, waiting
+/// up to 20 ms for more after the first.
+#[handler(
+    destination = "stock",
+    group = "reserving",
+    batch = 4,
+    batch_wait = "20ms"
+)]
+async fn reserve_in_bulk(orders: Vec<OrderPlaced>, batch: Batch) -> Result<(), BillingError> {
+    assert_eq!(orders.len(), batch.len(), "one context per event");
+    let reservations = batch.contexts()[0]
+        .extension::<Reservations>()
+        .ok_or_else(|| BillingError("no reservations to record in".into()))?;
+    let ids = orders.iter().map(|order| order.order_id).collect();
+    reservations.batches.lock().unwrap().push(ids);
+    Ok(())
+}
+
+/// A batch handler of its events alone, with the default wait; a `BatchFailure` fails some
+/// of them.
+#[handler(destination = "orders", group = "counting", batch = 100)]
+pub async fn count_in_bulk(orders: Vec<OrderPlaced>) -> Result<(), BatchFailure> {
+    let failure = orders
+        .iter()
+        .enumerate()
+        .filter(|(_, order)| order.amount == 0)
+        .fold(BatchFailure::new(), |failure, (index, _)| {
+            failure.fail(index, "free order")
+        });
+    if failure.is_empty() {
+        Ok(())
+    } else {
+        Err(failure)
+    }
+}
+
+/// Without `batch`, a `Vec` is one event: a JSON array.
+#[handler(destination = "lists", max_attempts = 1)]
+async fn sum_list(numbers: Vec<u64>) -> Result<(), BillingError> {
+    if numbers.iter().sum::<u64>() > 10 {
+        return Err(BillingError("too much".into()));
+    }
+    Ok(())
+}
+
+/// A batch handler naming the runtime by another path.
+#[handler(destination = "orders", batch = 3, crate = "::event_binder_core")]
+async fn count_through_core(
+    orders: Vec<OrderPlaced>,
+    batch: event_binder_core::Batch,
+) -> Result<(), BillingError> {
+    assert_eq!(orders.len(), batch.len());
     Ok(())
 }
 
@@ -378,4 +441,121 @@ async fn a_handler_with_extractors_is_called_directly() {
     let handler = reserve.into_handler();
     assert_eq!(handler.spec().destination(), "reservations");
     assert_eq!(handler.spec().group_name(), Some("stock"));
+}
+
+#[tokio::test]
+async fn a_batch_handler_is_called_directly() {
+    let orders = vec![order(1), order(2)];
+    let batch = Batch::new(vec![detached(), detached()]);
+    let called = reserve_in_bulk(orders, batch).await;
+    // A detached context has no app extensions.
+    assert_eq!(
+        called,
+        Err(BillingError("no reservations to record in".into()))
+    );
+    assert!(count_in_bulk(vec![order(1), order(2)]).await.is_ok());
+    let failure = count_in_bulk(vec![order(1), order(0), order(0)])
+        .await
+        .unwrap_err();
+    assert_eq!(failure.len(), 2);
+}
+
+#[test]
+fn a_batch_handler_registers_with_its_limits() {
+    let handler = reserve_in_bulk.into_batch_handler();
+    let expected = HandlerSpec::new(concat!(module_path!(), "::reserve_in_bulk"), "stock")
+        .group("reserving")
+        .batch(4, Duration::from_millis(20));
+    assert_eq!(handler.spec(), &expected);
+    let handler = count_in_bulk.into_batch_handler();
+    assert_eq!(
+        handler.spec().batch_limits(),
+        Some((100, BatchHandler::DEFAULT_WAIT))
+    );
+    let handler = event_binder_core::IntoBatchHandler::into_batch_handler(count_through_core);
+    assert_eq!(
+        handler.spec().batch_limits(),
+        Some((3, BatchHandler::DEFAULT_WAIT))
+    );
+    // Made a `BatchHandler`, it takes layers of its own.
+    let layered = reserve_in_bulk
+        .into_batch_handler()
+        .layer(event_binder::layer_fn(|inner| inner));
+    assert_eq!(
+        layered.spec().batch_limits(),
+        Some((4, Duration::from_millis(20)))
+    );
+    let _app = App::new(MemoryChannel::new()).batch_handler(layered);
+    // Without `batch`, a handler of a `Vec` is a handler of one event.
+    let handler = sum_list.into_handler();
+    assert_eq!(handler.spec().batch_limits(), None);
+}
+
+#[tokio::test]
+async fn a_batch_handler_takes_each_message_once_in_batches_of_at_most_its_size() {
+    let reservations = Reservations::default();
+    let bus = MemoryChannel::new();
+    // Every order waits before the app starts, so that batches fill up.
+    bus.provision("stock", Some("reserving")).await.unwrap();
+    let producer = bus.producer("stock").await.unwrap();
+    let orders = (0..10).map(|order_id| {
+        Message::new(
+            serde_json::to_vec(&OrderPlaced {
+                order_id,
+                amount: 1,
+            })
+            .unwrap(),
+        )
+    });
+    producer.send_batch(orders.collect()).await.unwrap();
+    let running = App::new(bus.clone())
+        .extension(reservations.clone())
+        .batch_handler(reserve_in_bulk)
+        .start()
+        .await
+        .unwrap();
+    bus.wait_idle(Duration::from_secs(10)).await.unwrap();
+    running.shutdown().await.unwrap();
+
+    let batches = reservations.batches.lock().unwrap().clone();
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert!(
+        sizes.iter().all(|&size| (1..=4).contains(&size)),
+        "{sizes:?}"
+    );
+    assert_eq!(
+        sizes.iter().max(),
+        Some(&4),
+        "the batches fill up: {sizes:?}"
+    );
+    let mut handled: Vec<u64> = batches.into_iter().flatten().collect();
+    handled.sort_unstable();
+    assert_eq!(handled, (0..10).collect::<Vec<_>>(), "each order once");
+    assert_eq!(bus.queued("stock", "reserving"), 0);
+    assert_eq!(bus.dead_lettered("stock", Some("reserving")), 0);
+}
+
+#[tokio::test]
+async fn a_vec_without_batch_is_one_event_at_a_time() {
+    assert!(sum_list(vec![1, 2]).await.is_ok());
+    let bus = MemoryChannel::new();
+    let running = App::new(bus.clone())
+        .handler(sum_list)
+        .start()
+        .await
+        .unwrap();
+    running
+        .publisher()
+        .publish("lists", &[1, 2, 3])
+        .await
+        .unwrap();
+    running
+        .publisher()
+        .publish("lists", &[10, 20])
+        .await
+        .unwrap();
+    bus.wait_idle(Duration::from_secs(10)).await.unwrap();
+    running.shutdown().await.unwrap();
+    // The second list fails its one attempt and is dead-lettered as one message.
+    assert_eq!(bus.dead_lettered("lists", None), 1);
 }

@@ -1,7 +1,7 @@
 //! The attribute's arguments: `destination = "…"`, `group = "…"`, and so on, validated.
 //!
-//! Durations (`backoff = "100ms..10s"`, `timeout = "5s"`) are read here, at expansion
-//! time, and emitted as whole milliseconds: a whole number followed by `ms`, `s`, `m` or
+//! Durations (`backoff = "100ms..10s"`, `timeout = "5s"`, `batch_wait = "50ms"`) are read
+//! here, at expansion time, and emitted as whole milliseconds: a whole number followed by `ms`, `s`, `m` or
 //! `h`, with nothing else inside the string.
 
 use proc_macro2::{Span, TokenStream};
@@ -27,12 +27,16 @@ pub(crate) struct Args {
     pub(crate) timeout: Option<LitInt>,
     /// `retry = "broker"` is `true`, `retry = "in_process"` is `false`.
     pub(crate) retry_through_broker: Option<LitBool>,
+    /// A batch handler: the most messages in one batch (`usize`-suffixed), and the longest
+    /// wait for more after the first, in milliseconds (`u64`-suffixed, on the string's
+    /// span), or `None` for core's default.
+    pub(crate) batch: Option<(LitInt, Option<LitInt>)>,
     /// The facade's path: `::event_binder` unless `crate = "…"` says otherwise.
     pub(crate) krate: Path,
 }
 
 const KNOWN_ARGUMENTS: &str = "`destination`, `group`, `output`, `concurrency`, \
-     `max_attempts`, `backoff`, `jitter`, `timeout`, `retry` and `crate`";
+     `max_attempts`, `backoff`, `jitter`, `timeout`, `retry`, `batch`, `batch_wait` and `crate`";
 
 /// The longest logical name, as `event_binder_core::MAX_NAME_LEN`.
 const MAX_NAME_LEN: usize = 48;
@@ -49,6 +53,8 @@ fn example(name: &str) -> &'static str {
         "jitter" => "jitter = 0.2",
         "timeout" => "timeout = \"5s\"",
         "retry" => "retry = \"broker\"",
+        "batch" => "batch = 100",
+        "batch_wait" => "batch_wait = \"50ms\"",
         _ => "crate = \"::event_binder\"",
     }
 }
@@ -64,7 +70,12 @@ struct Builder {
     jitter: Option<LitFloat>,
     timeout: Option<LitInt>,
     retry_through_broker: Option<LitBool>,
+    batch: Option<LitInt>,
+    batch_wait: Option<LitInt>,
     krate: Option<Path>,
+    /// Each argument given, as written (`output = "invoices"`), for errors about two
+    /// arguments that do not go together.
+    written: Vec<(String, TokenStream)>,
 }
 
 impl Builder {
@@ -86,6 +97,8 @@ impl Builder {
                 | "jitter"
                 | "timeout"
                 | "retry"
+                | "batch"
+                | "batch_wait"
                 | "crate"
         ) {
             return Err(syn::Error::new_spanned(
@@ -103,6 +116,8 @@ impl Builder {
             ));
         }
         let value: Expr = meta.value()?.parse()?;
+        self.written
+            .push((name.clone(), quote::quote!(#path = #value)));
         let fresh = match name.as_str() {
             "destination" | "group" | "output" => {
                 let lit = string_literal(&value, &name, example)?;
@@ -130,6 +145,17 @@ impl Builder {
             "jitter" => {
                 let lit = share(&value, &name, example)?;
                 self.jitter.replace(lit).is_none()
+            }
+            "batch" => {
+                let lit = positive_integer::<usize>(&value, &name, example, "usize")?;
+                self.batch.replace(lit).is_none()
+            }
+            "batch_wait" => {
+                let lit = string_literal(&value, &name, example)?;
+                let millis = duration(&lit, &lit.value(), "`batch_wait`", example)?;
+                self.batch_wait
+                    .replace(millis_literal(millis, &lit))
+                    .is_none()
             }
             "timeout" => {
                 let lit = string_literal(&value, &name, example)?;
@@ -184,6 +210,55 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// `batch` and `batch_wait`, checked against the arguments that do not go with them.
+    fn batch_arguments(&mut self) -> syn::Result<Option<(LitInt, Option<LitInt>)>> {
+        let written = |name: &str| {
+            self.written
+                .iter()
+                .find(|(given, _)| given == name)
+                .map(|(_, tokens)| tokens.clone())
+        };
+        let Some(size) = self.batch.take() else {
+            return match written("batch_wait") {
+                Some(tokens) => Err(syn::Error::new_spanned(
+                    tokens,
+                    "`batch_wait` is how long a batch waits for more messages after its \
+                     first, so it needs `batch`, the most messages in one batch: write \
+                     `batch = 100, batch_wait = \"50ms\"`, or remove `batch_wait`",
+                )),
+                None => Ok(None),
+            };
+        };
+        if let Some(tokens) = written("output") {
+            return Err(syn::Error::new_spanned(
+                tokens,
+                "a batch handler publishes nothing, so it takes no `output`: remove \
+                 `output`, or remove `batch` to make a processor that handles one event at \
+                 a time and publishes what it returns",
+            ));
+        }
+        if let Some(tokens) = written("concurrency") {
+            return Err(syn::Error::new_spanned(
+                tokens,
+                "a batch handler handles one batch at a time, so it takes no \
+                 `concurrency`: `batch` sets how many messages it takes at once",
+            ));
+        }
+        if let Some(LitBool { value: true, .. }) = self.retry_through_broker {
+            if let Some(tokens) = written("retry") {
+                return Err(syn::Error::new_spanned(
+                    tokens,
+                    "a batch handler retries the events that failed in process, together \
+                     as a smaller batch, so it cannot retry through the broker: remove \
+                     `retry = \"broker\"`",
+                ));
+            }
+        }
+        Ok(Some((size, self.batch_wait.take())))
+    }
+}
+
 impl Args {
     /// Parses and checks the tokens between the attribute's parentheses.
     pub(crate) fn parse(args: &TokenStream) -> syn::Result<Self> {
@@ -191,7 +266,7 @@ impl Args {
         let parser = syn::meta::parser(|meta| builder.argument(&meta));
         syn::parse::Parser::parse2(parser, args.clone())?;
 
-        let Some(destination) = builder.destination else {
+        let Some(destination) = builder.destination.take() else {
             let message =
                 "#[handler] needs a destination to read: #[handler(destination = \"orders\")]";
             return Err(if args.is_empty() {
@@ -200,6 +275,7 @@ impl Args {
                 syn::Error::new_spanned(args, message)
             });
         };
+        let batch = builder.batch_arguments()?;
         Ok(Args {
             destination,
             group: builder.group,
@@ -210,6 +286,7 @@ impl Args {
             jitter: builder.jitter,
             timeout: builder.timeout,
             retry_through_broker: builder.retry_through_broker,
+            batch,
             krate: builder
                 .krate
                 .unwrap_or_else(|| syn::parse_quote!(::event_binder)),
@@ -515,6 +592,85 @@ mod tests {
         assert_eq!(args.jitter.unwrap().to_string(), "0.0f64");
         let args = parse(&quote!(destination = "o", jitter = 1.0f64)).unwrap();
         assert_eq!(args.jitter.unwrap().to_string(), "1.0f64");
+    }
+
+    #[test]
+    fn reads_batch_limits() {
+        let args = parse(&quote!(destination = "o", batch = 100, batch_wait = "50ms")).unwrap();
+        let (size, wait) = args.batch.unwrap();
+        assert_eq!(size.to_string(), "100usize");
+        assert_eq!(wait.unwrap().to_string(), "50u64");
+        let args = parse(&quote!(
+            destination = "o",
+            batch = 1usize,
+            batch_wait = "0ms"
+        ))
+        .unwrap();
+        let (size, wait) = args.batch.unwrap();
+        assert_eq!(size.to_string(), "1usize");
+        assert_eq!(wait.unwrap().to_string(), "0u64");
+        let args = parse(&quote!(batch = 8, destination = "o", retry = "in_process")).unwrap();
+        let (size, wait) = args.batch.unwrap();
+        assert_eq!(size.to_string(), "8usize");
+        assert!(wait.is_none());
+        assert!(parse(&quote!(destination = "o")).unwrap().batch.is_none());
+        // With every argument a batch handler uses.
+        let args = parse(&quote!(
+            destination = "o",
+            group = "g",
+            batch = 8,
+            batch_wait = "1s",
+            max_attempts = 3,
+            backoff = "1ms..1s",
+            jitter = 0.1,
+            timeout = "2s"
+        ))
+        .unwrap();
+        assert!(args.batch.is_some() && args.timeout.is_some());
+    }
+
+    #[test]
+    fn refuses_what_a_batch_handler_does_not_take() {
+        for (tokens, expected) in [
+            (quote!(destination = "o", batch = 0), "greater than 0"),
+            (quote!(destination = "o", batch = "100"), "whole number"),
+            (quote!(destination = "o", batch = 100u8), "is a `usize`"),
+            (quote!(destination = "o", batch = -1), "whole number"),
+            (quote!(destination = "o", batch), "write `batch = 100`"),
+            (
+                quote!(destination = "o", batch = 1, batch = 2),
+                "given twice",
+            ),
+            (
+                quote!(destination = "o", batch = 1, batch_wait = 50),
+                "string literal",
+            ),
+            (
+                quote!(destination = "o", batch = 1, batch_wait = "50"),
+                "invalid duration \"50\" for `batch_wait`",
+            ),
+            (
+                quote!(destination = "o", batch_wait = "50ms"),
+                "`batch_wait` is how long a batch waits",
+            ),
+            (
+                quote!(destination = "o", batch = 10, output = "p"),
+                "publishes nothing, so it takes no `output`",
+            ),
+            (
+                quote!(destination = "o", concurrency = 2, batch = 10),
+                "takes no `concurrency`",
+            ),
+            (
+                quote!(destination = "o", batch = 10, retry = "broker"),
+                "cannot retry through the broker",
+            ),
+        ] {
+            let error = parse(&tokens)
+                .err()
+                .unwrap_or_else(|| panic!("{tokens} parsed"));
+            assert!(error.to_string().contains(expected), "{tokens}: {error}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! unchanged to its callers, returning its body's future tagged with that route.
 
 use crate::args::Args;
-use crate::signature::{self, RETURN_ADVICE};
+use crate::signature::{self, Shape, BATCH_ARGUMENTS_ADVICE, BATCH_RETURN_ADVICE, RETURN_ADVICE};
 use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
@@ -18,7 +18,12 @@ pub(crate) fn expand(args: &TokenStream, item: TokenStream) -> syn::Result<Token
         )
     })?;
     let args = Args::parse(args)?;
-    signature::check(&function.sig)?;
+    let shape = if args.batch.is_some() {
+        Shape::Batch
+    } else {
+        Shape::Single
+    };
+    signature::check(&function.sig, shape)?;
 
     let ItemFn {
         attrs,
@@ -32,10 +37,11 @@ pub(crate) fn expand(args: &TokenStream, item: TokenStream) -> syn::Result<Token
         unreachable!("a missing return type is refused by signature::check");
     };
     let ret_span = ret.span();
-    let kind = args.output.as_ref().map_or_else(
-        || quote!(#krate::Sink),
-        |output| quote_spanned!(output.span()=> #krate::Processor),
-    );
+    let kind = match (&args.batch, &args.output) {
+        (Some((size, _)), _) => quote_spanned!(size.span()=> #krate::BatchSink),
+        (None, Some(output)) => quote_spanned!(output.span()=> #krate::Processor),
+        (None, None) => quote!(#krate::Sink),
+    };
 
     // `#[cfg]` on the function applies to its route too.
     let cfgs: Vec<&Attribute> = attrs
@@ -44,7 +50,10 @@ pub(crate) fn expand(args: &TokenStream, item: TokenStream) -> syn::Result<Token
         .collect();
     let spec = spec(&args, ident);
     let (params, bindings) = parameters(&sig.inputs);
-    let checks = checks(&args, &kind, ret, &sig.inputs);
+    let checks = match shape {
+        Shape::Single => checks(&args, &kind, ret, &sig.inputs),
+        Shape::Batch => batch_checks(&args, ret, &sig.inputs),
+    };
     // The return type, spanned on the user's, so that errors about the future (not `Send`,
     // say) point there.
     let returned = respan(
@@ -138,6 +147,13 @@ fn spec(args: &Args, ident: &Ident) -> TokenStream {
     }
     if let Some(timeout) = &args.timeout {
         spec.extend(quote!(.timeout(::core::time::Duration::from_millis(#timeout))));
+    }
+    if let Some((size, wait)) = &args.batch {
+        let wait = wait.as_ref().map_or_else(
+            || quote!(#krate::BatchHandler::DEFAULT_WAIT),
+            |wait| quote!(::core::time::Duration::from_millis(#wait)),
+        );
+        spec.extend(quote!(.batch(#size, #wait)));
     }
     spec
 }
@@ -257,21 +273,10 @@ fn checks<'a>(
                 #states;
             }
         });
+    let result_trait = result_trait(RETURN_ADVICE);
     // In a block of their own, so that their names stay out of the body's scope.
     quote! {{
-        #[diagnostic::on_unimplemented(
-            message = "a handler returns a `Result`, not `{Self}`",
-            label = "not a `Result`",
-            note = #RETURN_ADVICE
-        )]
-        trait __EventBinderResult {
-            type Ok;
-            type Err;
-        }
-        impl<O, E> __EventBinderResult for ::core::result::Result<O, E> {
-            type Ok = O;
-            type Err = E;
-        }
+        #result_trait
         fn __event_binder_check_output<K, R>()
         where
             R: __EventBinderResult,
@@ -282,6 +287,96 @@ fn checks<'a>(
         #output_check
         #event_check
         #argument_check
+    }}
+}
+
+/// The local trait that takes a `Result` apart, by projection, so that an error names the
+/// part that does not fit; `advice` says what the handler returns.
+fn result_trait(advice: &str) -> TokenStream {
+    quote! {
+        #[diagnostic::on_unimplemented(
+            message = "a handler returns a `Result`, not `{Self}`",
+            label = "not a `Result`",
+            note = #advice
+        )]
+        trait __EventBinderResult {
+            type Ok;
+            type Err;
+        }
+        impl<O, E> __EventBinderResult for ::core::result::Result<O, E> {
+            type Ok = O;
+            type Err = E;
+        }
+    }
+}
+
+/// The compile-time checks of a batch handler: its events' type decodes, its second
+/// argument (if any) is `Batch`, and it returns `Result<(), E>`; each spanned on the user's
+/// tokens, as [`checks`] are.
+fn batch_checks<'a>(
+    args: &Args,
+    ret: &Type,
+    inputs: impl IntoIterator<Item = &'a FnArg>,
+) -> TokenStream {
+    let krate = &args.krate;
+    let mut inputs = inputs.into_iter().map(|input| match input {
+        FnArg::Typed(PatType { ty, .. }) => ty,
+        FnArg::Receiver(_) => unreachable!("receivers are refused by signature::check"),
+    });
+    let event_check = inputs
+        .next()
+        .and_then(|ty| signature::vec_element(ty))
+        .map(|element| {
+            let check = respan(
+                quote!(__event_binder_check_event::<#element>();),
+                element.span(),
+            );
+            quote! {
+                fn __event_binder_check_event<T>()
+                where
+                    T: #krate::Decode + ::core::marker::Send + 'static,
+                {
+                }
+                #check
+            }
+        });
+    let batch_check = inputs.next().map(|ty| {
+        let (first, last) = outer_spans(ty);
+        let call = quote_spanned!(first=> __event_binder_check_batch::<);
+        let close = quote_spanned!(last=> >(););
+        quote! {
+            #[diagnostic::on_unimplemented(
+                message = "a batch handler's second argument is a `Batch`, not `{Self}`",
+                label = "not a `Batch`",
+                note = #BATCH_ARGUMENTS_ADVICE
+            )]
+            trait __EventBinderBatch {}
+            impl __EventBinderBatch for #krate::Batch {}
+            fn __event_binder_check_batch<B: __EventBinderBatch>() {}
+            #call #ty #close
+        }
+    });
+    let result_trait = result_trait(BATCH_RETURN_ADVICE);
+    let output_check = respan(quote!(__event_binder_check_output::<#ret>();), ret.span());
+    quote! {{
+        #result_trait
+        #[diagnostic::on_unimplemented(
+            message = "a batch handler cannot return `{Self}`",
+            label = "not `()`",
+            note = #BATCH_RETURN_ADVICE
+        )]
+        trait __EventBinderNothing {}
+        impl __EventBinderNothing for () {}
+        fn __event_binder_check_output<R>()
+        where
+            R: __EventBinderResult,
+            R::Ok: __EventBinderNothing,
+            R::Err: ::core::convert::Into<#krate::BoxError>,
+        {
+        }
+        #output_check
+        #event_check
+        #batch_check
     }}
 }
 
@@ -500,6 +595,80 @@ mod tests {
             ),
         );
         assert!(!code.contains("__event_binder_state"), "{code}");
+    }
+
+    #[test]
+    fn a_batch_handler_has_the_batch_kind_and_limits() {
+        let code = expanded(
+            &quote!(
+                destination = "orders",
+                group = "stock",
+                batch = 100,
+                batch_wait = "50ms"
+            ),
+            quote!(
+                async fn reserve(events: Vec<Order>, batch: Batch) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let expected_kind = quote!(
+            type Kind = ::event_binder::BatchSink;
+        )
+        .to_string();
+        assert!(code.contains(&expected_kind), "{code}");
+        let expected_limits =
+            quote!(.batch(100usize, ::core::time::Duration::from_millis(50u64))).to_string();
+        assert!(code.contains(&expected_limits), "{code}");
+        // The element type is what decodes; the second argument must be a `Batch`.
+        assert!(
+            code.contains(&quote!(__event_binder_check_event::<Order>();).to_string()),
+            "{code}"
+        );
+        assert!(
+            code.contains(&quote!(__event_binder_check_batch::<Batch>();).to_string()),
+            "{code}"
+        );
+        assert!(!code.contains("OutputPolicy"), "{code}");
+
+        let code = expanded(
+            &quote!(destination = "orders", batch = 8),
+            quote!(
+                async fn reserve(events: Vec<Order>) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let expected_limits =
+            quote!(.batch(8usize, ::event_binder::BatchHandler::DEFAULT_WAIT)).to_string();
+        assert!(code.contains(&expected_limits), "{code}");
+        assert!(!code.contains("__event_binder_check_batch"), "{code}");
+    }
+
+    #[test]
+    fn without_batch_a_vec_is_one_event() {
+        let code = expanded(
+            &quote!(destination = "orders"),
+            quote!(
+                async fn bill(events: Vec<Order>) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            code.contains(
+                &quote!(
+                    type Kind = ::event_binder::Sink;
+                )
+                .to_string()
+            ),
+            "{code}"
+        );
+        assert!(
+            code.contains(&quote!(__event_binder_check_event::<Vec<Order> >();).to_string()),
+            "{code}"
+        );
+        assert!(!code.contains(".batch("), "{code}");
     }
 
     #[test]

@@ -71,7 +71,9 @@ mod signature;
 /// Turns an `async fn(event: T, …) -> Result<_, E>` into an event handler that an `App`
 /// registers with `.handler(name)`, and leaves it callable as a plain async function. After
 /// the event it takes up to 6 arguments made from the delivery: `Context`, `MessageId`,
-/// `Key`, `Attempt`, `Headers` and the app's `State<S>`.
+/// `Key`, `Attempt`, `Headers` and the app's `State<S>`. With `batch = N`, an `async
+/// fn(events: Vec<T>) -> Result<(), E>` becomes a batch handler, registered with
+/// `.batch_handler(name)` (see [Batch handlers](#batch-handlers)).
 ///
 /// | argument | required | meaning |
 /// |---|---|---|
@@ -84,6 +86,8 @@ mod signature;
 /// | `jitter = 0.2` | no | the share of each wait, 0.0 to 1.0, taken off at random (default: the app's) |
 /// | `timeout = "5s"` | no | the longest one call may take; a slower call fails the attempt (default: none) |
 /// | `retry = "broker"` | no | `"broker"`: wait between attempts by handing the message back to the broker; `"in_process"`: wait in the handler's slot (default: the app's) |
+/// | `batch = 100` | no | makes it a batch handler of up to this many events at once (see [below](#batch-handlers)) |
+/// | `batch_wait = "50ms"` | no | with `batch`: the longest a batch waits for more messages after its first (default: `BatchHandler::DEFAULT_WAIT`, 100 ms) |
 /// | `crate = "::event_binder"` | no | the path of the facade, if it is renamed or re-exported |
 ///
 /// Names are checked at compile time with the runtime's rules: 1 to 48 ASCII letters,
@@ -92,10 +96,11 @@ mod signature;
 /// A duration is a whole number followed by a unit, `ms`, `s`, `m` (minutes) or `h`, with no
 /// spaces: `"250ms"`, `"5s"`, `"2m"`, `"1h"`. `backoff` gives two, the first wait and the
 /// longest, separated by `..`: the longest is above 0 and not shorter than the first (the
-/// waits in between grow as the app's retry policy says). `timeout` is above 0. Each is
+/// waits in between grow as the app's retry policy says). `timeout` is above 0;
+/// `batch_wait` may be `"0ms"` (a batch takes only what has already arrived). Each is
 /// checked at compile time and becomes a `Duration` of whole milliseconds; the arguments
-/// set `HandlerSpec`'s `backoff`, `jitter`, `timeout` and `retry_through_broker`, and the
-/// parts of the retry policy they do not set stay the app's.
+/// set `HandlerSpec`'s `backoff`, `jitter`, `timeout`, `retry_through_broker` and `batch`,
+/// and the parts of the retry policy they do not set stay the app's.
 ///
 /// ```
 /// use event_binder::{handler, HandlerSpec, IntoHandler};
@@ -189,6 +194,77 @@ mod signature;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Batch handlers
+///
+/// With `batch = N` (a whole number above 0), the function takes many events at once, for
+/// work that is cheaper in bulk (one database round trip, one bulk request): its first
+/// argument is `Vec<T>` (`T` decodes from each message), and an optional second one is a
+/// `Batch`, the `Context` of each event in the same order. It returns `Result<(), E>`: a
+/// batch handler publishes nothing; its error fails every event of the call, unless it is
+/// a `BatchFailure`, which fails only the events it names. The runtime collects up to `N`
+/// messages, or what came within `batch_wait` after the first, and still claims, decodes,
+/// acknowledges and dead-letters each message on its own; failed events are retried
+/// together, in process, as `max_attempts`, `backoff` and `jitter` say (see core's
+/// `BatchHandler`). `timeout` limits each call. A batch handler is registered with
+/// `App::batch_handler`, not `App::handler` (the compiler refuses either one in the
+/// other's place), and takes no `output`, `concurrency` or `retry = "broker"`.
+///
+/// ```
+/// use event_binder::memory::MemoryChannel;
+/// use event_binder::{handler, App, Batch, BatchFailure};
+/// use std::time::Duration;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// pub struct OrderPlaced {
+///     pub order_id: u64,
+///     pub quantity: u32,
+/// }
+///
+/// /// Reserves stock for up to 100 orders in one go, waiting up to 50 ms for more orders
+/// /// after the first.
+/// #[handler(destination = "orders", group = "stock", batch = 100, batch_wait = "50ms")]
+/// pub async fn reserve(orders: Vec<OrderPlaced>) -> Result<(), std::io::Error> {
+///     let total: u32 = orders.iter().map(|order| order.quantity).sum();
+///     println!("reserving {total} items for {} orders", orders.len());
+///     Ok(())
+/// }
+///
+/// /// With the contexts of the events; an order of nothing fails alone.
+/// #[handler(destination = "orders", group = "audit", batch = 10)]
+/// pub async fn audit(orders: Vec<OrderPlaced>, batch: Batch) -> Result<(), BatchFailure> {
+///     let mut failure = BatchFailure::new();
+///     for (index, (order, ctx)) in orders.iter().zip(batch.contexts()).enumerate() {
+///         if order.quantity == 0 {
+///             failure = failure.fail(index, format!("message {} orders nothing", ctx.id()));
+///         }
+///     }
+///     if failure.is_empty() { Ok(()) } else { Err(failure) }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // In a unit test, a plain call:
+/// reserve(vec![OrderPlaced { order_id: 7, quantity: 2 }]).await?;
+/// // In the service:
+/// let bus = MemoryChannel::new();
+/// let running = App::new(bus.clone())
+///     .batch_handler(reserve)
+///     .batch_handler(audit)
+///     .start()
+///     .await?;
+/// for order_id in 0..3 {
+///     let order = OrderPlaced { order_id, quantity: 1 };
+///     running.publisher().publish("orders", &order).await?;
+/// }
+/// bus.wait_idle(Duration::from_secs(5)).await?;
+/// running.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Without `batch`, a handler whose event is a `Vec<T>` is an ordinary handler of one
+/// event, a JSON array.
 ///
 /// The macro adds a hidden struct of the same name as the function (a type, so the two do
 /// not clash) that carries the handler's spec; the function returns its body's future

@@ -2,7 +2,10 @@
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;
-use syn::{FnArg, PatType, ReturnType, Signature, Type};
+use syn::{
+    AngleBracketedGenericArguments, FnArg, GenericArgument, PatType, PathArguments, ReturnType,
+    Signature, Type, TypePath,
+};
 
 /// How many arguments a handler takes after its event: as many as the runtime implements
 /// `IntoHandler` for.
@@ -13,10 +16,27 @@ pub(crate) const ARGUMENTS_ADVICE: &str = "a handler takes its event, then up to
 pub(crate) const RETURN_ADVICE: &str =
     "a handler returns `Result<(), E>`, or `Result<Event, E>` with `output = \"…\"`";
 
+pub(crate) const BATCH_ARGUMENTS_ADVICE: &str = "a batch handler takes its events as \
+     `Vec<T>`, then optionally `Batch`, the context of each event in the same order, and \
+     nothing else";
+pub(crate) const BATCH_RETURN_ADVICE: &str = "a batch handler publishes nothing: it returns \
+     `Result<(), E>`; to fail only some of its events, return a `BatchFailure` naming them";
+
+/// What the function is made into: a handler of one event at a time, or (with `batch`) of
+/// many.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// `(event: T, extractors…)`.
+    Single,
+    /// `(events: Vec<T>)` or `(events: Vec<T>, batch: Batch)`.
+    Batch,
+}
+
 /// Checks that the function is a free, non-generic `async fn` of its event and up to
-/// [`MAX_EXTRACTORS`] further owned arguments, with a return type. Types are checked by the
-/// compiler, against the generated code.
-pub(crate) fn check(sig: &Signature) -> syn::Result<()> {
+/// [`MAX_EXTRACTORS`] further owned arguments (a batch handler: a `Vec` of its events, and
+/// maybe one more), with a return type. Types are checked by the compiler, against the
+/// generated code.
+pub(crate) fn check(sig: &Signature, shape: Shape) -> syn::Result<()> {
     check_qualifiers(sig)?;
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         let tokens = if sig.generics.params.is_empty() {
@@ -30,14 +50,106 @@ pub(crate) fn check(sig: &Signature) -> syn::Result<()> {
              write one handler per event type (they may call a shared generic function)",
         ));
     }
-    check_arguments(sig)?;
+    check_arguments(sig, shape)?;
+    if shape == Shape::Batch {
+        check_batch_arguments(sig)?;
+    }
     if let ReturnType::Default = sig.output {
+        let advice = match shape {
+            Shape::Single => RETURN_ADVICE,
+            Shape::Batch => BATCH_RETURN_ADVICE,
+        };
         return Err(syn::Error::new(
             sig.paren_token.span.close(),
-            format!("#[handler] needs a return type: {RETURN_ADVICE}"),
+            format!("#[handler] needs a return type: {advice}"),
         ));
     }
     Ok(())
+}
+
+/// The element type of a `Vec<T>` as written (`Vec<T>`, `std::vec::Vec<T>`), or `None`.
+pub(crate) fn vec_element(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Group(group) => vec_element(&group.elem),
+        Type::Paren(paren) => vec_element(&paren.elem),
+        Type::Path(TypePath { qself: None, path }) => {
+            let last = path.segments.last()?;
+            let PathArguments::AngleBracketed(AngleBracketedGenericArguments { args, .. }) =
+                &last.arguments
+            else {
+                return None;
+            };
+            match (last.ident == "Vec", args.len(), args.first()) {
+                (true, 1, Some(GenericArgument::Type(element))) => Some(element),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A type as a user writes it, for messages: `std::collections::VecDeque<Order>`, not the
+/// printer's `std :: collections :: VecDeque < Order >`.
+fn type_written(ty: &Type) -> String {
+    let printed = ty.to_token_stream().to_string();
+    let mut out = String::with_capacity(printed.len());
+    for word in printed.split(' ').filter(|word| !word.is_empty()) {
+        let glued_after = out.ends_with([':', '<', '&', '(', '[']);
+        let glued_before = word.starts_with([':', '<', '>', ',', ';', ')', ']']);
+        if !out.is_empty() && !glued_after && !glued_before {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+/// The event type that `ty`, not a `Vec`, likely meant: the element of an array, a slice or
+/// another collection of one type (`VecDeque<T>`), or else the type itself.
+fn likely_element(ty: &Type) -> &Type {
+    match ty {
+        Type::Group(group) => likely_element(&group.elem),
+        Type::Paren(paren) => likely_element(&paren.elem),
+        Type::Array(array) => &array.elem,
+        Type::Slice(slice) => &slice.elem,
+        Type::Path(TypePath { qself: None, path }) => {
+            let arguments = path.segments.last().map(|last| &last.arguments);
+            match arguments {
+                Some(PathArguments::AngleBracketed(AngleBracketedGenericArguments {
+                    args,
+                    ..
+                })) if args.len() == 1 => match args.first() {
+                    Some(GenericArgument::Type(element)) => element,
+                    _ => ty,
+                },
+                _ => ty,
+            }
+        }
+        _ => ty,
+    }
+}
+
+/// A batch handler's events are a `Vec` (the type of its second argument, if any, is the
+/// compiler's to check: `Batch`).
+fn check_batch_arguments(sig: &Signature) -> syn::Result<()> {
+    let events = sig.inputs.first().and_then(|input| match input {
+        FnArg::Typed(PatType { ty, .. }) => Some(&**ty),
+        FnArg::Receiver(_) => None,
+    });
+    match events {
+        Some(events) if vec_element(events).is_none() => {
+            let written = type_written(events);
+            let element = type_written(likely_element(events));
+            Err(syn::Error::new_spanned(
+                events,
+                format!(
+                    "with `batch`, a handler takes its events as a `Vec`, not `{written}`: \
+                     write `Vec<{element}>`; {BATCH_ARGUMENTS_ADVICE}"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_qualifiers(sig: &Signature) -> syn::Result<()> {
@@ -69,9 +181,13 @@ fn check_qualifiers(sig: &Signature) -> syn::Result<()> {
     Ok(())
 }
 
-fn check_arguments(sig: &Signature) -> syn::Result<()> {
+fn check_arguments(sig: &Signature, shape: Shape) -> syn::Result<()> {
+    let advice = match shape {
+        Shape::Single => ARGUMENTS_ADVICE,
+        Shape::Batch => BATCH_ARGUMENTS_ADVICE,
+    };
     if let Some(variadic) = &sig.variadic {
-        return Err(syn::Error::new_spanned(variadic, ARGUMENTS_ADVICE));
+        return Err(syn::Error::new_spanned(variadic, advice));
     }
     for input in &sig.inputs {
         match input {
@@ -80,7 +196,7 @@ fn check_arguments(sig: &Signature) -> syn::Result<()> {
                     receiver,
                     format!(
                         "#[handler] cannot take `self`: write a free function, and share values \
-                         through `App::state` and a `State<S>` argument; {ARGUMENTS_ADVICE}"
+                         through `App::state` and a `State<S>` argument; {advice}"
                     ),
                 ));
             }
@@ -90,7 +206,7 @@ fn check_arguments(sig: &Signature) -> syn::Result<()> {
                         reference,
                         format!(
                             "a handler owns its arguments, so it cannot borrow them: \
-                             write the type without `&`; {ARGUMENTS_ADVICE}"
+                             write the type without `&`; {advice}"
                         ),
                     ));
                 }
@@ -105,30 +221,43 @@ fn check_arguments(sig: &Signature) -> syn::Result<()> {
             },
         }
     }
-    match sig.inputs.len() {
-        0 => Err(syn::Error::new(
+    let count = sig.inputs.len();
+    let extra = |skip: usize| -> TokenStream {
+        sig.inputs
+            .iter()
+            .skip(skip)
+            .map(ToTokens::to_token_stream)
+            .collect()
+    };
+    match (shape, count) {
+        (Shape::Single, 0) => Err(syn::Error::new(
             sig.paren_token.span.join(),
             format!("#[handler] needs the event to handle: {ARGUMENTS_ADVICE}"),
         )),
-        count if count <= 1 + MAX_EXTRACTORS => Ok(()),
-        count => {
-            let extra: TokenStream = sig
-                .inputs
-                .iter()
-                .skip(1 + MAX_EXTRACTORS)
-                .map(ToTokens::to_token_stream)
-                .collect();
-            Err(syn::Error::new_spanned(
-                extra,
-                format!(
-                    "#[handler] takes at most {} arguments, the event and {MAX_EXTRACTORS} \
+        (Shape::Batch, 0) => Err(syn::Error::new(
+            sig.paren_token.span.join(),
+            format!("#[handler] with `batch` needs the events to handle: {BATCH_ARGUMENTS_ADVICE}"),
+        )),
+        (Shape::Batch, 1 | 2) => Ok(()),
+        (Shape::Batch, _) => Err(syn::Error::new_spanned(
+            extra(2),
+            format!(
+                "a batch handler takes at most 2 arguments, its events and a `Batch`, not \
+                 {count}: each event's id, key, attempt and headers are in the `Context`s of \
+                 `batch.contexts()`, in the order of the events"
+            ),
+        )),
+        (Shape::Single, count) if count <= 1 + MAX_EXTRACTORS => Ok(()),
+        (Shape::Single, count) => Err(syn::Error::new_spanned(
+            extra(1 + MAX_EXTRACTORS),
+            format!(
+                "#[handler] takes at most {} arguments, the event and {MAX_EXTRACTORS} \
                      more, not {count}: take `Context` alone to read the message's id, key, \
                      attempt and headers from it, and put shared values together in one app \
                      state, taken as `State<S>`",
-                    1 + MAX_EXTRACTORS
-                ),
-            ))
-        }
+                1 + MAX_EXTRACTORS
+            ),
+        )),
     }
 }
 
@@ -138,7 +267,12 @@ mod tests {
 
     fn error(signature: &str) -> String {
         let sig: Signature = syn::parse_str(signature).unwrap();
-        check(&sig).unwrap_err().to_string()
+        check(&sig, Shape::Single).unwrap_err().to_string()
+    }
+
+    fn batch_error(signature: &str) -> String {
+        let sig: Signature = syn::parse_str(signature).unwrap();
+        check(&sig, Shape::Batch).unwrap_err().to_string()
     }
 
     #[test]
@@ -153,7 +287,50 @@ mod tests {
             "async fn bill(e: O, a: A, b: B, c: C, d: D, f: F, g: G) -> Result<(), E>",
         ] {
             let sig: Signature = syn::parse_str(ok).unwrap();
-            assert!(check(&sig).is_ok(), "{ok}");
+            assert!(check(&sig, Shape::Single).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_batch_handler_takes_a_vec_of_events_and_maybe_its_batch() {
+        for ok in [
+            "async fn reserve(events: Vec<Order>) -> Result<(), E>",
+            "async fn reserve(events: std::vec::Vec<Order>, batch: Batch) -> Result<(), E>",
+            "async fn reserve(mut events: Vec<(u32, u32)>, _: Batch) -> Result<(), E>",
+            // The second argument's type is the compiler's to check.
+            "async fn reserve(events: Vec<Order>, ctx: Context) -> Result<(), E>",
+        ] {
+            let sig: Signature = syn::parse_str(ok).unwrap();
+            assert!(check(&sig, Shape::Batch).is_ok(), "{ok}");
+        }
+        for (signature, expected) in [
+            (
+                "async fn reserve(event: Order) -> R",
+                "takes its events as a `Vec`, not `Order`: write `Vec<Order>`",
+            ),
+            (
+                "async fn reserve(events: [Order; 3]) -> R",
+                "write `Vec<Order>`",
+            ),
+            (
+                "async fn reserve(events: std::collections::VecDeque<Order>) -> R",
+                "not `std::collections::VecDeque<Order>`: write `Vec<Order>`",
+            ),
+            (
+                "async fn reserve(events: [(u32, &'static str); 3]) -> R",
+                "not `[(u32, &'static str); 3]`: write `Vec<(u32, &'static str)>`",
+            ),
+            ("async fn reserve(events: Vec<A, B>) -> R", "as a `Vec`"),
+            ("async fn reserve() -> R", "needs the events to handle"),
+            (
+                "async fn reserve(e: Vec<O>, b: Batch, c: Context) -> R",
+                "at most 2 arguments, its events and a `Batch`, not 3",
+            ),
+            ("async fn reserve(e: &Vec<O>) -> R", "cannot borrow"),
+            ("async fn reserve(e: Vec<O>)", "returns `Result<(), E>`"),
+        ] {
+            let message = batch_error(signature);
+            assert!(message.contains(expected), "{signature}: {message}");
         }
     }
 

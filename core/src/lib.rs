@@ -38,10 +38,11 @@ pub use message::{
 pub use name::{validate_destination, validate_group, validate_prefix, DottedNames, MAX_NAME_LEN};
 pub use publisher::Publisher;
 pub use runtime::{
-    App, Attempt, Batch, BatchFailure, BatchFn, BatchHandler, BatchService, CallFuture, Context,
-    Events, FnService, FromContext, Handler, HandlerFn, HandlerService, HandlerSpec, IntoHandler,
-    Key, MessageId, NoState, NonRetryable, OutputPolicy, Processor, ProvidedBy, RetryAfter,
-    RetryPolicy, RunningApp, Sink, State, StateOf,
+    App, Attempt, Batch, BatchFailure, BatchFn, BatchHandler, BatchHandlerFn, BatchService,
+    BatchSink, CallFuture, Context, Events, FnService, FromContext, Handler, HandlerFn,
+    HandlerService, HandlerSpec, IntoBatchHandler, IntoHandler, Key, MessageId, NoState,
+    NonRetryable, OutputPolicy, Processor, ProvidedBy, RetryAfter, RetryPolicy, RunningApp, Sink,
+    State, StateOf,
 };
 pub use tower_layer::{layer_fn, Layer};
 pub use tower_service::Service;

@@ -1,6 +1,6 @@
 //! The app: registered handlers running on one channel.
 
-use super::batch::{BatchHandler, BatchService, BatchWorker};
+use super::batch::{BatchHandler, BatchService, BatchWorker, IntoBatchHandler};
 use super::context::{Context, Extensions, Shared};
 use super::extract::ProvidedBy;
 use super::failure::Disposition;
@@ -120,11 +120,15 @@ impl<L, St: Send + Sync + 'static> App<L, St> {
         self
     }
 
-    /// Registers a [`BatchHandler`]. The app's layers do not wrap it (they take one
-    /// message's [`Context`]; a batch handler's service takes a [`Batch`](crate::Batch)):
-    /// give it its own with [`BatchHandler::layer`].
-    pub fn batch_handler<S: BatchService>(mut self, handler: BatchHandler<S>) -> Self {
-        self.handlers.push(Box::new(handler));
+    /// Registers a batch handler: a `#[handler(batch = …)]` function, or a [`BatchHandler`]
+    /// built by hand. The app's layers do not wrap it (they take one message's
+    /// [`Context`]; a batch handler's service takes a [`Batch`](crate::Batch)): give it its
+    /// own with [`BatchHandler::layer`].
+    pub fn batch_handler<Args, H>(mut self, handler: H) -> Self
+    where
+        H: IntoBatchHandler<Args>,
+    {
+        self.handlers.push(Box::new(handler.into_batch_handler()));
         self
     }
 

@@ -3,7 +3,7 @@
 use super::app::{aborted, broker_backoff, error_chain, stopped, CatchUnwind, Consume, Settings};
 use super::context::Context;
 use super::failure::Disposition;
-use super::handler::{panic_error, HandlerSpec, Undecodable};
+use super::handler::{panic_error, HandlerSpec, Route, Routed, Undecodable};
 use crate::channel::Consumer;
 use crate::codec::Decode;
 use crate::delivery::Delivery;
@@ -24,12 +24,6 @@ use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 use tower_layer::Layer;
 use tower_service::Service;
-
-/// The most messages in one batch, unless the spec says otherwise.
-const DEFAULT_BATCH_SIZE: usize = 100;
-/// The longest a batch waits for more messages after its first, unless the spec says
-/// otherwise.
-const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(100);
 
 /// What a batch handler's service takes: the [`Context`] of each message of the batch, in
 /// the order received.
@@ -137,6 +131,22 @@ impl StdError for BatchFailure {}
 /// [`App::batch_handler`](crate::App::batch_handler). Messages with the same id in one
 /// batch are handled once.
 ///
+/// Most are written with the `#[handler]` macro (the facade's `event_binder::handler`):
+/// with `batch = 100`, and optionally `batch_wait = "50ms"` (else
+/// [`DEFAULT_WAIT`](Self::DEFAULT_WAIT)), it makes an `async fn(events: Vec<T>) ->
+/// Result<(), E>`, or one of `(events: Vec<T>, batch: Batch)`, a batch handler that
+/// registers as it is ([`IntoBatchHandler`] makes it a `BatchHandler`, to add layers):
+///
+/// ```text
+/// #[handler(destination = "orders", group = "stock", batch = 100, batch_wait = "50ms")]
+/// async fn reserve(orders: Vec<OrderPlaced>) -> Result<(), StockError> { … }
+///
+/// App::new(channel).batch_handler(reserve)
+/// App::new(channel).batch_handler(reserve.into_batch_handler().layer(my_layer))
+/// ```
+///
+/// [`from_fn`](Self::from_fn) builds one from a closure, for names chosen at run time:
+///
 /// ```
 /// use event_binder_core::{Batch, BatchHandler, HandlerSpec};
 /// use std::time::Duration;
@@ -176,6 +186,13 @@ impl<S> BatchService for S where
 }
 
 impl BatchHandler<()> {
+    /// The most messages in one batch when the spec sets no [`batch`](HandlerSpec::batch)
+    /// limits.
+    pub const DEFAULT_SIZE: usize = 100;
+    /// The longest a batch waits for more messages after its first, when the spec sets no
+    /// [`batch`](HandlerSpec::batch) limits, or `#[handler(batch = …)]` no `batch_wait`.
+    pub const DEFAULT_WAIT: Duration = Duration::from_millis(100);
+
     /// A batch handler from a closure or function `(events: Vec<T>, batch: Batch) ->
     /// Result<(), E>`; `batch` holds the context of each event, in the same order.
     pub fn from_fn<F, T, Fut, E>(spec: HandlerSpec, function: F) -> BatchHandler<BatchFn<F, T>>
@@ -187,10 +204,7 @@ impl BatchHandler<()> {
     {
         BatchHandler {
             spec,
-            service: BatchFn {
-                function: Arc::new(function),
-                event: PhantomData,
-            },
+            service: BatchFn::new(function),
         }
     }
 }
@@ -229,14 +243,132 @@ impl<S> fmt::Debug for BatchHandler<S> {
     }
 }
 
-/// The service of a batch handler function: decodes each event, calls the function with
-/// those that decoded, and fails the others (to be dead-lettered at once).
-pub struct BatchFn<F, T> {
-    function: Arc<F>,
-    event: PhantomData<fn(T)>,
+/// A batch handler function of event type `T`: a closure or function `(Vec<T>, Batch) ->
+/// impl Future<Output = Result<(), E>>` (`Args` is `(Batch,)`), or `(Vec<T>) -> …` (`Args`
+/// is `()`), which includes `#[handler(batch = …)]` functions. Implemented for you; it
+/// names the future a function returns.
+pub trait BatchHandlerFn<T, Args>: Send + Sync + 'static {
+    /// What a failed call returns; a [`BatchFailure`] fails only the events it names.
+    type Error: Into<BoxError> + 'static;
+    /// The future a call returns.
+    type Future: Future<Output = Result<(), Self::Error>> + Send + 'static;
+
+    /// Calls the function with the events, and the batch of their contexts if it takes
+    /// them.
+    fn call(&self, events: Vec<T>, batch: Batch) -> Self::Future;
 }
 
-impl<F, T> Clone for BatchFn<F, T> {
+impl<F, T, Fut, E> BatchHandlerFn<T, ()> for F
+where
+    F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    type Error = E;
+    type Future = Fut;
+
+    fn call(&self, events: Vec<T>, _batch: Batch) -> Fut {
+        self(events)
+    }
+}
+
+impl<F, T, Fut, E> BatchHandlerFn<T, (Batch,)> for F
+where
+    F: Fn(Vec<T>, Batch) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    type Error = E;
+    type Future = Fut;
+
+    fn call(&self, events: Vec<T>, batch: Batch) -> Fut {
+        self(events, batch)
+    }
+}
+
+/// The kind of a `#[handler(batch = …)]` function: a batch handler, which publishes
+/// nothing. Registered with [`App::batch_handler`](crate::App::batch_handler) (through
+/// [`IntoBatchHandler`]), never with [`App::handler`](crate::App::handler).
+#[derive(Debug)]
+pub enum BatchSink {}
+
+/// Turns what is given to [`App::batch_handler`](crate::App::batch_handler) into a
+/// [`BatchHandler`]: a `#[handler(batch = …)]` function, or a [`BatchHandler`] built by
+/// hand.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a batch handler",
+    note = "annotate an `async fn(events: Vec<T>) -> Result<(), E>` (optionally taking `batch: Batch` after the events) with `#[handler(destination = \"…\", batch = 100)]`, or build one with `BatchHandler::from_fn`; a `#[handler]` without `batch` takes one event at a time: register it with `App::handler`; if it has `#[handler(batch = …)]` already, the error at the function says what is wrong"
+)]
+pub trait IntoBatchHandler<Args> {
+    /// The batch handler's service.
+    type Service: BatchService;
+
+    /// The batch handler.
+    fn into_batch_handler(self) -> BatchHandler<Self::Service>;
+}
+
+impl<S: BatchService> IntoBatchHandler<()> for BatchHandler<S> {
+    type Service = S;
+
+    fn into_batch_handler(self) -> BatchHandler<S> {
+        self
+    }
+}
+
+impl<Func, R, T, Fut, E> IntoBatchHandler<(R, T)> for Func
+where
+    Func: Fn(Vec<T>) -> Routed<R, Fut> + Send + Sync + 'static,
+    R: Route<Kind = BatchSink>,
+    T: Decode + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    type Service = BatchFn<Func, T, ()>;
+
+    fn into_batch_handler(self) -> BatchHandler<Self::Service> {
+        BatchHandler {
+            spec: R::spec(),
+            service: BatchFn::new(self),
+        }
+    }
+}
+
+impl<Func, R, T, Fut, E> IntoBatchHandler<(R, T, Batch)> for Func
+where
+    Func: Fn(Vec<T>, Batch) -> Routed<R, Fut> + Send + Sync + 'static,
+    R: Route<Kind = BatchSink>,
+    T: Decode + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    type Service = BatchFn<Func, T, (Batch,)>;
+
+    fn into_batch_handler(self) -> BatchHandler<Self::Service> {
+        BatchHandler {
+            spec: R::spec(),
+            service: BatchFn::new(self),
+        }
+    }
+}
+
+/// The service of a batch handler function (a [`BatchHandlerFn`]): decodes each event,
+/// calls the function with those that decoded, and fails the others (to be dead-lettered
+/// at once).
+pub struct BatchFn<F, T, Args = (Batch,)> {
+    function: Arc<F>,
+    event: PhantomData<fn(T, Args)>,
+}
+
+impl<F, T, Args> BatchFn<F, T, Args> {
+    fn new(function: F) -> Self {
+        BatchFn {
+            function: Arc::new(function),
+            event: PhantomData,
+        }
+    }
+}
+
+impl<F, T, Args> Clone for BatchFn<F, T, Args> {
     fn clone(&self) -> Self {
         BatchFn {
             function: self.function.clone(),
@@ -245,18 +377,16 @@ impl<F, T> Clone for BatchFn<F, T> {
     }
 }
 
-impl<F, T> fmt::Debug for BatchFn<F, T> {
+impl<F, T, Args> fmt::Debug for BatchFn<F, T, Args> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("BatchFn")
     }
 }
 
-impl<F, T, Fut, E> Service<Batch> for BatchFn<F, T>
+impl<F, T, Args> Service<Batch> for BatchFn<F, T, Args>
 where
-    F: Fn(Vec<T>, Batch) -> Fut + Send + Sync + 'static,
+    F: BatchHandlerFn<T, Args>,
     T: Decode + Send + 'static,
-    Fut: Future<Output = Result<(), E>> + Send + 'static,
-    E: Into<BoxError> + 'static,
 {
     type Response = ();
     type Error = BoxError;
@@ -287,7 +417,8 @@ where
                 }
             }
         }
-        let call = (!events.is_empty()).then(|| (self.function)(events, Batch::new(decoded)));
+        let call = (!events.is_empty())
+            .then(|| BatchHandlerFn::call(&*self.function, events, Batch::new(decoded)));
         Box::pin(async move {
             if let Some(call) = call {
                 if let Err(error) = call.await {
@@ -336,7 +467,7 @@ impl<S> BatchWorker<S> {
             .settings
             .spec
             .batch_limits()
-            .unwrap_or((DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT));
+            .unwrap_or((BatchHandler::DEFAULT_SIZE, BatchHandler::DEFAULT_WAIT));
         (size.max(1), wait)
     }
 }

@@ -702,7 +702,8 @@ fn publishable<T: Encode + ?Sized>(event: &T) -> Result<Option<Message>> {
 /// a `#[handler]` function, or a [`Handler`] built by hand.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event handler",
-    note = "annotate an `async fn(event: T, args…) -> Result<_, E>` (after the event, up to 6 of `Context`, `MessageId`, `Key`, `Attempt`, `Headers` and `State<S>`) with `#[handler(destination = \"…\")]`, or build one with `Handler::from_fn`; if it has `#[handler]` already, the error at the function says what is wrong"
+    note = "annotate an `async fn(event: T, args…) -> Result<_, E>` (after the event, up to 6 of `Context`, `MessageId`, `Key`, `Attempt`, `Headers` and `State<S>`) with `#[handler(destination = \"…\")]`, or build one with `Handler::from_fn`; if it has `#[handler]` already, the error at the function says what is wrong",
+    note = "a `#[handler(batch = …)]` function or a `BatchHandler` takes many events at once: register it with `App::batch_handler`"
 )]
 pub trait IntoHandler<Args> {
     /// The handler's service.
@@ -727,7 +728,9 @@ impl<S: HandlerService, R> IntoHandler<()> for Handler<S, R> {
 /// What the `#[handler]` macro attaches to a function: its spec and its kind.
 #[doc(hidden)]
 pub trait Route: 'static {
-    /// [`Sink`] or [`Processor`].
+    /// [`Sink`] or [`Processor`] for a handler of one event at a time (see [`IntoHandler`]),
+    /// [`BatchSink`](crate::BatchSink) for a batch handler (see
+    /// [`IntoBatchHandler`](crate::IntoBatchHandler)).
     type Kind;
     /// The spec written in the attribute.
     fn spec() -> HandlerSpec;

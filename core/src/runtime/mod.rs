@@ -10,12 +10,15 @@ mod retry;
 mod slots;
 
 pub use app::{App, RunningApp};
-pub use batch::{Batch, BatchFailure, BatchFn, BatchHandler, BatchService};
+pub use batch::{
+    Batch, BatchFailure, BatchFn, BatchHandler, BatchHandlerFn, BatchService, BatchSink,
+    IntoBatchHandler,
+};
 pub use context::Context;
-pub use failure::{NonRetryable, RetryAfter};
 pub use extract::{
     Attempt, Extractors, FromContext, Key, Merge, MessageId, NoState, ProvidedBy, State, StateOf,
 };
+pub use failure::{NonRetryable, RetryAfter};
 pub use handler::{
     CallFuture, Events, FnService, Handler, HandlerFn, HandlerService, HandlerSpec, IntoHandler,
     OutputPolicy, Processor, Route, Routed, RoutedFn, Sink,

@@ -20,7 +20,7 @@
 
 /// Handlers.
 pub mod handlers {
-    use event_binder::{handler, Context};
+    use event_binder::{handler, Batch, Context};
 
     /// An order.
     #[derive(Debug, serde::Deserialize)]
@@ -35,6 +35,19 @@ pub mod handlers {
         Ok(())
     }
 
+    /// Counts orders in bulk.
+    #[handler(destination = "orders", group = "bulk", batch = 10, batch_wait = "5ms")]
+    pub async fn count_many(orders: Vec<OrderPlaced>, _batch: Batch) -> Result<(), String> {
+        println!("{} orders", orders.len());
+        Ok(())
+    }
+
+    /// Counts orders in bulk, with the default wait.
+    #[handler(destination = "orders", group = "bulk", batch = 10)]
+    pub async fn count_more(_orders: Vec<OrderPlaced>) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Echoes orders.
     #[handler(destination = "orders", output = "echoes")]
     pub async fn echo(event: OrderPlaced) -> Result<u64, String> {
@@ -45,4 +58,6 @@ pub mod handlers {
 fn main() {
     let _handler = event_binder::IntoHandler::into_handler(handlers::count);
     let _handler = event_binder::IntoHandler::into_handler(handlers::echo);
+    let _handler = event_binder::IntoBatchHandler::into_batch_handler(handlers::count_many);
+    let _handler = event_binder::IntoBatchHandler::into_batch_handler(handlers::count_more);
 }
