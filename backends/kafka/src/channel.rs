@@ -49,6 +49,11 @@ pub(crate) struct Inner {
     closed: watch::Sender<bool>,
 }
 
+/// The error of whatever is used once the channel is closed.
+pub(crate) fn shut_down() -> Error {
+    Error::ShutDown("the kafka channel")
+}
+
 impl Inner {
     /// The secrets to keep out of error messages.
     pub(crate) fn secrets(&self) -> Vec<&str> {
@@ -58,7 +63,7 @@ impl Inner {
     /// Fails with [`Error::ShutDown`] once the channel is closed.
     pub(crate) fn check_open(&self) -> Result<()> {
         if *self.closed.borrow() {
-            Err(Error::ShutDown("the kafka channel"))
+            Err(shut_down())
         } else {
             Ok(())
         }

@@ -12,13 +12,14 @@
 //!
 //! The poller thread calls librdkafka's poll continuously, whatever the handlers do, so
 //! the member never misses `max.poll.interval.ms` and its rebalance callbacks run on time.
-//! It hands records to [`KafkaConsumer::receive`] in batches through a channel; once
+//! It hands records to [`KafkaConsumer::receive`] (and to its no-waiting twin
+//! `try_receive`, the runtime's fast path) in batches through a channel; once
 //! the read-ahead limit is reached it pauses the assigned partitions (librdkafka then
 //! fetches nothing more) and goes on polling, and it resumes them once half of what was
 //! read ahead has been taken (a resumed partition's first fetch can take librdkafka's
 //! `fetch.wait.max.ms`, so resuming early keeps the handlers fed).
 
-use crate::channel::Inner;
+use crate::channel::{shut_down, Inner};
 use crate::convert::message_from;
 use crate::error::{self, BACKEND};
 use crate::names::Names;
@@ -35,9 +36,11 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch, Notify};
 
 /// What a consumer reads.
@@ -181,15 +184,59 @@ impl KafkaConsumer {
         })
     }
 
-    /// A due redelivery or a record read, if there is one.
-    fn ready(&mut self) -> Option<Delivery> {
-        match self.tracker.next(Instant::now(), &mut self.taken) {
-            Next::Redelivery(redelivery) => {
-                Some(self.delivery(redelivery.message, redelivery.at, redelivery.attempt))
+    /// What [`receive`](Consumer::receive) returns without waiting, in its order: the
+    /// shutdown error once the channel is closed, else a redelivery that is due, else the
+    /// next record taken (the batches the poller has already handed over are taken
+    /// meanwhile, with no waiting), else the error of a poller that stopped. `Continue`
+    /// when it would have to wait, with when the next redelivery is due (if one is queued).
+    /// Shared by `receive` and [`try_receive`](Consumer::try_receive); cancel safe, as it
+    /// never waits: a batch leaves the channel only into `taken`.
+    fn now(&mut self) -> ControlFlow<Result<Delivery>, Option<Instant>> {
+        loop {
+            if *self.closed.borrow() {
+                return ControlFlow::Break(Err(shut_down()));
             }
-            Next::Read(Read { message, at }) => Some(self.delivery(message, at, 1)),
-            Next::DueAt(_) | Next::Nothing => None,
+            let due = match self.tracker.next(Instant::now(), &mut self.taken) {
+                Next::Redelivery(redelivery) => {
+                    return ControlFlow::Break(Ok(self.delivery(
+                        redelivery.message,
+                        redelivery.at,
+                        redelivery.attempt,
+                    )));
+                }
+                Next::Read(Read { message, at }) => {
+                    return ControlFlow::Break(Ok(self.delivery(message, at, 1)));
+                }
+                Next::DueAt(due) => Some(due),
+                Next::Nothing => None,
+            };
+            // `taken` is empty now: take the next batch, if the poller handed one over.
+            match self.records.try_recv() {
+                Ok(batch) => self.take(batch),
+                Err(TryRecvError::Empty) => return ControlFlow::Continue(due),
+                Err(TryRecvError::Disconnected) => {
+                    return ControlFlow::Break(Err(self.stopped_polling()));
+                }
+            }
         }
+    }
+
+    /// Takes a batch the poller handed over, to be handed out after the records taken
+    /// before it.
+    fn take(&mut self, batch: Vec<Read>) {
+        self.read_ahead.count(&batch, false);
+        self.taken.extend(batch);
+    }
+
+    /// The error once the poller thread has stopped (and closed its channel).
+    fn stopped_polling(&self) -> Error {
+        Error::broker(
+            BACKEND,
+            format!(
+                "the consumer of topic {} (group {}) stopped polling",
+                self.topic, self.group_id
+            ),
+        )
     }
 
     fn delivery(&self, message: Arc<Message>, at: Position, attempt: u32) -> Delivery {
@@ -423,29 +470,21 @@ impl Consumer for KafkaConsumer {
     /// in the metadata) are logged and waited out: it recovers by itself.
     async fn receive(&mut self) -> Result<Delivery> {
         loop {
-            if *self.closed.borrow() {
-                return Err(Error::ShutDown("the kafka channel"));
-            }
             // Without registering for wake-ups first when something is ready (the fast path);
             // else registered, then asked again, so that no redelivery queued meanwhile is
             // missed.
-            if let Some(delivery) = self.ready() {
-                return Ok(delivery);
+            if let ControlFlow::Break(received) = self.now() {
+                return received;
             }
-            let woken = self.tracker.wake.notified();
+            // Held apart from `self`, which the steps below borrow mutably (the slow path
+            // only: this is an atomic count).
+            let tracker = self.tracker.clone();
+            let woken = tracker.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let next_due = match self.tracker.next(Instant::now(), &mut self.taken) {
-                Next::Redelivery(redelivery) => {
-                    return Ok(self.delivery(
-                        redelivery.message,
-                        redelivery.at,
-                        redelivery.attempt,
-                    ));
-                }
-                Next::Read(Read { message, at }) => return Ok(self.delivery(message, at, 1)),
-                Next::DueAt(due) => Some(due),
-                Next::Nothing => None,
+            let next_due = match self.now() {
+                ControlFlow::Break(received) => return received,
+                ControlFlow::Continue(due) => due,
             };
             let due = async move {
                 match next_due {
@@ -457,27 +496,22 @@ impl Consumer for KafkaConsumer {
             tokio::select! {
                 biased;
                 _ = closed.wait_for(|closed| *closed) => {
-                    return Err(Error::ShutDown("the kafka channel"));
+                    return Err(shut_down());
                 }
                 () = &mut woken => {}
                 () = due => {}
                 batch = self.records.recv() => match batch {
-                    Some(batch) => {
-                        self.read_ahead.count(&batch, false);
-                        self.taken.extend(batch);
-                    }
-                    None => {
-                        return Err(Error::broker(
-                            BACKEND,
-                            format!(
-                                "the consumer of topic {} (group {}) stopped polling",
-                                self.topic, self.group_id
-                            ),
-                        ));
-                    }
+                    Some(batch) => self.take(batch),
+                    None => return Err(self.stopped_polling()),
                 },
             }
         }
+    }
+
+    /// What `receive` would return now, in the same order, without waiting: `None` when it
+    /// would wait.
+    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        self.now().break_value()
     }
 }
 
@@ -915,13 +949,30 @@ impl fmt::Debug for Acker {
     }
 }
 
+impl Acker {
+    /// Marks the record handled (once): its offset is committed once everything before it
+    /// in its partition is handled too. Synchronous: the tracker's bookkeeping only, the
+    /// commit is the poller thread's.
+    fn acked(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.tracker.ack(&self.client, self.at);
+        }
+    }
+}
+
 #[async_trait]
 impl Acknowledger for Acker {
+    /// Acking never waits here: see [`ack`](Self::ack).
+    fn try_ack(&mut self) -> Option<Result<()>> {
+        self.acked();
+        Some(Ok(()))
+    }
+
     /// Marks the record handled; its offset is committed once everything before it in
     /// its partition is handled too.
     async fn ack(mut self: Box<Self>) -> Result<()> {
-        self.settled = true;
-        self.tracker.ack(&self.client, self.at);
+        self.acked();
         Ok(())
     }
 
@@ -948,8 +999,7 @@ impl Acknowledger for Acker {
         let target = self.dead_letters.clone();
         match send_to(&target.inner, &target.topic, &dead_letter).await {
             Ok(()) => {
-                self.settled = true;
-                self.tracker.ack(&self.client, self.at);
+                self.acked();
                 Ok(())
             }
             Err(error) => Err(DeadLetterFailed::new(error, self)),

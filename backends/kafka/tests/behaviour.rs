@@ -3,7 +3,8 @@
 //! starts tansu): records from a foreign producer are handled; an unreachable broker gives
 //! a clear error that never shows the password; settings are checked before connecting;
 //! several bootstrap hosts; a handler slower than `max.poll.interval.ms` keeps its
-//! membership; handled offsets are committed when acks stop; the longest nack delay.
+//! membership; handled offsets are committed when acks stop; the longest nack delay;
+//! `try_receive` alone serves what `receive` would.
 
 mod support;
 
@@ -378,4 +379,70 @@ async fn a_full_read_ahead_buffer_pauses_fetching_not_polling() {
     );
     drop(consumer);
     channel.close().await.expect("close");
+}
+
+/// The next delivery `try_receive` has, asked again (without ever calling `receive`) until
+/// one is there, failing the test if none comes within `LIMIT`.
+async fn try_next(consumer: &mut Box<dyn event_binder_core::Consumer>) -> Delivery {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(received) = consumer.try_receive() {
+            return received.expect("try_receive");
+        }
+        assert!(Instant::now() < deadline, "no delivery after {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `try_receive` alone (the runtime's fast path) serves what `receive` would: records
+/// once, in order, a due redelivery before the records after it, attempt counted; acks
+/// (settled at once, with no waiting) move the committed position and requeue nothing;
+/// and once the channel is closed, the shutdown error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_receive_serves_what_receive_would_without_waiting() {
+    let prefix = format!("tryrecv-{}-", unique());
+    let channel = channel_with(&prefix, 1, "commit_interval_ms=100").await;
+    let (destination, group) = ("d", "g");
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group(group))
+        .await
+        .expect("consumer");
+    assert!(consumer.try_receive().is_none(), "nothing published yet");
+    let ids: Vec<String> = (0..5).map(|n| format!("m{n}")).collect();
+    send_ids(&channel, destination, &ids).await;
+    let first = try_next(&mut consumer).await;
+    assert_eq!((first.message().id(), first.attempt()), ("m0", 1));
+    first.nack(None).await.expect("nack");
+    let again = consumer
+        .try_receive()
+        .expect("a nack without delay is due at once")
+        .expect("try_receive");
+    assert_eq!(
+        (again.message().id(), again.attempt()),
+        ("m0", 2),
+        "the redelivery comes before the records after it"
+    );
+    again.ack().await.expect("ack");
+    let mut received = vec![ids[0].clone()];
+    while received.len() < ids.len() {
+        let delivery = try_next(&mut consumer).await;
+        assert_eq!(delivery.attempt(), 1);
+        received.push(delivery.message().id().to_owned());
+        delivery.ack().await.expect("ack");
+    }
+    assert_eq!(received, ids, "every record once, in order");
+    let topic = channel.topic_name(destination).expect("topic");
+    let group_id = channel.group_id(destination, group).expect("group");
+    expect_committed(&group_id, &topic, ids.len() as i64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        consumer.try_receive().is_none(),
+        "an acked delivery is not requeued when it is dropped"
+    );
+    channel.close().await.expect("close");
+    assert!(
+        matches!(consumer.try_receive(), Some(Err(Error::ShutDown(_)))),
+        "closed: the shutdown error"
+    );
+    drop(consumer);
 }
