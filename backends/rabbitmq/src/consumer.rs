@@ -18,7 +18,7 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::task::{ready, Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
@@ -136,6 +136,44 @@ impl RabbitConsumer {
             .ok_or_else(|| Error::broker(BACKEND, "the consumer has no AMQP channel"))
     }
 
+    /// Fails with [`Error::ShutDown`] once the channel is closed, dropping the session.
+    fn check_open(&mut self) -> Result<()> {
+        if self.link.is_closed() {
+            self.session = None;
+            return Err(Error::ShutDown("rabbitmq consumer"));
+        }
+        Ok(())
+    }
+
+    /// The session's next delivery; `Ready(None)` when there is no session, or when it
+    /// ended (interrupted or cancelled) and was dropped, to be opened again.
+    fn poll_session(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Delivery>> {
+        let Some(session) = self.session.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match ready!(Pin::new(&mut session.consumer).poll_next(cx)) {
+                // Deliveries buffered before the channel died can no longer be settled;
+                // the broker hands them out again (an anonymous queue went with them).
+                Some(Ok(delivery)) if !delivery.acker.usable() => {}
+                Some(Ok(delivery)) => {
+                    let channel = session.channel.clone();
+                    return Poll::Ready(Some(self.delivery(&channel, delivery)));
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(queue = %session.queue, error = %err, "rabbitmq: consumer interrupted; resuming");
+                    break;
+                }
+                None => {
+                    tracing::debug!(queue = %session.queue, "rabbitmq: consumer cancelled; resuming");
+                    break;
+                }
+            }
+        }
+        self.session = None;
+        Poll::Ready(None)
+    }
+
     fn delivery(
         &self,
         channel: &Arc<lapin::Channel>,
@@ -191,31 +229,27 @@ impl Consumer for RabbitConsumer {
         &self.subscription
     }
 
+    /// Cancel safe: a delivery leaves lapin's buffer only in the poll that returns it.
     async fn receive(&mut self) -> Result<Delivery> {
         loop {
-            if self.link.is_closed() {
-                self.session = None;
-                return Err(Error::ShutDown("rabbitmq consumer"));
+            self.check_open()?;
+            self.session().await?;
+            if let Some(delivery) = poll_fn(|cx| self.poll_session(cx)).await {
+                return Ok(delivery);
             }
-            let session = self.session().await?;
-            let next = poll_fn(|cx| Pin::new(&mut session.consumer).poll_next(cx)).await;
-            match next {
-                // Deliveries buffered before the channel died can no longer be settled;
-                // the broker hands them out again (an anonymous queue went with them).
-                Some(Ok(delivery)) if !delivery.acker.usable() => {}
-                Some(Ok(delivery)) => {
-                    let channel = session.channel.clone();
-                    return Ok(self.delivery(&channel, delivery));
-                }
-                Some(Err(err)) => {
-                    tracing::debug!(queue = %session.queue, error = %err, "rabbitmq: consumer interrupted; resuming");
-                    self.session = None;
-                }
-                None => {
-                    tracing::debug!(queue = %session.queue, "rabbitmq: consumer cancelled; resuming");
-                    self.session = None;
-                }
-            }
+        }
+    }
+
+    /// What lapin has buffered for the session, taken as `receive` takes it; `None` when
+    /// nothing is buffered, or when the session is being opened again (`receive` waits
+    /// for it).
+    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        if let Err(closed) = self.check_open() {
+            return Some(Err(closed));
+        }
+        match self.poll_session(&mut TaskContext::from_waker(Waker::noop())) {
+            Poll::Ready(Some(delivery)) => Some(Ok(delivery)),
+            Poll::Ready(None) | Poll::Pending => None,
         }
     }
 }
@@ -351,6 +385,11 @@ impl Acknowledger for Settle {
     /// `basic.ack`, handed to the connection (the call does not wait for the socket).
     async fn ack(self: Box<Self>) -> Result<()> {
         self.ack_now()
+    }
+
+    /// The same as [`ack`](Self::ack), which never waits: settled at once.
+    fn try_ack(&mut self) -> Option<Result<()>> {
+        Some(self.ack_now())
     }
 
     /// Requeues the message (`basic.reject` with requeue, which a quorum queue counts in

@@ -3,10 +3,12 @@
 //! wrong password, an unreachable broker, oversized headers, unroutable sends and poison
 //! messages; messages from foreign clients; a lost connection replaced under a consumer;
 //! `amqps://` through the broker's TLS listener (127.0.0.1:5671, its certificate signed by
-//! the test CA that `scripts/rabbitmq.sh` makes).
+//! the test CA that `scripts/rabbitmq.sh` makes); `try_receive` alone serves what `receive`
+//! would, and skips what a lost connection left in the buffer.
 
 use event_binder_core::{
-    header, App, Channel, Context, Error, Handler, HandlerSpec, Message, Subscription,
+    header, App, Channel, Consumer, Context, Delivery, Error, Handler, HandlerSpec, Message,
+    Subscription,
 };
 use event_binder_rabbitmq::{RabbitChannel, RabbitConfig};
 use lapin::options::BasicPublishOptions;
@@ -454,6 +456,116 @@ async fn amqps_to_an_untrusted_certificate_is_refused_clearly() {
             .contains("cannot read the CA certificate file /nonexistent/ca.pem"),
         "{missing}"
     );
+}
+
+/// The next delivery `try_receive` has, asked again (without ever calling `receive`) until
+/// one is there, failing the test if none comes within `LIMIT`.
+async fn try_next(consumer: &mut Box<dyn Consumer>) -> Delivery {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(received) = consumer.try_receive() {
+            return received.expect("try_receive");
+        }
+        assert!(Instant::now() < deadline, "no delivery after {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `try_receive` alone (the runtime's fast path) serves what `receive` would: every
+/// message, in order, a requeued one again with its attempt counted; acks (settled at
+/// once, with no waiting) reach the broker, so nothing comes back to the group; and once
+/// the channel is closed, the shutdown error.
+#[tokio::test]
+async fn try_receive_serves_what_receive_would_without_waiting() {
+    let channel = channel().await;
+    let (destination, group) = ("fast", "g");
+    let subscription = Subscription::new(destination).group(group);
+    let mut consumer = channel.consumer(&subscription).await.expect("a consumer");
+    assert!(consumer.try_receive().is_none(), "nothing published yet");
+    let messages: Vec<Message> = (0..5).map(|n| Message::new(n.to_string())).collect();
+    let ids: Vec<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+    let producer = channel.producer(destination).await.expect("a producer");
+    producer.send_batch(messages).await.expect("send");
+
+    let mut first_deliveries = Vec::new();
+    let mut requeued = None;
+    while first_deliveries.len() < ids.len() || requeued.is_none() {
+        let delivery = try_next(&mut consumer).await;
+        let id = delivery.message().id().to_owned();
+        match delivery.attempt() {
+            1 if id == ids[0] => delivery.nack(None).await.expect("nack"),
+            1 => delivery.ack().await.expect("ack"),
+            attempt => {
+                assert_eq!((id.as_str(), attempt), (ids[0].as_str(), 2), "a redelivery");
+                assert!(requeued.replace(id.clone()).is_none(), "redelivered once");
+                delivery.ack().await.expect("ack");
+                continue;
+            }
+        }
+        first_deliveries.push(id);
+    }
+    assert_eq!(first_deliveries, ids, "every message once, in order");
+
+    // The acks went out: a new consumer of the group (the old one's channel closed, which
+    // would hand back whatever it held unacknowledged) gets nothing.
+    drop(consumer);
+    let mut consumer = channel.consumer(&subscription).await.expect("a consumer");
+    let late = timeout(Duration::from_secs(1), consumer.receive()).await;
+    assert!(late.is_err(), "nothing comes back: {late:?}");
+    assert!(consumer.try_receive().is_none());
+
+    channel.close().await.expect("close");
+    assert!(
+        matches!(consumer.try_receive(), Some(Err(Error::ShutDown(_)))),
+        "closed: the shutdown error"
+    );
+}
+
+/// What lapin still buffers from a lost connection can no longer be settled: `try_receive`
+/// skips it and says nothing is there, and `receive` then reconnects and gets every message
+/// again.
+#[tokio::test]
+async fn try_receive_skips_what_a_lost_connection_left() {
+    let channel = channel().await;
+    let destination = "fast-lost";
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group("g"))
+        .await
+        .expect("a consumer");
+    let messages: Vec<Message> = (0..3).map(|n| Message::new(n.to_string())).collect();
+    let mut ids: Vec<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+    let producer = channel.producer(destination).await.expect("a producer");
+    producer.send_batch(messages).await.expect("send");
+    let held = try_next(&mut consumer).await;
+    assert_eq!(held.message().id(), ids[0]);
+    // The rest arrive in lapin's buffer (prefetch 16) soon after.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    close_connection_named(&format!("event-binder {}", channel.config().prefix));
+    let deadline = Instant::now() + LIMIT;
+    while channel.is_connected() {
+        assert!(Instant::now() < deadline, "the loss was never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        consumer.try_receive().is_none(),
+        "the deliveries of the lost connection are skipped"
+    );
+    drop(held);
+
+    let mut seen = Vec::new();
+    while seen.len() < ids.len() {
+        let delivery = timeout(LIMIT, consumer.receive())
+            .await
+            .expect("the messages after the reconnection")
+            .expect("receive");
+        seen.push(delivery.message().id().to_owned());
+        delivery.ack().await.expect("ack");
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "every message came back");
+    channel.close().await.expect("close");
 }
 
 #[test]

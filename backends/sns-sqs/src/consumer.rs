@@ -18,7 +18,9 @@ use event_binder_core::{
 };
 use std::collections::HashMap;
 use std::fmt;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -30,6 +32,8 @@ const MAX_BATCH: usize = 10;
 const MAX_VISIBILITY_SECONDS: u64 = 12 * 60 * 60;
 /// The longest pause after failed receives.
 const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(5);
+/// What a consumer returns once its channel is closed.
+const SHUT_DOWN: Error = Error::ShutDown("the sns-sqs channel");
 
 /// Which queue a consumer reads.
 #[derive(Debug, Clone)]
@@ -198,6 +202,12 @@ impl SqsAcknowledger {
         self.link.end_lease(&self.receipt);
         std::mem::take(&mut self.receipt)
     }
+
+    /// Settles the delivery by queueing the delete of its message.
+    fn delete(&mut self) {
+        let receipt = self.finish();
+        self.link.settle(Settle::Delete(receipt));
+    }
 }
 
 impl fmt::Debug for SqsAcknowledger {
@@ -215,9 +225,14 @@ impl Acknowledger for SqsAcknowledger {
     /// A delete that fails is logged, and the message comes back after its visibility
     /// timeout (at least once).
     async fn ack(mut self: Box<Self>) -> Result<()> {
-        let receipt = self.finish();
-        self.link.settle(Settle::Delete(receipt));
+        self.delete();
         Ok(())
+    }
+
+    /// The same as [`ack`](Self::ack), which never waits: settled at once.
+    fn try_ack(&mut self) -> Option<Result<()>> {
+        self.delete();
+        Some(Ok(()))
     }
 
     /// Makes the message visible again after the delay: whole seconds, rounded up, and
@@ -234,9 +249,7 @@ impl Acknowledger for SqsAcknowledger {
             seconds: i32::try_from(seconds).unwrap_or(i32::MAX),
             done: Some(done),
         });
-        answer
-            .await
-            .unwrap_or(Err(Error::ShutDown("the sns-sqs channel")))
+        answer.await.unwrap_or(Err(SHUT_DOWN))
     }
 
     /// Sends the dead letter to the dead-letter queue (SendMessage, awaited), then deletes
@@ -267,8 +280,7 @@ impl Acknowledger for SqsAcknowledger {
         if let Err(error) = sent {
             return Err(DeadLetterFailed::new(error, self));
         }
-        let receipt = self.finish();
-        self.link.settle(Settle::Delete(receipt));
+        self.delete();
         Ok(())
     }
 }
@@ -424,12 +436,35 @@ impl Consumer for SqsConsumer {
         self.link.inner.check_open()?;
         tokio::select! {
             biased;
-            _ = until_closed(&mut self.closed) => Err(Error::ShutDown("the sns-sqs channel")),
-            received = self.deliveries.recv() => {
-                received.unwrap_or(Err(Error::ShutDown("the sns-sqs channel")))
-            }
+            _ = until_closed(&mut self.closed) => Err(SHUT_DOWN),
+            received = poll_fn(|cx| poll_delivery(&mut self.deliveries, cx)) => received,
         }
     }
+
+    /// What the poller has already received into the consumer's buffer, taken as
+    /// `receive` takes it; `None` when the buffer is empty.
+    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        if let Err(closed) = self.link.inner.check_open() {
+            return Some(Err(closed));
+        }
+        // Polled as `receive` polls it, with nothing to wake: unlike `try_recv`, which
+        // parks the thread while a send is under way, this never waits.
+        let mut nothing_to_wake = TaskContext::from_waker(Waker::noop());
+        match poll_delivery(&mut self.deliveries, &mut nothing_to_wake) {
+            Poll::Ready(received) => Some(received),
+            Poll::Pending => None,
+        }
+    }
+}
+
+/// The next delivery in a consumer's buffer; [`Error::ShutDown`] once the poller is gone.
+fn poll_delivery(
+    deliveries: &mut mpsc::Receiver<Result<Delivery>>,
+    cx: &mut TaskContext<'_>,
+) -> Poll<Result<Delivery>> {
+    deliveries
+        .poll_recv(cx)
+        .map(|received| received.unwrap_or(Err(SHUT_DOWN)))
 }
 
 /// Receives into the consumer's buffer while it has room. A poll in flight when the

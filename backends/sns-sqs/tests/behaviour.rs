@@ -2,7 +2,7 @@
 //! 127.0.0.1:4566 (`scripts/sns-sqs.sh` installs and starts it): visibility extension for
 //! slow handlers, FIFO destinations, attribute packing and binary payloads over the wire,
 //! batching, foreign messages, anonymous queues cleaned up, dead letters of the largest
-//! messages, and clear errors.
+//! messages, clear errors, and `try_receive` alone serving what `receive` would.
 
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use event_binder_core::{
@@ -847,4 +847,88 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_and_backs_off() {
     );
     again.ack().await.expect("ack");
     channel.close().await.expect("close");
+}
+
+/// The next delivery `try_receive` has, asked again (without ever calling `receive`) until
+/// one is there, failing the test if none comes within `LIMIT`.
+async fn try_next(consumer: &mut dyn event_binder_core::Consumer) -> event_binder_core::Delivery {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        if let Some(received) = consumer.try_receive() {
+            return received.expect("try_receive");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery after {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `try_receive` alone (the runtime's fast path) serves what `receive` would: every
+/// message, a nacked one again with its attempt counted; acks (settled at once, with no
+/// waiting) delete their messages; and once the channel is closed, the shutdown error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_receive_serves_what_receive_would_without_waiting() {
+    let channel = connect(config()).await;
+    let (destination, group) = ("fast", "g");
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group(group))
+        .await
+        .expect("consumer");
+    assert!(consumer.try_receive().is_none(), "nothing published yet");
+    let messages: Vec<Message> = (0..5).map(|n| Message::new(format!("{n}"))).collect();
+    let mut ids: Vec<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+    let producer = channel.producer(destination).await.expect("producer");
+    producer.send_batch(messages).await.expect("send");
+
+    let mut first_deliveries = Vec::new();
+    let mut nacked = None;
+    let mut redelivered = false;
+    while first_deliveries.len() < ids.len() || !redelivered {
+        let delivery = try_next(&mut *consumer).await;
+        let id = delivery.message().id().to_owned();
+        if delivery.attempt() > 1 {
+            assert_eq!((Some(&id), delivery.attempt()), (nacked.as_ref(), 2));
+            assert!(!redelivered, "redelivered once");
+            redelivered = true;
+            delivery.ack().await.expect("ack");
+        } else if nacked.is_none() {
+            nacked = Some(id.clone());
+            delivery.nack(None).await.expect("nack");
+            first_deliveries.push(id);
+        } else {
+            delivery.ack().await.expect("ack");
+            first_deliveries.push(id);
+        }
+    }
+    first_deliveries.sort();
+    ids.sort();
+    assert_eq!(first_deliveries, ids, "every message once");
+
+    // Closing sends the acks' deletes: nothing is left in the queue, hidden or not.
+    channel.close().await.expect("close");
+    assert!(
+        matches!(consumer.try_receive(), Some(Err(Error::ShutDown(_)))),
+        "closed: the shutdown error"
+    );
+    let sqs = raw_sqs().await;
+    let queue_url = queue_url(&sqs, &channel.queue_name(destination, group).unwrap()).await;
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .expect("attributes");
+    let count = |name| {
+        attributes
+            .attributes()
+            .and_then(|a| a.get(&name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    assert_eq!(count(A::ApproximateNumberOfMessagesNotVisible), "0");
+    assert_eq!(count(A::ApproximateNumberOfMessages), "0");
 }
