@@ -30,6 +30,14 @@ fn quick_retries(max_attempts: u32) -> RetryPolicy {
     RetryPolicy::new(max_attempts).backoff(Duration::from_millis(1), Duration::from_millis(5))
 }
 
+/// The configuration error `app` is refused with at start.
+async fn refusal<L, St: Send + Sync + 'static>(app: App<L, St>) -> String {
+    match app.start().await {
+        Err(Error::Config(message)) => message,
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
 /// Sends `message` to `orders` and lets group `billing` take it `times` times without
 /// settling it. The group must exist already, or the message reaches nobody.
 async fn deliver_unsettled(bus: &MemoryChannel, message: Message, times: usize) {
@@ -672,10 +680,8 @@ async fn invalid_retry_policies_are_refused_at_start() {
         let per_handler = App::new(MemoryChannel::new())
             .handler(ok().with_spec(HandlerSpec::new("ok", "orders").retry(policy)));
         for app in [app_wide, per_handler] {
-            match app.start().await {
-                Err(Error::Config(message)) => assert!(message.contains(what), "{message}"),
-                other => panic!("{what}: expected a configuration error, got {other:?}"),
-            }
+            let message = refusal(app).await;
+            assert!(message.contains(what), "{message}");
         }
     }
 }
@@ -688,15 +694,12 @@ async fn two_handlers_sharing_one_group_are_refused_naming_both() {
             |_: Order, _: Context| async { Ok::<(), std::io::Error>(()) },
         )
     };
-    let err = App::new(MemoryChannel::new())
-        .handler(named("invoice"))
-        .handler(named("audit"))
-        .start()
-        .await
-        .unwrap_err();
-    let Error::Config(message) = err else {
-        panic!("expected a configuration error, got {err:?}");
-    };
+    let message = refusal(
+        App::new(MemoryChannel::new())
+            .handler(named("invoice"))
+            .handler(named("audit")),
+    )
+    .await;
     assert!(
         message.contains("invoice") && message.contains("audit") && message.contains("billing"),
         "{message}"
@@ -991,15 +994,11 @@ async fn an_app_layer_added_after_a_handler_is_refused_naming_it() {
             |_: Order, _: Context| async { Ok::<(), std::io::Error>(()) },
         ))
         .layer(recording("late", &calls));
-    match app.start().await {
-        Err(Error::Config(message)) => {
-            assert!(
-                message.contains("handler early is registered before a layer"),
-                "{message}"
-            )
-        }
-        other => panic!("expected a configuration error, got {other:?}"),
-    }
+    let message = refusal(app).await;
+    assert!(
+        message.contains("handler early is registered before a layer"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -1010,15 +1009,11 @@ async fn batch_limits_on_a_handler_of_one_event_are_refused() {
             .batch(10, Duration::from_millis(5)),
         |_: Order, _: Context| async { Ok::<(), std::io::Error>(()) },
     ));
-    match app.start().await {
-        Err(Error::Config(message)) => {
-            assert!(
-                message.contains("handler single has batch limits"),
-                "{message}"
-            )
-        }
-        other => panic!("expected a configuration error, got {other:?}"),
-    }
+    let message = refusal(app).await;
+    assert!(
+        message.contains("handler single has batch limits"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
