@@ -239,3 +239,93 @@ fn bucket(hash: u64, count: usize) -> usize {
     let count = count as u64;
     ((u128::from(hash) * u128::from(count)) >> 64) as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use tokio::sync::oneshot;
+
+    type Item = (&'static str, oneshot::Receiver<()>);
+    type Running = Pin<Box<dyn Future<Output = ()>>>;
+
+    /// Slots whose items log their start and finish when their sender says so.
+    fn slots(
+        count: usize,
+        ordered: bool,
+    ) -> (Slots<Item, Running>, Rc<RefCell<Vec<&'static str>>>) {
+        (Slots::new(count, ordered), Rc::default())
+    }
+
+    fn starter(log: &Rc<RefCell<Vec<&'static str>>>) -> impl FnMut(Item, bool) -> Running {
+        let log = log.clone();
+        move |(name, done), _waited| {
+            let log = log.clone();
+            Box::pin(async move {
+                log.borrow_mut().push(name);
+                let _ = done.await;
+            })
+        }
+    }
+
+    fn progress(slots: &mut Slots<Item, Running>, start: &mut impl FnMut(Item, bool) -> Running) {
+        let mut cx = Context::from_waker(Waker::noop());
+        while slots.poll_progress(&mut cx, start).is_ready() {}
+    }
+
+    #[test]
+    fn one_key_runs_one_at_a_time_in_order_and_other_keys_run_meanwhile() {
+        let (mut slots, log) = slots(4, true);
+        let mut start = starter(&log);
+        // Slots are chosen by a random hash: pick a second key that lands elsewhere.
+        let a = slots.slot_for(Some("a"));
+        let b = [
+            "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n",
+        ]
+        .into_iter()
+        .find(|key| slots.slot_for(Some(key)) != a)
+        .expect("13 keys on 4 slots cannot all share one");
+        let mut senders = Vec::new();
+        for (name, key) in [("a1", "a"), ("a2", "a"), ("b1", b), ("a3", "a")] {
+            let (done, waiting) = oneshot::channel();
+            senders.push(done);
+            let slot = slots.slot_for(Some(key));
+            slots.place(slot, (name, waiting), &mut start);
+        }
+        assert_eq!(*log.borrow(), ["a1", "b1"], "a2 and a3 wait behind a1");
+        assert!(!slots.has_room(), "the waiting ones count too");
+        let mut senders = senders.into_iter();
+        let a1 = senders.next().unwrap();
+        a1.send(()).unwrap();
+        progress(&mut slots, &mut start);
+        assert_eq!(*log.borrow(), ["a1", "b1", "a2"]);
+        for done in senders {
+            let _ = done.send(());
+        }
+        progress(&mut slots, &mut start);
+        progress(&mut slots, &mut start);
+        assert_eq!(*log.borrow(), ["a1", "b1", "a2", "a3"]);
+        assert!(slots.is_idle());
+    }
+
+    #[test]
+    fn without_order_every_item_gets_a_free_slot() {
+        let (mut slots, log) = slots(2, false);
+        let mut start = starter(&log);
+        let (first_done, first) = oneshot::channel();
+        let (second_done, second) = oneshot::channel();
+        for item in [("x", first), ("x", second)] {
+            let slot = slots.slot_for(Some("same key"));
+            slots.place(slot, item, &mut start);
+        }
+        assert_eq!(*log.borrow(), ["x", "x"], "both run at once");
+        assert!(!slots.has_room());
+        first_done.send(()).unwrap();
+        progress(&mut slots, &mut start);
+        assert!(slots.has_room() && !slots.is_idle());
+        second_done.send(()).unwrap();
+        progress(&mut slots, &mut start);
+        assert!(slots.is_idle());
+    }
+}
