@@ -74,11 +74,9 @@ fn splitter() -> Handler<impl HandlerService> {
     )
 }
 
-/// Starts `app`, publishes order 1 and waits until its handler says (through `started`)
-/// that it is working on it.
-async fn start_with_one_order_in_flight(
-    app: App,
-    started: &tokio::sync::Notify,
+/// Starts `app` and publishes order 1 to `orders`.
+async fn start_with_one_order<L, St: Send + Sync + 'static>(
+    app: App<L, St>,
 ) -> event_binder::RunningApp {
     let running = app.start().await.unwrap();
     running
@@ -86,6 +84,16 @@ async fn start_with_one_order_in_flight(
         .publish("orders", &Order { id: 1 })
         .await
         .unwrap();
+    running
+}
+
+/// Starts `app`, publishes order 1 and waits until its handler says (through `started`)
+/// that it is working on it.
+async fn start_with_one_order_in_flight(
+    app: App,
+    started: &tokio::sync::Notify,
+) -> event_binder::RunningApp {
+    let running = start_with_one_order(app).await;
     tokio::time::timeout(LIMIT, started.notified())
         .await
         .unwrap();
@@ -807,17 +815,12 @@ async fn retry_after_sets_the_wait_before_the_next_attempt() {
     };
     let bus = MemoryChannel::new();
     // The policy's own backoff is far shorter than the wait asked for.
-    let running = App::new(bus.clone())
-        .retry(quick_retries(3))
-        .handler(handler)
-        .start()
-        .await
-        .unwrap();
-    running
-        .publisher()
-        .publish("orders", &Order { id: 1 })
-        .await
-        .unwrap();
+    let running = start_with_one_order(
+        App::new(bus.clone())
+            .retry(quick_retries(3))
+            .handler(handler),
+    )
+    .await;
     wait_until("the second attempt", || calls.lock().unwrap().len() == 2).await;
     running.shutdown().await.unwrap();
     let calls = calls.lock().unwrap();
@@ -957,18 +960,13 @@ async fn app_and_handler_layers_wrap_every_attempt_outside_in() {
     }
     .layer(recording("handler layer", &calls));
     let bus = MemoryChannel::new();
-    let running = App::new(bus.clone())
-        .retry(quick_retries(3))
-        .layer(recording("app layer", &calls))
-        .handler(handler)
-        .start()
-        .await
-        .unwrap();
-    running
-        .publisher()
-        .publish("orders", &Order { id: 1 })
-        .await
-        .unwrap();
+    let running = start_with_one_order(
+        App::new(bus.clone())
+            .retry(quick_retries(3))
+            .layer(recording("app layer", &calls))
+            .handler(handler),
+    )
+    .await;
     wait_until("the second attempt", || calls.lock().unwrap().len() == 6).await;
     running.shutdown().await.unwrap();
     assert_eq!(
@@ -1150,17 +1148,12 @@ async fn a_handler_that_wakes_itself_does_not_keep_other_tasks_from_running() {
             },
         )
     };
-    let running = App::new(MemoryChannel::new())
-        .concurrency(2)
-        .handler(handler)
-        .start()
-        .await
-        .unwrap();
-    running
-        .publisher()
-        .publish("orders", &Order { id: 1 })
-        .await
-        .unwrap();
+    let running = start_with_one_order(
+        App::new(MemoryChannel::new())
+            .concurrency(2)
+            .handler(handler),
+    )
+    .await;
     let setter = tokio::spawn({
         let flag = flag.clone();
         async move { flag.store(true, Ordering::SeqCst) }

@@ -1,6 +1,6 @@
 //! The app: registered handlers running on one channel.
 
-use super::batch::{BatchHandler, BatchService, BatchWorker, IntoBatchHandler};
+use super::batch::{limits_of, BatchHandler, BatchService, BatchWorker, IntoBatchHandler};
 use super::context::{Context, Extensions, Shared};
 use super::extract::ProvidedBy;
 use super::failure::Disposition;
@@ -278,9 +278,10 @@ impl<L, St: Send + Sync + 'static> App<L, St> {
             let spec = handler.spec();
             let concurrency = spec.concurrency_or(self.concurrency);
             // A batch handler holds a whole batch unacknowledged.
-            let prefetch = match spec.batch_limits() {
-                Some((size, _)) if handler.is_batch() => size,
-                _ => concurrency,
+            let prefetch = if handler.is_batch() {
+                limits_of(spec).0
+            } else {
+                concurrency
             };
             let subscription = Subscription::new(spec.destination())
                 .optional_group(spec.group_name().map(str::to_owned))
@@ -580,6 +581,40 @@ pub(super) struct Settings {
 }
 
 impl Settings {
+    /// Settles a delivery whose claim was not acquired: acknowledged when its id was
+    /// handled already, handed back for later when the store failed.
+    pub(super) async fn settle_unclaimed(&self, delivery: Delivery, claim: Result<Claim>) {
+        let id = delivery.message().shared_id().clone();
+        match claim {
+            Ok(Claim::AlreadyHandled) => {
+                tracing::debug!(message_id = %id, "already handled; acknowledging");
+                self.report(delivery.ack().await, &id, "ack");
+            }
+            Err(err) => {
+                tracing::warn!(message_id = %id, error = %err, "idempotency store failed; the message will come back");
+                self.report(
+                    delivery.nack(Some(Duration::from_secs(1))).await,
+                    &id,
+                    "nack",
+                );
+            }
+            Ok(Claim::Acquired) => {
+                tracing::error!(message_id = %id, "a claimed delivery was taken for an unclaimed one; it comes back");
+            }
+        }
+    }
+
+    /// Why `delivery` goes to the dead letters unhandled: it was delivered more than
+    /// `max_deliveries` times, as when handling it crashes the process.
+    pub(super) fn delivered_too_often(&self, delivery: &Delivery) -> Option<String> {
+        (delivery.attempt() > self.retry.max_deliveries).then(|| {
+            format!(
+                "delivered {} times without being settled (did the handler crash the process?)",
+                delivery.attempt()
+            )
+        })
+    }
+
     /// Dead-letters `delivery`, saying why in the log.
     pub(super) async fn dead_letter(&self, delivery: Delivery, reason: &str, attempts: u32) {
         let id = delivery.message().id().to_owned();
@@ -950,28 +985,12 @@ impl<S: HandlerService> Worker<S> {
         let id = message.id();
         let store = &self.settings.idempotency;
         let store_id = store.id(&message);
-        let claim = match store.begin(store_id).await {
-            Ok(Claim::Acquired) => ClaimGuard::new(store, store_id, id),
-            Ok(Claim::AlreadyHandled) => {
-                tracing::debug!(message_id = %id, "already handled; acknowledging");
-                self.settings.report(delivery.ack().await, id, "ack");
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(message_id = %id, error = %err, "idempotency store failed; the message will come back");
-                self.settings.report(
-                    delivery.nack(Some(Duration::from_secs(1))).await,
-                    id,
-                    "nack",
-                );
-                return;
-            }
-        };
-        if delivery.attempt() > self.settings.retry.max_deliveries {
-            let reason = format!(
-                "delivered {} times without being settled (did the handler crash the process?)",
-                delivery.attempt()
-            );
+        match store.begin(store_id).await {
+            Ok(Claim::Acquired) => {}
+            unclaimed => return self.settings.settle_unclaimed(delivery, unclaimed).await,
+        }
+        let claim = ClaimGuard::new(store, store_id, id);
+        if let Some(reason) = self.settings.delivered_too_often(&delivery) {
             claim.abandon().await;
             self.settings.dead_letter(delivery, &reason, 0).await;
             return;

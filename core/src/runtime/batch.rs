@@ -463,13 +463,16 @@ pub(super) struct BatchWorker<S> {
 
 impl<S> BatchWorker<S> {
     fn limits(&self) -> (usize, Duration) {
-        let (size, wait) = self
-            .settings
-            .spec
-            .batch_limits()
-            .unwrap_or((BatchHandler::DEFAULT_SIZE, BatchHandler::DEFAULT_WAIT));
-        (size.max(1), wait)
+        limits_of(&self.settings.spec)
     }
+}
+
+/// A batch handler's size and wait: its spec's, or the defaults.
+pub(super) fn limits_of(spec: &HandlerSpec) -> (usize, Duration) {
+    let (size, wait) = spec
+        .batch_limits()
+        .unwrap_or((BatchHandler::DEFAULT_SIZE, BatchHandler::DEFAULT_WAIT));
+    (size.max(1), wait)
 }
 
 impl<S: BatchService> Consume for BatchWorker<S> {
@@ -584,25 +587,16 @@ impl<S: BatchService> BatchWorker<S> {
                     copies.push(delivery);
                     continue;
                 }
-                Ok(Some(Claim::AlreadyHandled)) => {
-                    settings.report(delivery.ack().await, id, "ack");
+                Ok(Some(unclaimed)) => {
+                    settings.settle_unclaimed(delivery, Ok(unclaimed)).await;
                     continue;
                 }
                 Err(err) => {
-                    tracing::warn!(message_id = %id, error = %err, "idempotency store failed; the message will come back");
-                    settings.report(
-                        delivery.nack(Some(Duration::from_secs(1))).await,
-                        id,
-                        "nack",
-                    );
+                    settings.settle_unclaimed(delivery, Err(err)).await;
                     continue;
                 }
             }
-            if delivery.attempt() > settings.retry.max_deliveries {
-                let reason = format!(
-                    "delivered {} times without being settled (did the handler crash the process?)",
-                    delivery.attempt()
-                );
+            if let Some(reason) = settings.delivered_too_often(&delivery) {
                 release(settings, &message, false).await;
                 settings.dead_letter(delivery, &reason, 0).await;
                 continue;
