@@ -42,8 +42,8 @@
 
 use event_binder::memory::{MemoryChannel, MemoryConfig};
 use event_binder::{
-    App, Batch, BatchHandler, Channel, Handler, HandlerSpec, MemoryIdempotencyStore, Message, Raw,
-    Subscription,
+    App, Batch, BatchHandler, Channel, Consumer, Handler, HandlerSpec, MemoryIdempotencyStore,
+    Message, Producer, Raw, Subscription,
 };
 use serde::Deserialize;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};

@@ -26,8 +26,8 @@
 //! of the medians with the range of the per-round ratios beside it. A difference smaller
 //! than the best-to-worst spread of either loop is reported as indistinguishable.
 
-use event_binder::memory::{MemoryChannel, MemoryConfig};
-use event_binder::{App, Channel, Handler, HandlerSpec, Message, Producer, Subscription};
+use event_binder::memory::{MemoryChannel, MemoryConfig, MemoryProducer};
+use event_binder::{App, Channel, Consumer, Handler, HandlerSpec, Message, Producer, Subscription};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,7 +111,7 @@ fn message() -> Message {
 }
 
 /// Sends `count` messages from a task of its own.
-fn publish(producer: Box<dyn Producer>, count: usize) -> tokio::task::JoinHandle<()> {
+fn publish(producer: MemoryProducer, count: usize) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         for _ in 0..count {
             producer.send(message()).await.expect("send");

@@ -34,7 +34,7 @@ mod events {
 /// The orders module: places orders and settles them when inventory answers.
 mod orders {
     use super::events::{OrderPlaced, StockAnswer};
-    use event_binder::{handler, App, Context, Publisher};
+    use event_binder::{handler, App, Channel, Context, Publisher};
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
     use tokio::sync::Notify;
@@ -108,7 +108,7 @@ mod orders {
     }
 
     /// Adds the module's handlers to the app; returns the module, for placing orders.
-    pub(crate) fn register(app: App) -> (App, Arc<Orders>) {
+    pub(crate) fn register<C: Channel>(app: App<C>) -> (App<C>, Arc<Orders>) {
         let orders = Arc::new(Orders::default());
         (app.extension(orders.clone()).handler(settle), orders)
     }
@@ -117,7 +117,7 @@ mod orders {
 /// The inventory module: reserves stock for placed orders.
 mod inventory {
     use super::events::{OrderPlaced, StockAnswer};
-    use event_binder::{handler, App, Context};
+    use event_binder::{handler, App, Channel, Context};
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -162,7 +162,7 @@ mod inventory {
         })
     }
 
-    pub(crate) fn register(app: App) -> App {
+    pub(crate) fn register<C: Channel>(app: App<C>) -> App<C> {
         app.extension(Stock::new(&[("book", 5), ("lamp", 1)]))
             .handler(reserve)
     }

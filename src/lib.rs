@@ -51,7 +51,7 @@ mod any;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use any::AnyChannel;
+pub use any::{AnyAcknowledger, AnyChannel, AnyConsumer, AnyProducer};
 #[doc(inline)]
 pub use event_binder_core::*;
 
@@ -90,7 +90,7 @@ pub use event_binder_core::*;
 /// }
 ///
 /// /// The service registers them on whichever channel it runs on.
-/// pub fn app(channel: impl Channel) -> App {
+/// pub fn app<C: Channel>(channel: C) -> App<C> {
 ///     App::new(channel).handler(bill).handler(invoice)
 /// }
 ///

@@ -4,7 +4,7 @@
 use event_binder::memory::MemoryChannel;
 use event_binder::{
     handler, App, Attempt, Batch, BatchFailure, BatchHandler, Channel, Context, Events,
-    HandlerSpec, IntoBatchHandler, IntoHandler, Key, Message, MessageId, State,
+    HandlerSpec, IntoBatchHandler, IntoHandler, Key, Message, MessageId, Producer, State,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -2,11 +2,11 @@
 //! processor outputs, panics, the redelivery cap, an aborted shutdown, timeouts and the
 //! errors that steer retries, and tower layers.
 
-use event_binder::memory::MemoryChannel;
+use event_binder::memory::{MemoryAcknowledger, MemoryChannel, MemoryConsumer, MemoryProducer};
 use event_binder::{
     header, App, Attempt, Batch, BatchHandler, BoxError, Channel, Context, Error, Events, Handler,
-    HandlerService, HandlerSpec, Headers, Key, Layer, Message, MessageId, NonRetryable, RetryAfter,
-    RetryPolicy, Service, State, Subscription,
+    HandlerService, HandlerSpec, Headers, Key, Layer, Message, MessageId, NonRetryable, Producer,
+    RetryAfter, RetryPolicy, Service, State, Subscription,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,7 +31,7 @@ fn quick_retries(max_attempts: u32) -> RetryPolicy {
 }
 
 /// The configuration error `app` is refused with at start.
-async fn refusal<L, St: Send + Sync + 'static>(app: App<L, St>) -> String {
+async fn refusal<C: Channel, L, St: Send + Sync + 'static>(app: App<C, L, St>) -> String {
     match app.start().await {
         Err(Error::Config(message)) => message,
         other => panic!("expected a configuration error, got {other:?}"),
@@ -52,7 +52,7 @@ async fn deliver_unsettled(bus: &MemoryChannel, message: Message, times: usize) 
         .await
         .unwrap();
     for _ in 0..times {
-        drop(receive(&mut *crashing).await);
+        drop(receive(&mut crashing).await);
     }
 }
 
@@ -76,7 +76,7 @@ fn splitter() -> Handler<impl HandlerService> {
 
 /// Starts `app` and publishes order 1 to `orders`.
 async fn start_with_one_order<L, St: Send + Sync + 'static>(
-    app: App<L, St>,
+    app: App<MemoryChannel, L, St>,
 ) -> event_binder::RunningApp {
     let running = app.start().await.unwrap();
     running
@@ -90,7 +90,7 @@ async fn start_with_one_order<L, St: Send + Sync + 'static>(
 /// Starts `app`, publishes order 1 and waits until its handler says (through `started`)
 /// that it is working on it.
 async fn start_with_one_order_in_flight(
-    app: App,
+    app: App<MemoryChannel>,
     started: &tokio::sync::Notify,
 ) -> event_binder::RunningApp {
     let running = start_with_one_order(app).await;
@@ -100,7 +100,9 @@ async fn start_with_one_order_in_flight(
     running
 }
 
-async fn receive(consumer: &mut dyn event_binder::Consumer) -> event_binder::Delivery {
+async fn receive<C: event_binder::Consumer>(
+    consumer: &mut C,
+) -> event_binder::Delivery<C::Acknowledger> {
     tokio::time::timeout(LIMIT, consumer.receive())
         .await
         .expect("a delivery in time")
@@ -128,7 +130,7 @@ async fn processor_outputs_keep_the_key_name_their_cause_and_have_stable_ids() {
 
     let mut ids = Vec::new();
     for line in 1..=2 {
-        let delivery = receive(&mut *lines).await;
+        let delivery = receive(&mut lines).await;
         let message = delivery.message();
         let body: Line = serde_json::from_slice(message.payload()).unwrap();
         assert_eq!(body, Line { order: 9, line });
@@ -155,7 +157,7 @@ async fn processor_outputs_keep_the_key_name_their_cause_and_have_stable_ids() {
         .await
         .unwrap();
     for expected in &ids {
-        let delivery = receive(&mut *lines).await;
+        let delivery = receive(&mut lines).await;
         assert_eq!(delivery.message().id(), expected);
         delivery.ack().await.unwrap();
     }
@@ -206,7 +208,7 @@ async fn dead_letter_of(
         .await
         .unwrap();
     running.publisher().publish("orders", &order).await.unwrap();
-    let delivery = receive(&mut *dead).await;
+    let delivery = receive(&mut dead).await;
     let headers = delivery.message().headers();
     let header = |name| headers.get(name).unwrap_or_default().to_owned();
     let found = (
@@ -245,7 +247,7 @@ async fn a_message_delivered_too_often_is_dead_lettered_without_calling_the_hand
         .start()
         .await
         .unwrap();
-    let delivery = receive(&mut *dead).await;
+    let delivery = receive(&mut dead).await;
     let error = delivery
         .message()
         .headers()
@@ -286,7 +288,7 @@ async fn shutdown_past_its_timeout_hands_in_flight_messages_back() {
         .consumer(&Subscription::new("orders").group("billing"))
         .await
         .unwrap();
-    let delivery = receive(&mut *next).await;
+    let delivery = receive(&mut next).await;
     assert_eq!(
         delivery.attempt(),
         2,
@@ -407,7 +409,7 @@ async fn a_panic_while_decoding_is_a_failure_and_the_handler_goes_on() {
             .await
             .unwrap();
     }
-    let delivery = receive(&mut *dead).await;
+    let delivery = receive(&mut dead).await;
     let headers = delivery.message().headers();
     assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("2"));
     let error = headers.get(header::DEAD_LETTER_ERROR).unwrap();
@@ -485,18 +487,21 @@ struct FlakyChannel {
 
 #[derive(Debug)]
 struct FlakyConsumer {
-    inner: Box<dyn event_binder::Consumer>,
+    inner: MemoryConsumer,
     receives: usize,
     panicked: Arc<std::sync::atomic::AtomicBool>,
 }
 
-#[async_trait::async_trait]
 impl event_binder::Consumer for FlakyConsumer {
+    type Acknowledger = MemoryAcknowledger;
+
     fn subscription(&self) -> &Subscription {
         self.inner.subscription()
     }
 
-    async fn receive(&mut self) -> event_binder::Result<event_binder::Delivery> {
+    async fn receive(
+        &mut self,
+    ) -> event_binder::Result<event_binder::Delivery<MemoryAcknowledger>> {
         self.receives += 1;
         if self.receives == 2 && !self.panicked.swap(true, Ordering::SeqCst) {
             panic!("the consumer broke");
@@ -505,8 +510,20 @@ impl event_binder::Consumer for FlakyConsumer {
     }
 }
 
-#[async_trait::async_trait]
+impl FlakyChannel {
+    fn flaky(&self, inner: MemoryConsumer) -> FlakyConsumer {
+        FlakyConsumer {
+            inner,
+            receives: 0,
+            panicked: self.panicked.clone(),
+        }
+    }
+}
+
 impl Channel for FlakyChannel {
+    type Producer = MemoryProducer;
+    type Consumer = FlakyConsumer;
+
     fn backend(&self) -> &'static str {
         "flaky"
     }
@@ -519,30 +536,20 @@ impl Channel for FlakyChannel {
         self.inner.provision(destination, group).await
     }
 
-    async fn producer(
-        &self,
-        destination: &str,
-    ) -> event_binder::Result<Box<dyn event_binder::Producer>> {
+    async fn producer(&self, destination: &str) -> event_binder::Result<MemoryProducer> {
         self.inner.producer(destination).await
     }
 
-    async fn consumer(
-        &self,
-        subscription: &Subscription,
-    ) -> event_binder::Result<Box<dyn event_binder::Consumer>> {
-        Ok(Box::new(FlakyConsumer {
-            inner: self.inner.consumer(subscription).await?,
-            receives: 0,
-            panicked: self.panicked.clone(),
-        }))
+    async fn consumer(&self, subscription: &Subscription) -> event_binder::Result<FlakyConsumer> {
+        Ok(self.flaky(self.inner.consumer(subscription).await?))
     }
 
     async fn dead_letters(
         &self,
         destination: &str,
         group: Option<&str>,
-    ) -> event_binder::Result<Box<dyn event_binder::Consumer>> {
-        self.inner.dead_letters(destination, group).await
+    ) -> event_binder::Result<FlakyConsumer> {
+        Ok(self.flaky(self.inner.dead_letters(destination, group).await?))
     }
 
     async fn close(&self) -> event_binder::Result<()> {
@@ -1045,7 +1052,7 @@ async fn a_batch_that_fails_as_a_whole_is_retried_then_each_message_dead_lettere
         .await
         .unwrap();
     for _ in 0..3 {
-        let delivery = receive(&mut *dead).await;
+        let delivery = receive(&mut dead).await;
         let headers = delivery.message().headers();
         assert_eq!(headers.get(header::DEAD_LETTER_ATTEMPTS), Some("2"));
         assert_eq!(

@@ -1,10 +1,10 @@
 //! The three traits every backend implements: [`Channel`], [`Producer`] and [`Consumer`].
 
-use crate::delivery::Delivery;
+use crate::delivery::{Acknowledger, Delivery};
 use crate::error::{Error, Result};
 use crate::message::Message;
-use async_trait::async_trait;
 use std::fmt::Debug;
+use std::future::Future;
 
 /// What a backend can do; the conformance suite checks exactly what is claimed here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,14 +171,19 @@ impl Subscription {
 }
 
 /// One connection to one broker: provisions destinations and groups and opens producers
-/// and consumers. Object safe, so a backend can be chosen at run time.
+/// and consumers.
+///
+/// Its producers, consumers and their deliveries are associated types, so the runtime's
+/// calls on them are direct calls, with no boxed future per delivery. Where a backend is
+/// chosen at run time, [`BoxChannel`](crate::BoxChannel) erases the types (and the facade's
+/// `AnyChannel` matches on the backends compiled in).
 ///
 /// Names given to a channel are logical names (see [`validate_destination`](crate::validate_destination));
 /// each backend maps them to physical names by a documented rule.
 ///
 /// ```
-/// # async fn demo(channel: &dyn event_binder_core::Channel) -> event_binder_core::Result<()> {
-/// use event_binder_core::{Message, Subscription};
+/// # async fn demo(channel: impl event_binder_core::Channel) -> event_binder_core::Result<()> {
+/// use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
 ///
 /// let mut consumer = channel.consumer(&Subscription::new("orders").group("billing")).await?;
 /// channel.producer("orders").await?.send(Message::new("{}")).await?;
@@ -186,8 +191,12 @@ impl Subscription {
 /// delivery.ack().await?;
 /// # Ok(()) }
 /// ```
-#[async_trait]
 pub trait Channel: Send + Sync + Debug + 'static {
+    /// What [`producer`](Self::producer) opens.
+    type Producer: Producer;
+    /// What [`consumer`](Self::consumer) and [`dead_letters`](Self::dead_letters) open.
+    type Consumer: Consumer;
+
     /// The backend's name: `memory`, `rabbitmq`, `kafka`, `sns-sqs`.
     fn backend(&self) -> &'static str;
 
@@ -214,29 +223,38 @@ pub trait Channel: Send + Sync + Debug + 'static {
     /// Creates the destination and, if given, the group (idempotent). Consumers and
     /// producers provision what they need themselves; call this to create a durable group
     /// before its first consumer runs, so it keeps what is published meanwhile.
-    async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()>;
-
-    /// Opens a producer for a destination, provisioning the destination.
-    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>>;
-
-    /// Opens a consumer, provisioning the destination and group. The subscription is
-    /// active when this returns: an anonymous one sees everything published from then on.
-    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>>;
-
-    /// Opens a consumer on the dead letters of a destination and group (the anonymous
-    /// subscriptions' share one place per destination).
-    async fn dead_letters(
+    fn provision(
         &self,
         destination: &str,
         group: Option<&str>,
-    ) -> Result<Box<dyn Consumer>>;
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Opens a producer for a destination, provisioning the destination.
+    fn producer(&self, destination: &str) -> impl Future<Output = Result<Self::Producer>> + Send;
+
+    /// Opens a consumer, provisioning the destination and group. The subscription is
+    /// active when this returns: an anonymous one sees everything published from then on.
+    fn consumer(
+        &self,
+        subscription: &Subscription,
+    ) -> impl Future<Output = Result<Self::Consumer>> + Send;
+
+    /// Opens a consumer on the dead letters of a destination and group (the anonymous
+    /// subscriptions' share one place per destination).
+    fn dead_letters(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+    ) -> impl Future<Output = Result<Self::Consumer>> + Send;
 
     /// Closes the connection; producers and consumers opened from it stop working.
-    async fn close(&self) -> Result<()>;
+    fn close(&self) -> impl Future<Output = Result<()>> + Send;
 }
 
-#[async_trait]
-impl<C: Channel + ?Sized> Channel for std::sync::Arc<C> {
+impl<C: Channel> Channel for std::sync::Arc<C> {
+    type Producer = C::Producer;
+    type Consumer = C::Consumer;
+
     fn backend(&self) -> &'static str {
         (**self).backend()
     }
@@ -257,19 +275,15 @@ impl<C: Channel + ?Sized> Channel for std::sync::Arc<C> {
         (**self).provision(destination, group).await
     }
 
-    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>> {
+    async fn producer(&self, destination: &str) -> Result<Self::Producer> {
         (**self).producer(destination).await
     }
 
-    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>> {
+    async fn consumer(&self, subscription: &Subscription) -> Result<Self::Consumer> {
         (**self).consumer(subscription).await
     }
 
-    async fn dead_letters(
-        &self,
-        destination: &str,
-        group: Option<&str>,
-    ) -> Result<Box<dyn Consumer>> {
+    async fn dead_letters(&self, destination: &str, group: Option<&str>) -> Result<Self::Consumer> {
         (**self).dead_letters(destination, group).await
     }
 
@@ -279,40 +293,43 @@ impl<C: Channel + ?Sized> Channel for std::sync::Arc<C> {
 }
 
 /// Sends messages to one destination.
-#[async_trait]
-pub trait Producer: Send + Sync + Debug {
+pub trait Producer: Send + Sync + Debug + 'static {
     /// The destination this producer sends to.
     fn destination(&self) -> &str;
 
     /// Sends one message; returns once the broker has accepted it durably (publisher
     /// confirm, acks=all, SNS Publish response). A refused message is an error, never a
     /// silent loss; an oversized one is refused before it reaches the broker.
-    async fn send(&self, message: Message) -> Result<()>;
+    fn send(&self, message: Message) -> impl Future<Output = Result<()>> + Send;
 
     /// Sends several messages; returns once the broker has accepted all of them. On an
     /// error, the messages before the failing one may have been sent.
-    async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        for message in messages {
-            self.send(message).await?;
+    fn send_batch(&self, messages: Vec<Message>) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for message in messages {
+                self.send(message).await?;
+            }
+            Ok(())
         }
-        Ok(())
     }
 }
 
 /// Yields deliveries for one subscription.
-#[async_trait]
-pub trait Consumer: Send + Debug {
+pub trait Consumer: Send + Debug + 'static {
+    /// How this consumer's deliveries are settled.
+    type Acknowledger: Acknowledger;
+
     /// The subscription this consumer reads.
     fn subscription(&self) -> &Subscription;
 
     /// Waits for the next delivery. Cancel safe: a `receive` future dropped before it
     /// completes loses no message. Fails with [`Error::ShutDown`] once the channel is closed.
-    async fn receive(&mut self) -> Result<Delivery>;
+    fn receive(&mut self) -> impl Future<Output = Result<Delivery<Self::Acknowledger>>> + Send;
 
     /// The next delivery if one is there now, with no waiting: the fast path the runtime
     /// takes before [`receive`](Self::receive), with no future to make. `None` when nothing
     /// is ready, or when the backend has no such path (the default).
-    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+    fn try_receive(&mut self) -> Option<Result<Delivery<Self::Acknowledger>>> {
         None
     }
 }

@@ -1,9 +1,10 @@
 //! Deliveries: a received message, its attempt count, and the means to settle it.
 
+use crate::erased::BoxAcknowledger;
 use crate::error::{Error, Result};
 use crate::message::{header, millis_since_epoch, Message};
-use async_trait::async_trait;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,13 +13,16 @@ use std::time::{Duration, SystemTime};
 /// Each method consumes the acknowledger, so a delivery is settled at most once. A
 /// backend must make an acknowledger that is dropped unsettled return its message to the
 /// group (at the latest when its consumer or connection closes): nothing is lost.
-#[async_trait]
-pub trait Acknowledger: Send + Sync + fmt::Debug {
+///
+/// It is a [`Consumer`](crate::Consumer)'s associated type, so settling is a direct call;
+/// [`BoxAcknowledger`](crate::BoxAcknowledger) erases the type where it must be chosen at
+/// run time.
+pub trait Acknowledger: Send + Sync + fmt::Debug + Sized + 'static {
     /// The message was handled: remove it for good.
-    async fn ack(self: Box<Self>) -> Result<()>;
+    fn ack(self) -> impl Future<Output = Result<()>> + Send;
 
     /// The message was not handled: deliver it again, after `delay` if given.
-    async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<()>;
+    fn nack(self, delay: Option<Duration>) -> impl Future<Output = Result<()>> + Send;
 
     /// Move `dead_letter` (the message with its dead-letter headers) to the dead letters of
     /// this destination and group, then remove the original. Nothing may be lost between
@@ -30,7 +34,10 @@ pub trait Acknowledger: Send + Sync + fmt::Debug {
     /// acknowledger back in [`DeadLetterFailed`]: [`Delivery::dead_letter`] then returns the
     /// message to the group after a backoff, so a broken dead-letter destination neither
     /// loses the message nor spins on it.
-    async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<(), DeadLetterFailed>;
+    fn dead_letter(
+        self,
+        dead_letter: Message,
+    ) -> impl Future<Output = Result<(), DeadLetterFailed<Self>>> + Send;
 
     /// Acknowledges at once where that needs no waiting: the fast path
     /// [`Delivery::ack`] takes before [`ack`](Self::ack), with no future to make. Returns
@@ -45,16 +52,16 @@ pub trait Acknowledger: Send + Sync + fmt::Debug {
 /// A dead letter that could not be stored: why, and the original's acknowledger, still
 /// unsettled. Returned by [`Acknowledger::dead_letter`].
 #[derive(Debug)]
-pub struct DeadLetterFailed {
+pub struct DeadLetterFailed<A> {
     /// Why the dead letter could not be stored.
     pub error: Error,
     /// The original delivery's acknowledger, not settled yet.
-    pub unsettled: Box<dyn Acknowledger>,
+    pub unsettled: A,
 }
 
-impl DeadLetterFailed {
+impl<A> DeadLetterFailed<A> {
     /// The failure of `acknowledger`'s dead letter, with `error` saying why.
-    pub fn new(error: Error, acknowledger: Box<dyn Acknowledger>) -> Self {
+    pub fn new(error: Error, acknowledger: A) -> Self {
         DeadLetterFailed {
             error,
             unsettled: acknowledger,
@@ -163,21 +170,24 @@ impl Origin {
 /// Settle every delivery exactly once: [`ack`](Self::ack), [`nack`](Self::nack) or
 /// [`dead_letter`](Self::dead_letter). Each consumes the delivery, so settling twice does
 /// not compile. A delivery dropped unsettled comes back to the group.
-pub struct Delivery {
+///
+/// `A` is how the backend settles it: its consumer's [`Acknowledger`], or a
+/// [`BoxAcknowledger`] where the backend is chosen at run time.
+pub struct Delivery<A = BoxAcknowledger> {
     message: Arc<Message>,
     attempt: u32,
     origin: Arc<Origin>,
-    acknowledger: Box<dyn Acknowledger>,
+    acknowledger: A,
 }
 
-impl Delivery {
+impl<A: Acknowledger> Delivery<A> {
     /// Made by backends: the message, the how-many-th delivery of it this is (1 for the
     /// first), where it came from, and how to settle it.
     pub fn new(
         message: impl Into<Arc<Message>>,
         attempt: u32,
         origin: Arc<Origin>,
-        acknowledger: Box<dyn Acknowledger>,
+        acknowledger: A,
     ) -> Self {
         Delivery {
             message: message.into(),
@@ -187,6 +197,25 @@ impl Delivery {
         }
     }
 
+    /// The same delivery, settled through a [`BoxAcknowledger`]: for code that takes
+    /// deliveries of backends chosen at run time.
+    pub fn erase(self) -> Delivery {
+        self.map_acknowledger(BoxAcknowledger::new)
+    }
+
+    /// The same delivery, settled through what `wrap` makes of its acknowledger: for a
+    /// consumer that hands out the deliveries of another, as an enum of backends does.
+    pub fn map_acknowledger<B: Acknowledger>(self, wrap: impl FnOnce(A) -> B) -> Delivery<B> {
+        Delivery {
+            message: self.message,
+            attempt: self.attempt,
+            origin: self.origin,
+            acknowledger: wrap(self.acknowledger),
+        }
+    }
+}
+
+impl<A> Delivery<A> {
     /// The message.
     pub fn message(&self) -> &Message {
         &self.message
@@ -217,7 +246,9 @@ impl Delivery {
     pub fn origin(&self) -> &Arc<Origin> {
         &self.origin
     }
+}
 
+impl<A: Acknowledger> Delivery<A> {
     /// Acknowledges the message: it was handled and is removed.
     pub async fn ack(self) -> Result<()> {
         let mut acknowledger = self.acknowledger;
@@ -276,7 +307,7 @@ impl Delivery {
     }
 }
 
-impl fmt::Debug for Delivery {
+impl<A> fmt::Debug for Delivery<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
             .field("id", &self.message.id())
@@ -299,22 +330,18 @@ mod tests {
         settled: Arc<Mutex<Vec<String>>>,
     }
 
-    #[async_trait]
     impl Acknowledger for BrokenDeadLetters {
-        async fn ack(self: Box<Self>) -> Result<()> {
+        async fn ack(self) -> Result<()> {
             self.settled.lock().unwrap().push("ack".into());
             Ok(())
         }
 
-        async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<()> {
+        async fn nack(self, delay: Option<Duration>) -> Result<()> {
             self.settled.lock().unwrap().push(format!("nack {delay:?}"));
             Ok(())
         }
 
-        async fn dead_letter(
-            self: Box<Self>,
-            _dead_letter: Message,
-        ) -> Result<(), DeadLetterFailed> {
+        async fn dead_letter(self, _dead_letter: Message) -> Result<(), DeadLetterFailed<Self>> {
             let error = Error::broker("test", "the dead-letter queue is gone");
             Err(DeadLetterFailed::new(error, self))
         }
@@ -328,9 +355,9 @@ mod tests {
                 Message::new("{}"),
                 attempt,
                 Origin::new("orders", Some("billing")),
-                Box::new(BrokenDeadLetters {
+                BrokenDeadLetters {
                     settled: settled.clone(),
-                }),
+                },
             );
             let err = delivery.dead_letter("boom", 3).await.unwrap_err();
             assert!(

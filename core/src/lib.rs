@@ -13,6 +13,7 @@
 mod channel;
 mod codec;
 mod delivery;
+mod erased;
 mod error;
 mod idempotency;
 mod message;
@@ -30,6 +31,7 @@ pub use delivery::{
     as_delivered, dead_letter_retry_delay, shorten_dead_letter_error, Acknowledger,
     DeadLetterFailed, Delivery, Origin,
 };
+pub use erased::{BoxAcknowledger, BoxChannel, BoxConsumer, BoxProducer};
 pub use error::{BoxError, Error, Result};
 pub use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 pub use message::{

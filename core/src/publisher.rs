@@ -2,6 +2,7 @@
 
 use crate::channel::{Channel, Producer};
 use crate::codec::Encode;
+use crate::erased::{BoxChannel, BoxProducer};
 use crate::error::Result;
 use crate::message::Message;
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 /// share the producers.
 ///
 /// ```
-/// # async fn demo(channel: std::sync::Arc<dyn event_binder_core::Channel>) -> event_binder_core::Result<()> {
+/// # async fn demo(channel: impl event_binder_core::Channel) -> event_binder_core::Result<()> {
 /// use event_binder_core::Publisher;
 ///
 /// #[derive(serde::Serialize)]
@@ -27,21 +28,21 @@ use std::sync::{Arc, Mutex};
 /// ```
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Arc<dyn Channel>,
-    producers: Arc<Mutex<HashMap<String, Arc<dyn Producer>>>>,
+    channel: BoxChannel,
+    producers: Arc<Mutex<HashMap<String, BoxProducer>>>,
 }
 
 impl Publisher {
     /// A publisher on this channel.
-    pub fn new(channel: Arc<dyn Channel>) -> Self {
+    pub fn new(channel: impl Channel) -> Self {
         Publisher {
-            channel,
+            channel: BoxChannel::new(channel),
             producers: Arc::default(),
         }
     }
 
     /// The channel it publishes on.
-    pub fn channel(&self) -> &Arc<dyn Channel> {
+    pub fn channel(&self) -> &BoxChannel {
         &self.channel
     }
 
@@ -77,11 +78,11 @@ impl Publisher {
     }
 
     /// The producer for a destination, opened on first use.
-    pub async fn producer(&self, destination: &str) -> Result<Arc<dyn Producer>> {
+    pub async fn producer(&self, destination: &str) -> Result<BoxProducer> {
         if let Some(producer) = self.cached(destination) {
             return Ok(producer);
         }
-        let opened: Arc<dyn Producer> = Arc::from(self.channel.producer(destination).await?);
+        let opened = self.channel.producer(destination).await?;
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         // Another task may have opened one meanwhile; keep the first so all share it.
         Ok(producers
@@ -90,7 +91,7 @@ impl Publisher {
             .clone())
     }
 
-    fn cached(&self, destination: &str) -> Option<Arc<dyn Producer>> {
+    fn cached(&self, destination: &str) -> Option<BoxProducer> {
         let producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         producers.get(destination).cloned()
     }

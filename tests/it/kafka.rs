@@ -3,9 +3,8 @@
 //! tansu, a Kafka-compatible broker. Each case connects with a random name prefix, so runs
 //! on a shared broker never meet.
 
-use event_binder::{AnyChannel, Channel, Message};
+use event_binder::{AnyChannel, Channel, Message, Producer};
 use event_binder_core::conformance::SuiteConfig;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The bootstrap brokers the tests use.
@@ -22,9 +21,9 @@ fn prefix(base: &str) -> String {
     format!("{base}-{}-", &id[id.len() - 12..])
 }
 
-async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
+async fn connect() -> event_binder::Result<AnyChannel> {
     let url = format!("kafka://{}?prefix={}", broker(), prefix("conf"));
-    Ok(Arc::new(AnyChannel::connect(&url).await?))
+    AnyChannel::connect(&url).await
 }
 
 /// `kafka://h1:9092,h2:9092`, as the README writes it: every host is a bootstrap broker.

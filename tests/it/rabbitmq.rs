@@ -5,25 +5,24 @@
 //! with a random name prefix, so runs on a shared broker never meet, and its queues expire
 //! on the broker ten minutes after their last use.
 
-use event_binder::{AnyChannel, Channel};
+use event_binder::AnyChannel;
 use event_binder_core::conformance::SuiteConfig;
-use std::sync::Arc;
 
 /// A channel with a prefix of its own and queues of `queue_type`.
-async fn connect(queue_type: &str) -> event_binder::Result<Arc<dyn Channel>> {
+async fn connect(queue_type: &str) -> event_binder::Result<AnyChannel> {
     let id = event_binder_core::new_message_id().replace('-', "");
     let url = format!(
         "amqp://guest:guest@127.0.0.1:5672/%2f?prefix=conformance-{queue_type}-{}-\
          &queue_expires_ms=600000&queue_type={queue_type}",
         &id[id.len() - 12..]
     );
-    Ok(Arc::new(AnyChannel::connect(&url).await?))
+    AnyChannel::connect(&url).await
 }
 
 mod classic {
     use super::*;
 
-    async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
+    async fn connect() -> event_binder::Result<AnyChannel> {
         super::connect("classic").await
     }
 
@@ -33,7 +32,7 @@ mod classic {
 mod quorum {
     use super::*;
 
-    async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
+    async fn connect() -> event_binder::Result<AnyChannel> {
         super::connect("quorum").await
     }
 

@@ -5,9 +5,8 @@
 
 use event_binder::{AnyChannel, Channel};
 use event_binder_core::conformance::SuiteConfig;
-use std::sync::Arc;
 
-async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
+async fn connect() -> event_binder::Result<AnyChannel> {
     let id = event_binder_core::new_message_id().replace('-', "");
     // A short long-poll keeps the idle consumers of finished cases from holding moto's
     // threads.
@@ -15,7 +14,7 @@ async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
         "sns-sqs://us-east-1?endpoint=http://127.0.0.1:4566&wait_time_s=1&prefix=conf-{}-",
         &id[id.len() - 12..]
     );
-    Ok(Arc::new(AnyChannel::connect(&url).await?))
+    AnyChannel::connect(&url).await
 }
 
 // moto slows down as a queue grows (about 0.45 s a receive with 1,000 messages queued):
@@ -28,7 +27,7 @@ mod fifo {
     use super::*;
     use event_binder_core::conformance::{run, Case};
 
-    async fn connect() -> event_binder::Result<Arc<dyn Channel>> {
+    async fn connect() -> event_binder::Result<AnyChannel> {
         let id = event_binder_core::new_message_id().replace('-', "");
         let url = format!(
             "sns-sqs://us-east-1?endpoint=http://127.0.0.1:4566&wait_time_s=1&fifo=*&prefix=fifo-{}-",
@@ -39,7 +38,7 @@ mod fifo {
             channel.orders_by_key("any"),
             "fifo=* declares every destination FIFO"
         );
-        Ok(Arc::new(channel))
+        Ok(channel)
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! `cargo bench -p event-binder-kafka --bench throughput`; `BENCH_MESSAGES` (default
 //! 500,000, a few seconds a run) and `BENCH_ROUNDS` (default 3) change the size.
 
-use event_binder_core::{App, Channel, Context, Handler, HandlerSpec, Message, Subscription};
+use event_binder_core::{
+    App, Channel, Consumer, Context, Handler, HandlerSpec, Message, Producer, Subscription,
+};
 use event_binder_kafka::{KafkaChannel, KafkaConfig};
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Message as _;

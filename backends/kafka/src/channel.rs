@@ -5,10 +5,7 @@ use crate::consumer::{KafkaConsumer, Role};
 use crate::error::{self, BACKEND};
 use crate::names::Names;
 use crate::producer::KafkaProducer;
-use async_trait::async_trait;
-use event_binder_core::{
-    Capabilities, Channel, ChannelUrl, Consumer, Error, Producer, Result, Subscription,
-};
+use event_binder_core::{Capabilities, Channel, ChannelUrl, Error, Result, Subscription};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, Producer as _};
@@ -19,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// One connection to a Kafka cluster: a producer, an admin client, and a consumer per
-/// [`Consumer`] opened. Cheap to clone: clones share the connection.
+/// [`KafkaConsumer`](crate::KafkaConsumer) opened. Cheap to clone: clones share the connection.
 ///
 /// ```no_run
 /// # async fn demo() -> event_binder_core::Result<()> {
-/// use event_binder_core::{Channel, Message, Subscription};
+/// use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
 /// use event_binder_kafka::KafkaChannel;
 ///
 /// let channel = KafkaChannel::connect("kafka://127.0.0.1:9092").await?;
@@ -215,8 +212,10 @@ impl fmt::Debug for KafkaChannel {
     }
 }
 
-#[async_trait]
 impl Channel for KafkaChannel {
+    type Producer = KafkaProducer;
+    type Consumer = KafkaConsumer;
+
     fn backend(&self) -> &'static str {
         BACKEND
     }
@@ -245,18 +244,18 @@ impl Channel for KafkaChannel {
         Ok(())
     }
 
-    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>> {
+    async fn producer(&self, destination: &str) -> Result<KafkaProducer> {
         let names = self.names(destination, None)?;
         self.inner.ensure_topic(&names.topic).await?;
-        Ok(Box::new(KafkaProducer::new(
+        Ok(KafkaProducer::new(
             self.inner.clone(),
             destination.to_owned(),
             names.topic,
             self.capabilities(),
-        )))
+        ))
     }
 
-    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>> {
+    async fn consumer(&self, subscription: &Subscription) -> Result<KafkaConsumer> {
         let names = self.names(subscription.destination(), subscription.group_name())?;
         let role = if subscription.group_name().is_some() {
             Role::Group
@@ -265,21 +264,17 @@ impl Channel for KafkaChannel {
         };
         let consumer =
             KafkaConsumer::open(self.inner.clone(), subscription.clone(), names, role).await?;
-        Ok(Box::new(consumer))
+        Ok(consumer)
     }
 
     /// Reads the dead-letter topic as the consumer group of the same name. Dead-lettering
     /// one of its deliveries puts it back at the end of the same topic.
-    async fn dead_letters(
-        &self,
-        destination: &str,
-        group: Option<&str>,
-    ) -> Result<Box<dyn Consumer>> {
+    async fn dead_letters(&self, destination: &str, group: Option<&str>) -> Result<KafkaConsumer> {
         let names = self.names(destination, group)?;
         let subscription = Subscription::new(destination).optional_group(group.map(str::to_owned));
         let consumer =
             KafkaConsumer::open(self.inner.clone(), subscription, names, Role::DeadLetters).await?;
-        Ok(Box::new(consumer))
+        Ok(consumer)
     }
 
     /// Closes the channel: what was sent is flushed (up to the send timeout), and sends

@@ -24,7 +24,6 @@ use crate::convert::message_from;
 use crate::error::{self, BACKEND};
 use crate::names::Names;
 use crate::producer::send_to;
-use async_trait::async_trait;
 use event_binder_core::{
     Acknowledger, Consumer, DeadLetterFailed, Delivery, Error, Message, Origin, Result,
     Subscription,
@@ -68,8 +67,9 @@ const MIN_POLL: Duration = Duration::from_millis(5);
 /// partition's commit.
 pub(crate) const MAX_NACK_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Yields deliveries for one subscription.
-pub(crate) struct KafkaConsumer {
+/// Yields deliveries for one subscription: what [`KafkaChannel::consumer`](crate::KafkaChannel)
+/// and `dead_letters` open.
+pub struct KafkaConsumer {
     subscription: Subscription,
     topic: Arc<str>,
     group_id: String,
@@ -191,7 +191,7 @@ impl KafkaConsumer {
     /// when it would have to wait, with when the next redelivery is due (if one is queued).
     /// Shared by `receive` and [`try_receive`](Consumer::try_receive); cancel safe, as it
     /// never waits: a batch leaves the channel only into `taken`.
-    fn now(&mut self) -> ControlFlow<Result<Delivery>, Option<Instant>> {
+    fn now(&mut self) -> ControlFlow<Result<Delivery<KafkaAcknowledger>>, Option<Instant>> {
         loop {
             if *self.closed.borrow() {
                 return ControlFlow::Break(Err(shut_down()));
@@ -239,8 +239,13 @@ impl KafkaConsumer {
         )
     }
 
-    fn delivery(&self, message: Arc<Message>, at: Position, attempt: u32) -> Delivery {
-        let acker = Acker {
+    fn delivery(
+        &self,
+        message: Arc<Message>,
+        at: Position,
+        attempt: u32,
+    ) -> Delivery<KafkaAcknowledger> {
+        let acker = KafkaAcknowledger {
             client: self.client.clone(),
             tracker: self.tracker.clone(),
             dead_letters: self.dead_letters.clone(),
@@ -249,7 +254,7 @@ impl KafkaConsumer {
             attempt,
             settled: false,
         };
-        Delivery::new(message, attempt, self.origin.clone(), Box::new(acker))
+        Delivery::new(message, attempt, self.origin.clone(), acker)
     }
 }
 
@@ -458,8 +463,9 @@ impl Poller {
     }
 }
 
-#[async_trait]
 impl Consumer for KafkaConsumer {
+    type Acknowledger = KafkaAcknowledger;
+
     fn subscription(&self) -> &Subscription {
         &self.subscription
     }
@@ -468,7 +474,7 @@ impl Consumer for KafkaConsumer {
     /// them over. Cancel safe: a record is taken from the buffer only when it is returned.
     /// Errors librdkafka reports while consuming (a broker that went away, a topic not yet
     /// in the metadata) are logged and waited out: it recovers by itself.
-    async fn receive(&mut self) -> Result<Delivery> {
+    async fn receive(&mut self) -> Result<Delivery<KafkaAcknowledger>> {
         loop {
             // Without registering for wake-ups first when something is ready (the fast path);
             // else registered, then asked again, so that no redelivery queued meanwhile is
@@ -510,7 +516,7 @@ impl Consumer for KafkaConsumer {
 
     /// What `receive` would return now, in the same order, without waiting: `None` when it
     /// would wait.
-    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+    fn try_receive(&mut self) -> Option<Result<Delivery<KafkaAcknowledger>>> {
         self.now().break_value()
     }
 }
@@ -927,8 +933,8 @@ impl ConsumerContext for Context {
     }
 }
 
-/// Settles one delivery.
-struct Acker {
+/// Settles one delivery of a [`KafkaConsumer`].
+pub struct KafkaAcknowledger {
     client: Arc<Client>,
     tracker: Arc<Tracker>,
     dead_letters: Arc<DeadLetterTarget>,
@@ -938,9 +944,9 @@ struct Acker {
     settled: bool,
 }
 
-impl fmt::Debug for Acker {
+impl fmt::Debug for KafkaAcknowledger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Acker")
+        f.debug_struct("KafkaAcknowledger")
             .field("topic", &self.tracker.topic)
             .field("partition", &self.at.partition)
             .field("offset", &self.at.offset)
@@ -949,7 +955,7 @@ impl fmt::Debug for Acker {
     }
 }
 
-impl Acker {
+impl KafkaAcknowledger {
     /// Marks the record handled (once): its offset is committed once everything before it
     /// in its partition is handled too. Synchronous: the tracker's bookkeeping only, the
     /// commit is the poller thread's.
@@ -961,8 +967,7 @@ impl Acker {
     }
 }
 
-#[async_trait]
-impl Acknowledger for Acker {
+impl Acknowledger for KafkaAcknowledger {
     /// Acking never waits here: see [`ack`](Self::ack).
     fn try_ack(&mut self) -> Option<Result<()>> {
         self.acked();
@@ -971,14 +976,14 @@ impl Acknowledger for Acker {
 
     /// Marks the record handled; its offset is committed once everything before it in
     /// its partition is handled too.
-    async fn ack(mut self: Box<Self>) -> Result<()> {
+    async fn ack(mut self) -> Result<()> {
         self.acked();
         Ok(())
     }
 
     /// Queues the record for redelivery by this consumer, after `delay` if given (at most
     /// a day: a longer delay is taken as a day).
-    async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<()> {
+    async fn nack(mut self, delay: Option<Duration>) -> Result<()> {
         self.settled = true;
         self.tracker.requeue(
             self.message.clone(),
@@ -992,10 +997,7 @@ impl Acknowledger for Acker {
     /// Sends the dead letter to the dead-letter topic and waits for its delivery report,
     /// then acks the record. If the send fails, the record stays unsettled and is handed
     /// back with the error.
-    async fn dead_letter(
-        mut self: Box<Self>,
-        dead_letter: Message,
-    ) -> Result<(), DeadLetterFailed> {
+    async fn dead_letter(mut self, dead_letter: Message) -> Result<(), DeadLetterFailed<Self>> {
         let target = self.dead_letters.clone();
         match send_to(&target.inner, &target.topic, &dead_letter).await {
             Ok(()) => {
@@ -1007,7 +1009,7 @@ impl Acknowledger for Acker {
     }
 }
 
-impl Drop for Acker {
+impl Drop for KafkaAcknowledger {
     /// An unsettled delivery goes back to the redelivery queue.
     fn drop(&mut self) {
         if !self.settled {

@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> event_binder_core::Result<()> {
-//! use event_binder_core::{Channel, Message, Subscription};
+//! use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
 //! use event_binder_kafka::{KafkaChannel, KafkaConfig};
 //!
 //! let config = KafkaConfig::new("kafka://127.0.0.1:9092")?.prefix("shop-").partitions(6);
@@ -129,6 +129,8 @@ mod producer;
 
 pub use channel::KafkaChannel;
 pub use config::KafkaConfig;
+pub use consumer::{KafkaAcknowledger, KafkaConsumer};
+pub use producer::KafkaProducer;
 
 /// The URL scheme this backend serves: `kafka`.
 pub const SCHEME: &str = "kafka";

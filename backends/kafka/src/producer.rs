@@ -3,14 +3,14 @@
 use crate::channel::Inner;
 use crate::convert::{record_headers, record_timestamp};
 use crate::error::{self, BACKEND};
-use async_trait::async_trait;
 use event_binder_core::{Capabilities, Error, Message, Producer, Result};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use std::fmt;
 use std::sync::Arc;
 
-/// Sends messages to one topic with acks=all and idempotence on.
-pub(crate) struct KafkaProducer {
+/// Sends messages to one topic with acks=all and idempotence on: what
+/// [`KafkaChannel::producer`](crate::KafkaChannel) opens.
+pub struct KafkaProducer {
     inner: Arc<Inner>,
     destination: String,
     topic: String,
@@ -80,7 +80,6 @@ impl fmt::Debug for KafkaProducer {
     }
 }
 
-#[async_trait]
 impl Producer for KafkaProducer {
     fn destination(&self) -> &str {
         &self.destination

@@ -8,8 +8,8 @@
 
 mod support;
 
-use event_binder_core::{Channel, Delivery, Error, Message, Subscription};
-use event_binder_kafka::{KafkaChannel, KafkaConfig};
+use event_binder_core::{Channel, Consumer, Delivery, Error, Message, Producer, Subscription};
+use event_binder_kafka::{KafkaAcknowledger, KafkaChannel, KafkaConfig, KafkaConsumer};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ use support::{broker, channel, channel_with, unique, url};
 const LIMIT: Duration = Duration::from_secs(90);
 
 /// The next delivery, failing the test if none comes within `LIMIT`.
-async fn next(consumer: &mut Box<dyn event_binder_core::Consumer>) -> Delivery {
+async fn next(consumer: &mut KafkaConsumer) -> Delivery<KafkaAcknowledger> {
     tokio::time::timeout(LIMIT, consumer.receive())
         .await
         .expect("a delivery in time")
@@ -271,7 +271,7 @@ async fn a_handler_slower_than_the_poll_interval_keeps_its_membership() {
     let ids: Vec<String> = (0..4).map(|n| format!("m{n}")).collect();
     send_ids(&channel, destination, &ids).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let note = |seen: &mut HashMap<String, usize>, delivery: &Delivery| {
+    let note = |seen: &mut HashMap<String, usize>, delivery: &Delivery<KafkaAcknowledger>| {
         *seen.entry(delivery.message().id().to_owned()).or_default() += 1;
     };
     let first = next(&mut consumer).await;
@@ -383,7 +383,7 @@ async fn a_full_read_ahead_buffer_pauses_fetching_not_polling() {
 
 /// The next delivery `try_receive` has, asked again (without ever calling `receive`) until
 /// one is there, failing the test if none comes within `LIMIT`.
-async fn try_next(consumer: &mut Box<dyn event_binder_core::Consumer>) -> Delivery {
+async fn try_next(consumer: &mut KafkaConsumer) -> Delivery<KafkaAcknowledger> {
     let deadline = Instant::now() + LIMIT;
     loop {
         if let Some(received) = consumer.try_receive() {

@@ -15,8 +15,8 @@
 
 mod support;
 
-use event_binder_core::{Channel, Message, Producer, Subscription};
-use event_binder_kafka::KafkaChannel;
+use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
+use event_binder_kafka::{KafkaChannel, KafkaProducer};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -179,7 +179,7 @@ const BATCH: usize = 5;
 /// Sends a steady stream of records `m000000`, `m000001`, … in batches of `BATCH` until
 /// told to stop; returns the ids of those sent.
 fn stream(
-    producer: Box<dyn Producer>,
+    producer: KafkaProducer,
     mut stop: watch::Receiver<bool>,
     handled: Arc<Handled>,
 ) -> JoinHandle<Vec<String>> {

@@ -3,10 +3,9 @@
 use crate::bus::{notified_before, Bus};
 use crate::client::{MemoryConsumer, MemoryProducer};
 use crate::config::MemoryConfig;
-use async_trait::async_trait;
 use event_binder_core::{
-    validate_destination, validate_group, Capabilities, Channel, ChannelUrl, Consumer, Error,
-    Message, Producer, Result, Subscription,
+    validate_destination, validate_group, Capabilities, Channel, ChannelUrl, Error, Message,
+    Result, Subscription,
 };
 use std::fmt;
 use std::pin::pin;
@@ -96,7 +95,7 @@ impl MemoryChannel {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> event_binder_core::Result<()> {
-    /// use event_binder_core::{Channel, Message};
+    /// use event_binder_core::{Channel, Message, Producer};
     /// use event_binder_memory::{MemoryChannel, MemoryConfig};
     ///
     /// let channel = MemoryChannel::with_config(MemoryConfig::new().history(10));
@@ -206,8 +205,10 @@ impl fmt::Debug for MemoryChannel {
     }
 }
 
-#[async_trait]
 impl Channel for MemoryChannel {
+    type Producer = MemoryProducer;
+    type Consumer = MemoryConsumer;
+
     fn backend(&self) -> &'static str {
         "memory"
     }
@@ -229,45 +230,38 @@ impl Channel for MemoryChannel {
         Ok(())
     }
 
-    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>> {
+    async fn producer(&self, destination: &str) -> Result<MemoryProducer> {
         validate_destination(destination)?;
         self.bus.shared.check_open()?;
         let destination = self.bus.destination(destination);
-        Ok(Box::new(MemoryProducer::new(
-            Arc::clone(&self.bus),
-            destination,
-        )))
+        Ok(MemoryProducer::new(Arc::clone(&self.bus), destination))
     }
 
-    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>> {
+    async fn consumer(&self, subscription: &Subscription) -> Result<MemoryConsumer> {
         subscription.validate()?;
         self.bus.shared.check_open()?;
-        Ok(Box::new(MemoryConsumer::open(
+        Ok(MemoryConsumer::open(
             Arc::clone(&self.bus),
             subscription.clone(),
             false,
-        )))
+        ))
     }
 
     /// A consumer on the dead-letter queue of a group (`None`: of the destination's
     /// anonymous subscriptions). Its deliveries carry the original destination and group;
     /// dead-lettering one of them stores it back at the end of the same dead-letter queue.
-    async fn dead_letters(
-        &self,
-        destination: &str,
-        group: Option<&str>,
-    ) -> Result<Box<dyn Consumer>> {
+    async fn dead_letters(&self, destination: &str, group: Option<&str>) -> Result<MemoryConsumer> {
         validate_destination(destination)?;
         if let Some(group) = group {
             validate_group(group)?;
         }
         self.bus.shared.check_open()?;
         let subscription = Subscription::new(destination).optional_group(group.map(Into::into));
-        Ok(Box::new(MemoryConsumer::open(
+        Ok(MemoryConsumer::open(
             Arc::clone(&self.bus),
             subscription,
             true,
-        )))
+        ))
     }
 
     /// Closes the bus for every clone of this channel: sends and receives fail with

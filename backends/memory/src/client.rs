@@ -2,20 +2,29 @@
 
 use crate::bus::{notified_before, Attach, Bus, Destination, Full, SlotRef};
 use crate::queue::{InFlight, Take, Wakeup};
-use async_trait::async_trait;
 use event_binder_core::{
     Acknowledger, Consumer, DeadLetterFailed, Delivery, Error, Message, Origin, Producer, Result,
     Subscription,
 };
 use std::fmt;
-use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Sends to one destination of a bus.
-pub(crate) struct MemoryProducer {
+/// Sends to one destination of a bus: what [`MemoryChannel::producer`](crate::MemoryChannel)
+/// opens.
+///
+/// ```
+/// use event_binder_core::{Channel, Message, Producer};
+/// use event_binder_memory::MemoryChannel;
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let channel = MemoryChannel::new();
+/// let producer = channel.producer("orders").await?;
+/// producer.send(Message::new("{}")).await?;
+/// # Ok::<(), event_binder_core::Error>(()) }).unwrap();
+/// ```
+pub struct MemoryProducer {
     /// Keeps the bus (and its `memory://NAME` registration) alive while the producer is.
     bus: Arc<Bus>,
     destination: Arc<Destination>,
@@ -36,31 +45,18 @@ impl fmt::Debug for MemoryProducer {
     }
 }
 
-#[async_trait]
 impl Producer for MemoryProducer {
     fn destination(&self) -> &str {
         &self.destination.name
     }
 
-    // Written out rather than `async fn`: `async_trait` moves the message into a local of
-    // the future besides its captured copy, and the future is copied whole into its box at
-    // each send; this one holds the message once.
-    fn send<'life0, 'async_trait>(
-        &'life0 self,
-        message: Message,
-    ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.bus.capabilities.check_size(&message)?;
-            let full = match send_now(&self.destination, message)? {
-                Ok(()) => return Ok(()),
-                Err(full) => full,
-            };
-            send_later(&self.destination, full).await
-        })
+    async fn send(&self, message: Message) -> Result<()> {
+        self.bus.capabilities.check_size(&message)?;
+        let full = match send_now(&self.destination, message)? {
+            Ok(()) => return Ok(()),
+            Err(full) => full,
+        };
+        send_later(&self.destination, full).await
     }
 
     /// Checks the size of every message first (nothing is sent if one is too large), then
@@ -88,8 +84,8 @@ fn send_now(destination: &Destination, message: Message) -> Result<Result<(), Bo
 
 /// Waits for room in the full queue, then enqueues.
 ///
-/// Boxed: the waiting state (a timer among it) would otherwise be part of every send's
-/// future, which is copied whole into its box at each send, waiting or not.
+/// Boxed: the waiting state (a timer among it) would otherwise make every send's future
+/// large, waiting or not.
 async fn send_later(destination: &Destination, full: Box<Full>) -> Result<()> {
     Box::pin(wait_for_room(destination, full, |m| {
         destination.try_send(m)
@@ -135,8 +131,21 @@ async fn wait_for_room(
     }
 }
 
-/// Reads one queue: a group's, an anonymous subscription's, or a dead-letter queue.
-pub(crate) struct MemoryConsumer {
+/// Reads one queue: a group's, an anonymous subscription's, or a dead-letter queue. What
+/// [`MemoryChannel::consumer`](crate::MemoryChannel) and `dead_letters` open.
+///
+/// ```
+/// use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
+/// use event_binder_memory::MemoryChannel;
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let channel = MemoryChannel::new();
+/// let mut consumer = channel.consumer(&Subscription::new("orders").group("billing")).await?;
+/// channel.producer("orders").await?.send(Message::new("{}")).await?;
+/// let delivery = consumer.try_receive().expect("published already")?;
+/// delivery.ack().await?;
+/// # Ok::<(), event_binder_core::Error>(()) }).unwrap();
+/// ```
+pub struct MemoryConsumer {
     /// Keeps the bus (and its `memory://NAME` registration) alive while the consumer is.
     bus: Arc<Bus>,
     destination: Arc<Destination>,
@@ -174,16 +183,16 @@ impl MemoryConsumer {
         }
     }
 
-    fn deliver(&self, in_flight: InFlight) -> Delivery {
+    fn deliver(&self, in_flight: InFlight) -> Delivery<MemoryAcknowledger> {
         Delivery::new(
             Arc::clone(&in_flight.message),
             in_flight.deliveries,
             Arc::clone(&self.origin),
-            Box::new(MemoryAcknowledger {
+            MemoryAcknowledger {
                 destination: Arc::clone(&self.destination),
                 slot: self.slot,
                 in_flight: Some(in_flight),
-            }),
+            },
         )
     }
 }
@@ -205,13 +214,14 @@ impl Drop for MemoryConsumer {
     }
 }
 
-#[async_trait]
 impl Consumer for MemoryConsumer {
+    type Acknowledger = MemoryAcknowledger;
+
     fn subscription(&self) -> &Subscription {
         &self.subscription
     }
 
-    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+    fn try_receive(&mut self) -> Option<Result<Delivery<MemoryAcknowledger>>> {
         match self.destination.take(self.slot, &mut self.last) {
             Ok(Take::Ready(in_flight)) => Some(Ok(self.deliver(in_flight))),
             Ok(Take::Wait(_)) => None,
@@ -220,7 +230,7 @@ impl Consumer for MemoryConsumer {
     }
 
     /// Cancel safe: a message leaves its queue only in the synchronous step that returns it.
-    async fn receive(&mut self) -> Result<Delivery> {
+    async fn receive(&mut self) -> Result<Delivery<MemoryAcknowledger>> {
         // Fast path: a message is there, no need to register as a waiter.
         if let Take::Ready(in_flight) = self.destination.take(self.slot, &mut self.last)? {
             return Ok(self.deliver(in_flight));
@@ -231,16 +241,16 @@ impl Consumer for MemoryConsumer {
             // Registered before looking, so a message arriving in between wakes us.
             let mut notified = pin!(wakeup.notify.notified());
             notified.as_mut().enable();
-            // Bound here, so that the take's result is not kept across the awaits below: the
-            // future is copied whole into its box at each receive.
+            // Bound here, so that the take's result is not kept across the awaits below, in
+            // the future.
             let due = match self.destination.take(self.slot, &mut self.last)? {
                 Take::Ready(in_flight) => return Ok(self.deliver(in_flight)),
                 Take::Wait(due) => due,
             };
             match due {
                 // A delayed message is due then: look again at that instant at the latest.
-                // Boxed, as delays are rare: the timer would otherwise be part of every
-                // receive's future, which is copied whole into its box at each receive.
+                // Boxed, as delays are rare: the timer would otherwise make every receive's
+                // future large.
                 Some(due) => {
                     let _ = Box::pin(tokio::time::timeout_at(due, notified)).await;
                 }
@@ -250,9 +260,9 @@ impl Consumer for MemoryConsumer {
     }
 }
 
-/// Settles one delivery. Dropped unsettled, it returns the message to the front of its
-/// queue, as a nack without delay would.
-struct MemoryAcknowledger {
+/// Settles one delivery of a [`MemoryConsumer`]. Dropped unsettled, it returns the message
+/// to the front of its queue, as a nack without delay would.
+pub struct MemoryAcknowledger {
     destination: Arc<Destination>,
     slot: SlotRef,
     /// `None` once settled.
@@ -272,7 +282,6 @@ impl fmt::Debug for MemoryAcknowledger {
 /// How far ahead "a delay too long to represent" is put: about 30 years.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
-#[async_trait]
 impl Acknowledger for MemoryAcknowledger {
     /// Acknowledging never waits here.
     fn try_ack(&mut self) -> Option<Result<()>> {
@@ -282,11 +291,11 @@ impl Acknowledger for MemoryAcknowledger {
         Some(Ok(()))
     }
 
-    async fn ack(mut self: Box<Self>) -> Result<()> {
+    async fn ack(mut self) -> Result<()> {
         self.try_ack().unwrap_or(Ok(()))
     }
 
-    async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<()> {
+    async fn nack(mut self, delay: Option<Duration>) -> Result<()> {
         if let Some(in_flight) = self.in_flight.take() {
             let not_before = delay.map(|delay| {
                 let now = Instant::now();
@@ -299,10 +308,7 @@ impl Acknowledger for MemoryAcknowledger {
         Ok(())
     }
 
-    async fn dead_letter(
-        mut self: Box<Self>,
-        dead_letter: Message,
-    ) -> Result<(), DeadLetterFailed> {
+    async fn dead_letter(mut self, dead_letter: Message) -> Result<(), DeadLetterFailed<Self>> {
         let result = {
             let Some(in_flight) = self.in_flight.as_ref() else {
                 return Ok(());

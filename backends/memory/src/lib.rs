@@ -10,7 +10,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> event_binder_core::Result<()> {
-//! use event_binder_core::{Channel, Message, Subscription};
+//! use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
 //! use event_binder_memory::MemoryChannel;
 //!
 //! let channel = MemoryChannel::new();
@@ -82,6 +82,7 @@ mod queue;
 mod url;
 
 pub use channel::MemoryChannel;
+pub use client::{MemoryAcknowledger, MemoryConsumer, MemoryProducer};
 pub use config::MemoryConfig;
 pub use url::SCHEME;
 

@@ -4,10 +4,10 @@
 //! `receive` hands out a waiting message in its first poll, so "pending after one poll"
 //! means "nothing may be delivered now". Timeouts elsewhere are upper bounds only.
 
-use crate::{MemoryChannel, MemoryConfig};
+use crate::{MemoryAcknowledger, MemoryChannel, MemoryConfig, MemoryConsumer, MemoryProducer};
 use event_binder_core::{
-    header, Capabilities, Channel, ChannelUrl, Consumer, Delivery, Error, Message, Producer,
-    Subscription,
+    header, BoxChannel, Capabilities, Channel, ChannelUrl, Consumer, Delivery, Error, Message,
+    Producer, Subscription,
 };
 use std::collections::HashMap;
 use std::pin::pin;
@@ -23,7 +23,7 @@ fn group(destination: &str, group: &str) -> Subscription {
     Subscription::new(destination).group(group)
 }
 
-async fn recv(consumer: &mut Box<dyn Consumer>) -> Delivery {
+async fn recv<C: Consumer>(consumer: &mut C) -> Delivery<C::Acknowledger> {
     timeout(LIMIT, consumer.receive())
         .await
         .expect("no delivery in time")
@@ -31,7 +31,7 @@ async fn recv(consumer: &mut Box<dyn Consumer>) -> Delivery {
 }
 
 /// Receives, acks, and returns the payload.
-async fn handle(consumer: &mut Box<dyn Consumer>) -> String {
+async fn handle(consumer: &mut impl Consumer) -> String {
     let delivery = recv(consumer).await;
     let payload = text(&delivery).to_owned();
     delivery.ack().await.expect("ack");
@@ -39,15 +39,15 @@ async fn handle(consumer: &mut Box<dyn Consumer>) -> String {
 }
 
 /// Whether `receive` has nothing to hand out right now.
-async fn nothing_now(consumer: &mut Box<dyn Consumer>) -> bool {
+async fn nothing_now(consumer: &mut MemoryConsumer) -> bool {
     timeout(Duration::ZERO, consumer.receive()).await.is_err()
 }
 
-fn text(delivery: &Delivery) -> &str {
+fn text<A>(delivery: &Delivery<A>) -> &str {
     std::str::from_utf8(delivery.message().payload()).expect("utf-8 payload")
 }
 
-async fn send_all(producer: &dyn Producer, payloads: &[&str]) {
+async fn send_all(producer: &MemoryProducer, payloads: &[&str]) {
     for payload in payloads {
         producer
             .send(Message::new(payload.to_string()))
@@ -123,7 +123,7 @@ async fn members_of_a_group_share_the_work() {
     let mut first = channel.consumer(&group("orders", "billing")).await.unwrap();
     let mut second = channel.consumer(&group("orders", "billing")).await.unwrap();
     let producer = channel.producer("orders").await.unwrap();
-    send_all(&*producer, &["a", "b", "c", "d"]).await;
+    send_all(&producer, &["a", "b", "c", "d"]).await;
 
     let a = recv(&mut first).await;
     let b = recv(&mut second).await;
@@ -189,10 +189,10 @@ async fn competing_consumers_under_back_pressure_handle_each_message_once() {
 async fn a_provisioned_group_keeps_messages_until_its_consumer_runs() {
     let channel = MemoryChannel::new();
     let producer = channel.producer("orders").await.unwrap();
-    send_all(&*producer, &["before the group"]).await;
+    send_all(&producer, &["before the group"]).await;
     channel.provision("orders", Some("billing")).await.unwrap();
     channel.provision("orders", Some("billing")).await.unwrap(); // idempotent
-    send_all(&*producer, &["one", "two"]).await;
+    send_all(&producer, &["one", "two"]).await;
     assert_eq!(channel.queued("orders", "billing"), 2);
 
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
@@ -208,7 +208,7 @@ async fn a_provisioned_group_keeps_messages_until_its_consumer_runs() {
 async fn a_group_lives_on_after_its_consumer_is_gone() {
     let channel = MemoryChannel::new();
     drop(channel.consumer(&group("orders", "billing")).await.unwrap());
-    send_all(&*channel.producer("orders").await.unwrap(), &["meanwhile"]).await;
+    send_all(&channel.producer("orders").await.unwrap(), &["meanwhile"]).await;
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
     assert_eq!(handle(&mut consumer).await, "meanwhile");
 }
@@ -223,10 +223,10 @@ async fn an_anonymous_subscription_sees_what_follows_and_leaves_nothing_behind()
             .send_timeout(Duration::from_millis(10)),
     );
     let producer = channel.producer("news").await.unwrap();
-    send_all(&*producer, &["too early"]).await;
+    send_all(&producer, &["too early"]).await;
     let mut listener = channel.consumer(&Subscription::new("news")).await.unwrap();
     assert_eq!(channel.subscriptions("news"), 1);
-    send_all(&*producer, &["fresh"]).await;
+    send_all(&producer, &["fresh"]).await;
     let delivery = recv(&mut listener).await;
     assert_eq!(text(&delivery), "fresh");
     assert_eq!(delivery.group(), None);
@@ -235,7 +235,7 @@ async fn an_anonymous_subscription_sees_what_follows_and_leaves_nothing_behind()
     drop(listener);
     assert_eq!(channel.subscriptions("news"), 0);
     // Capacity 1, no consumer: these would time out if the subscription were still fed.
-    send_all(&*producer, &["x", "y", "z"]).await;
+    send_all(&producer, &["x", "y", "z"]).await;
     // Settling a delivery of a subscription that is gone is harmless.
     delivery.ack().await.unwrap();
     channel.wait_idle(LIMIT).await.unwrap();
@@ -245,7 +245,7 @@ async fn an_anonymous_subscription_sees_what_follows_and_leaves_nothing_behind()
 async fn an_anonymous_delivery_dropped_after_its_subscription_is_not_counted_forever() {
     let channel = MemoryChannel::new();
     let mut listener = channel.consumer(&Subscription::new("news")).await.unwrap();
-    send_all(&*channel.producer("news").await.unwrap(), &["a"]).await;
+    send_all(&channel.producer("news").await.unwrap(), &["a"]).await;
     let delivery = recv(&mut listener).await;
     drop(listener);
     drop(delivery);
@@ -259,7 +259,7 @@ async fn an_anonymous_delivery_dropped_after_its_subscription_is_not_counted_for
 async fn attempts_count_every_redelivery() {
     let channel = MemoryChannel::new();
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
-    send_all(&*channel.producer("orders").await.unwrap(), &["x"]).await;
+    send_all(&channel.producer("orders").await.unwrap(), &["x"]).await;
     let first = recv(&mut consumer).await;
     assert_eq!(first.attempt(), 1);
     first.nack(None).await.unwrap();
@@ -277,16 +277,12 @@ async fn attempts_count_every_redelivery() {
 async fn nacked_messages_go_back_to_the_front_in_their_order() {
     let channel = MemoryChannel::new();
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
-    send_all(
-        &*channel.producer("orders").await.unwrap(),
-        &["a", "b", "c"],
-    )
-    .await;
+    send_all(&channel.producer("orders").await.unwrap(), &["a", "b", "c"]).await;
     let a = recv(&mut consumer).await;
     let b = recv(&mut consumer).await;
     b.nack(None).await.unwrap();
     a.nack(None).await.unwrap();
-    let again: Vec<Delivery> = vec![
+    let again: Vec<Delivery<MemoryAcknowledger>> = vec![
         recv(&mut consumer).await,
         recv(&mut consumer).await,
         recv(&mut consumer).await,
@@ -299,7 +295,7 @@ async fn nacked_messages_go_back_to_the_front_in_their_order() {
 async fn a_nack_with_delay_redelivers_after_it_and_wakes_a_waiting_receiver() {
     let channel = MemoryChannel::new();
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
-    send_all(&*channel.producer("orders").await.unwrap(), &["later"]).await;
+    send_all(&channel.producer("orders").await.unwrap(), &["later"]).await;
     let delivery = recv(&mut consumer).await;
 
     let mut waiting = pin!(consumer.receive());
@@ -323,7 +319,7 @@ async fn a_nack_with_delay_redelivers_after_it_and_wakes_a_waiting_receiver() {
 async fn an_unsettled_delivery_dropped_comes_back_first() {
     let channel = MemoryChannel::new();
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
-    send_all(&*channel.producer("orders").await.unwrap(), &["a", "b"]).await;
+    send_all(&channel.producer("orders").await.unwrap(), &["a", "b"]).await;
     drop(recv(&mut consumer).await);
     let again = recv(&mut consumer).await;
     assert_eq!((text(&again), again.attempt()), ("a", 2));
@@ -334,7 +330,7 @@ async fn dropping_a_consumer_with_deliveries_in_hand_returns_them_to_the_group()
     let channel = MemoryChannel::new();
     let mut leaving = channel.consumer(&group("orders", "billing")).await.unwrap();
     let mut staying = channel.consumer(&group("orders", "billing")).await.unwrap();
-    send_all(&*channel.producer("orders").await.unwrap(), &["a", "b"]).await;
+    send_all(&channel.producer("orders").await.unwrap(), &["a", "b"]).await;
     let in_hand = vec![recv(&mut leaving).await, recv(&mut leaving).await];
     assert!(nothing_now(&mut staying).await);
     drop(leaving);
@@ -410,7 +406,7 @@ async fn anonymous_subscriptions_share_one_dead_letter_queue_per_destination() {
     let channel = MemoryChannel::new();
     let mut one = channel.consumer(&Subscription::new("news")).await.unwrap();
     let mut two = channel.consumer(&Subscription::new("news")).await.unwrap();
-    send_all(&*channel.producer("news").await.unwrap(), &["x"]).await;
+    send_all(&channel.producer("news").await.unwrap(), &["x"]).await;
     recv(&mut one).await.dead_letter("bad", 1).await.unwrap();
     let from_two = recv(&mut two).await;
     drop(two); // the subscription goes; its dead letter is still kept
@@ -434,13 +430,13 @@ async fn a_dead_letter_that_finds_no_room_returns_the_message_to_its_group() {
     );
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
     let producer = channel.producer("orders").await.unwrap();
-    send_all(&*producer, &["first"]).await;
+    send_all(&producer, &["first"]).await;
     recv(&mut consumer)
         .await
         .dead_letter("bad", 1)
         .await
         .unwrap();
-    send_all(&*producer, &["second"]).await;
+    send_all(&producer, &["second"]).await;
     let error = recv(&mut consumer)
         .await
         .dead_letter("bad", 1)
@@ -580,7 +576,7 @@ async fn a_full_group_fails_the_send_after_the_timeout_and_nothing_is_enqueued()
     channel.provision("orders", Some("slow")).await.unwrap();
     let mut fast = channel.consumer(&group("orders", "fast")).await.unwrap();
     let producer = channel.producer("orders").await.unwrap();
-    send_all(&*producer, &["1", "2"]).await;
+    send_all(&producer, &["1", "2"]).await;
     for _ in 0..2 {
         recv(&mut fast).await.ack().await.unwrap();
     }
@@ -608,7 +604,7 @@ async fn a_waiting_send_goes_through_when_room_is_made() {
     let channel = MemoryChannel::with_config(MemoryConfig::new().capacity(1));
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
     let producer = channel.producer("orders").await.unwrap();
-    send_all(&*producer, &["1"]).await;
+    send_all(&producer, &["1"]).await;
     let one = recv(&mut consumer).await; // in flight still counts
     let mut sending = pin!(producer.send(Message::new("2")));
     assert!(
@@ -629,7 +625,7 @@ async fn a_nack_does_not_make_room() {
     );
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
     let producer = channel.producer("orders").await.unwrap();
-    send_all(&*producer, &["1"]).await;
+    send_all(&producer, &["1"]).await;
     recv(&mut consumer).await.nack(None).await.unwrap();
     assert!(matches!(
         producer.send(Message::new("2")).await,
@@ -686,7 +682,7 @@ async fn close_wakes_receivers_and_senders_and_refuses_what_follows() {
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
     let mut idle = channel.consumer(&group("quiet", "idle")).await.unwrap();
     let producer = channel.producer("orders").await.unwrap();
-    send_all(&*producer, &["1"]).await;
+    send_all(&producer, &["1"]).await;
     let in_hand = recv(&mut consumer).await;
 
     let mut receiving = pin!(async { recv_result(&mut idle).await });
@@ -708,7 +704,9 @@ async fn close_wakes_receivers_and_senders_and_refuses_what_follows() {
     in_hand.ack().await.unwrap();
 }
 
-async fn recv_result(consumer: &mut Box<dyn Consumer>) -> event_binder_core::Result<Delivery> {
+async fn recv_result(
+    consumer: &mut MemoryConsumer,
+) -> event_binder_core::Result<Delivery<MemoryAcknowledger>> {
     consumer.receive().await
 }
 
@@ -726,7 +724,7 @@ async fn a_dropped_receive_loses_nothing() {
         assert!(timeout(Duration::ZERO, waiting.as_mut()).await.is_err());
         // The first waiter is woken for this message, then dropped before it looks: the
         // wake-up passes to the second waiter.
-        send_all(&*channel.producer("orders").await.unwrap(), &["x"]).await;
+        send_all(&channel.producer("orders").await.unwrap(), &["x"]).await;
         drop(abandoned);
         let delivery = timeout(LIMIT, waiting).await.expect("woken").unwrap();
         assert_eq!((text(&delivery), delivery.attempt()), ("x", 1));
@@ -756,9 +754,9 @@ async fn config_defaults_and_setters() {
 }
 
 #[tokio::test]
-async fn clones_are_the_same_bus_and_it_works_as_a_dyn_channel() {
+async fn clones_are_the_same_bus_and_it_works_as_a_box_channel() {
     let channel = MemoryChannel::new();
-    let shared: Arc<dyn Channel> = Arc::new(channel.clone());
+    let shared = BoxChannel::new(channel.clone());
     assert_eq!(shared.backend(), "memory");
     let mut consumer = shared.consumer(&group("orders", "billing")).await.unwrap();
     channel
@@ -793,7 +791,7 @@ async fn memory_urls_open_private_and_named_buses() {
     assert_eq!(one.name(), Some("tests-named-bus"));
     let mut consumer = two.consumer(&group("orders", "billing")).await.unwrap();
     drop(two);
-    send_all(&*one.producer("orders").await.unwrap(), &["across"]).await;
+    send_all(&one.producer("orders").await.unwrap(), &["across"]).await;
     let in_hand = recv(&mut consumer).await;
     assert_eq!(text(&in_hand), "across");
 
@@ -843,7 +841,7 @@ async fn other_schemes_and_bad_parameters_are_invalid_urls() {
 async fn published_remembers_the_last_messages_sent() {
     let channel = MemoryChannel::with_config(MemoryConfig::new().history(2));
     send_all(
-        &*channel.producer("invoices").await.unwrap(),
+        &channel.producer("invoices").await.unwrap(),
         &["a", "b", "c"],
     )
     .await;
@@ -908,7 +906,7 @@ async fn wait_idle_waits_for_a_chain_of_handlers() {
 async fn wait_idle_counts_deliveries_in_hand_and_wakes_when_they_are_settled() {
     let channel = MemoryChannel::new();
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
-    send_all(&*channel.producer("orders").await.unwrap(), &["x"]).await;
+    send_all(&channel.producer("orders").await.unwrap(), &["x"]).await;
     let error = channel
         .wait_idle(Duration::from_millis(10))
         .await
@@ -942,7 +940,7 @@ async fn wait_idle_ignores_dead_letters_and_groups_without_consumers() {
         .dead_letters("orders", Some("billing"))
         .await
         .unwrap();
-    send_all(&*channel.producer("orders").await.unwrap(), &["x"]).await;
+    send_all(&channel.producer("orders").await.unwrap(), &["x"]).await;
     recv(&mut consumer)
         .await
         .dead_letter("bad", 1)
@@ -960,7 +958,7 @@ async fn debug_output_names_what_it_is() {
     let channel = open("memory://tests-debug").unwrap();
     let producer = channel.producer("orders").await.unwrap();
     let mut consumer = channel.consumer(&group("orders", "billing")).await.unwrap();
-    send_all(&*producer, &["x"]).await;
+    send_all(&producer, &["x"]).await;
     let delivery = recv(&mut consumer).await;
     let all = format!(
         "{channel:?} {producer:?} {consumer:?} {delivery:?} {:?}",

@@ -31,7 +31,8 @@
 //! much CPU the client used: well under one core means the loop was waiting on the broker.
 
 use event_binder_core::{
-    App, Channel, Context, Handler, HandlerSpec, Message, Producer, RetryPolicy, Subscription,
+    App, Channel, Consumer, Context, Handler, HandlerSpec, Message, Producer, RetryPolicy,
+    Subscription,
 };
 use event_binder_rabbitmq::{RabbitChannel, RabbitConfig};
 use lapin::options::{
@@ -394,7 +395,7 @@ async fn publish_raw(payload: &[u8], count: usize, batch: usize) -> BenchResult<
 
 async fn publish_backend(payload: &[u8], count: usize, batch: usize) -> BenchResult<Run> {
     let fixture = Fixture::new().await?;
-    let producer: Box<dyn Producer> = fixture.channel.producer(&fixture.destination).await?;
+    let producer = fixture.channel.producer(&fixture.destination).await?;
     let message = || Message::new(payload.to_vec()).with_content_type("application/json");
     let run = timed(async {
         let mut sent = 0;

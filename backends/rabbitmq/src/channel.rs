@@ -8,10 +8,7 @@ use crate::names::Names;
 use crate::pool::{ConfirmPool, Target};
 use crate::producer::RabbitProducer;
 use crate::topology::{short, Role};
-use async_trait::async_trait;
-use event_binder_core::{
-    Capabilities, Channel, ChannelUrl, Consumer, Origin, Producer, Result, Subscription,
-};
+use event_binder_core::{Capabilities, Channel, ChannelUrl, Origin, Result, Subscription};
 use std::fmt;
 use std::sync::Arc;
 
@@ -20,7 +17,7 @@ use std::sync::Arc;
 ///
 /// ```no_run
 /// # async fn demo() -> event_binder_core::Result<()> {
-/// use event_binder_core::{Channel, Message, Subscription};
+/// use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
 /// use event_binder_rabbitmq::RabbitChannel;
 ///
 /// let channel = RabbitChannel::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
@@ -135,8 +132,10 @@ impl fmt::Debug for RabbitChannel {
     }
 }
 
-#[async_trait]
 impl Channel for RabbitChannel {
+    type Producer = RabbitProducer;
+    type Consumer = RabbitConsumer;
+
     fn backend(&self) -> &'static str {
         BACKEND
     }
@@ -178,7 +177,7 @@ impl Channel for RabbitChannel {
         self.admin.declare(&names, role, &what).await
     }
 
-    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>> {
+    async fn producer(&self, destination: &str) -> Result<RabbitProducer> {
         let names = self.names(destination, None)?;
         let target = Target::Destination {
             destination: destination.to_owned(),
@@ -188,10 +187,10 @@ impl Channel for RabbitChannel {
         let producer =
             RabbitProducer::new(destination.to_owned(), target, pool, self.capabilities());
         producer.warm_up().await?;
-        Ok(Box::new(producer))
+        Ok(producer)
     }
 
-    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>> {
+    async fn consumer(&self, subscription: &Subscription) -> Result<RabbitConsumer> {
         let group = subscription.group_name();
         let names = self.names(subscription.destination(), group)?;
         let dead_letters = self.dead_letters(&names);
@@ -214,16 +213,12 @@ impl Channel for RabbitChannel {
             dead_letters,
         )
         .await?;
-        Ok(Box::new(consumer))
+        Ok(consumer)
     }
 
     /// Reads the dead-letter queue like a group. Dead-lettering one of its deliveries puts
     /// it back at the end of the same queue.
-    async fn dead_letters(
-        &self,
-        destination: &str,
-        group: Option<&str>,
-    ) -> Result<Box<dyn Consumer>> {
+    async fn dead_letters(&self, destination: &str, group: Option<&str>) -> Result<RabbitConsumer> {
         let names = self.names(destination, group)?;
         let dead_letters = self.dead_letters(&names);
         let subscription = Subscription::new(destination).optional_group(group.map(str::to_owned));
@@ -236,7 +231,7 @@ impl Channel for RabbitChannel {
         };
         let consumer =
             RabbitConsumer::open(self.link.clone(), subscription, source, dead_letters).await?;
-        Ok(Box::new(consumer))
+        Ok(consumer)
     }
 
     /// Closes the connection: unacknowledged deliveries go back to their queues, and

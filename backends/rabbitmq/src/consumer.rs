@@ -6,7 +6,6 @@ use crate::link::Link;
 use crate::names::Names;
 use crate::pool::{ConfirmPool, Target};
 use crate::topology::{self, short, Role};
-use async_trait::async_trait;
 use event_binder_core::{
     shorten_dead_letter_error, Acknowledger, Consumer, DeadLetterFailed, Delivery, Error, Message,
     Origin, Result, Subscription,
@@ -70,8 +69,10 @@ impl Drop for Session {
     }
 }
 
-/// A consumer of a group, an anonymous subscription or dead letters.
-pub(crate) struct RabbitConsumer {
+/// A consumer of a group, an anonymous subscription or dead letters: what
+/// [`RabbitChannel::consumer`](crate::RabbitChannel) and `dead_letters` open, on an AMQP
+/// channel of its own.
+pub struct RabbitConsumer {
     subscription: Subscription,
     link: Arc<Link>,
     source: Arc<Source>,
@@ -147,7 +148,10 @@ impl RabbitConsumer {
 
     /// The session's next delivery; `Ready(None)` when there is no session, or when it
     /// ended (interrupted or cancelled) and was dropped, to be opened again.
-    fn poll_session(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Delivery>> {
+    fn poll_session(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Delivery<RabbitAcknowledger>>> {
         let Some(session) = self.session.as_mut() else {
             return Poll::Ready(None);
         };
@@ -178,7 +182,7 @@ impl RabbitConsumer {
         &self,
         channel: &Arc<lapin::Channel>,
         delivery: lapin::message::Delivery,
-    ) -> Delivery {
+    ) -> Delivery<RabbitAcknowledger> {
         let lapin::message::Delivery {
             delivery_tag,
             exchange,
@@ -196,17 +200,12 @@ impl RabbitConsumer {
                 .flatten(),
         );
         let message = convert::decode(exchange.as_str(), routing_key.as_str(), &properties, data);
-        let settle = Settle {
+        let settle = RabbitAcknowledger {
             channel: channel.clone(),
             delivery_tag,
             dead_letters: self.dead_letters.clone(),
         };
-        Delivery::new(
-            message,
-            attempt,
-            self.source.origin.clone(),
-            Box::new(settle),
-        )
+        Delivery::new(message, attempt, self.source.origin.clone(), settle)
     }
 }
 
@@ -223,14 +222,15 @@ impl Drop for RabbitConsumer {
     }
 }
 
-#[async_trait]
 impl Consumer for RabbitConsumer {
+    type Acknowledger = RabbitAcknowledger;
+
     fn subscription(&self) -> &Subscription {
         &self.subscription
     }
 
     /// Cancel safe: a delivery leaves lapin's buffer only in the poll that returns it.
-    async fn receive(&mut self) -> Result<Delivery> {
+    async fn receive(&mut self) -> Result<Delivery<RabbitAcknowledger>> {
         loop {
             self.check_open()?;
             self.session().await?;
@@ -243,7 +243,7 @@ impl Consumer for RabbitConsumer {
     /// What lapin has buffered for the session, taken as `receive` takes it; `None` when
     /// nothing is buffered, or when the session is being opened again (`receive` waits
     /// for it).
-    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+    fn try_receive(&mut self) -> Option<Result<Delivery<RabbitAcknowledger>>> {
         if let Err(closed) = self.check_open() {
             return Some(Err(closed));
         }
@@ -316,21 +316,21 @@ async fn open_session(
 /// Settles one delivery on the AMQP channel it came on. Settling goes through the channel
 /// rather than lapin's `Acker`: the channel queues the frame at once, ahead of a close of the
 /// channel that follows, so an ack is never overtaken by the consumer's closing.
-struct Settle {
+pub struct RabbitAcknowledger {
     channel: Arc<lapin::Channel>,
     delivery_tag: u64,
     dead_letters: Arc<DeadLetters>,
 }
 
-impl fmt::Debug for Settle {
+impl fmt::Debug for RabbitAcknowledger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settle")
+        f.debug_struct("RabbitAcknowledger")
             .field("delivery_tag", &self.delivery_tag)
             .finish_non_exhaustive()
     }
 }
 
-impl Settle {
+impl RabbitAcknowledger {
     /// Turns lapin's answer into ours; a closed channel took the delivery with it, and the
     /// broker hands the message out again.
     fn settled(&self, result: lapin::Result<()>, what: &str) -> Result<()> {
@@ -380,10 +380,9 @@ impl Settle {
     }
 }
 
-#[async_trait]
-impl Acknowledger for Settle {
+impl Acknowledger for RabbitAcknowledger {
     /// `basic.ack`, handed to the connection (the call does not wait for the socket).
-    async fn ack(self: Box<Self>) -> Result<()> {
+    async fn ack(self) -> Result<()> {
         self.ack_now()
     }
 
@@ -396,7 +395,7 @@ impl Acknowledger for Settle {
     /// `x-delivery-count`). With a delay, the reject is sent after it by a task of its own,
     /// and the message stays unacknowledged (counting against the prefetch) meanwhile;
     /// dropping the consumer before then requeues it too.
-    async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<()> {
+    async fn nack(self, delay: Option<Duration>) -> Result<()> {
         match delay {
             Some(delay) if !delay.is_zero() => {
                 tokio::spawn(async move {
@@ -413,7 +412,7 @@ impl Acknowledger for Settle {
 
     /// Publishes the dead letter to the dead-letter queue (confirmed), then acknowledges
     /// the original; if the publish fails, hands the original back unsettled.
-    async fn dead_letter(self: Box<Self>, dead_letter: Message) -> Result<(), DeadLetterFailed> {
+    async fn dead_letter(self, dead_letter: Message) -> Result<(), DeadLetterFailed<Self>> {
         let published = match fit_dead_letter(dead_letter, &self.dead_letters) {
             Ok(outgoing) => {
                 let target = Target::Queue {

@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> event_binder_core::Result<()> {
-//! use event_binder_core::{Channel, Message, Subscription};
+//! use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
 //! use event_binder_rabbitmq::{RabbitChannel, RabbitConfig};
 //!
 //! let config = RabbitConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")?.prefix("shop-");
@@ -171,6 +171,8 @@ mod topology;
 
 pub use channel::RabbitChannel;
 pub use config::{QueueType, RabbitConfig};
+pub use consumer::{RabbitAcknowledger, RabbitConsumer};
+pub use producer::RabbitProducer;
 
 /// The URL schemes this backend serves: `amqp` and `amqps`.
 pub const SCHEMES: [&str; 2] = ["amqp", "amqps"];

@@ -2,12 +2,12 @@
 
 use crate::convert;
 use crate::pool::{ConfirmPool, Target};
-use async_trait::async_trait;
 use event_binder_core::{Capabilities, Message, Producer, Result};
 
-/// Sends to one destination on confirm-mode channels of its own.
+/// Sends to one destination on confirm-mode channels of its own: what
+/// [`RabbitChannel::producer`](crate::RabbitChannel) opens.
 #[derive(Debug)]
-pub(crate) struct RabbitProducer {
+pub struct RabbitProducer {
     destination: String,
     target: Target,
     pool: ConfirmPool,
@@ -38,7 +38,6 @@ impl RabbitProducer {
     }
 }
 
-#[async_trait]
 impl Producer for RabbitProducer {
     fn destination(&self) -> &str {
         &self.destination

@@ -8,9 +8,9 @@
 
 use event_binder_core::{
     header, App, Channel, Consumer, Context, Delivery, Error, Handler, HandlerSpec, Message,
-    Subscription,
+    Producer, Subscription,
 };
-use event_binder_rabbitmq::{RabbitChannel, RabbitConfig};
+use event_binder_rabbitmq::{RabbitAcknowledger, RabbitChannel, RabbitConfig, RabbitConsumer};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::process::Command;
@@ -460,7 +460,7 @@ async fn amqps_to_an_untrusted_certificate_is_refused_clearly() {
 
 /// The next delivery `try_receive` has, asked again (without ever calling `receive`) until
 /// one is there, failing the test if none comes within `LIMIT`.
-async fn try_next(consumer: &mut Box<dyn Consumer>) -> Delivery {
+async fn try_next(consumer: &mut RabbitConsumer) -> Delivery<RabbitAcknowledger> {
     let deadline = Instant::now() + LIMIT;
     loop {
         if let Some(received) = consumer.try_receive() {

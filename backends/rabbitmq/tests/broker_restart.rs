@@ -221,7 +221,7 @@ async fn every_message_is_handled_across_a_broker_restart() {
         .await
         .expect("starting the app");
 
-    let producer: Arc<dyn Producer> = Arc::from(
+    let producer = Arc::new(
         channel
             .producer(destination)
             .await

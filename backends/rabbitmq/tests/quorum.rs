@@ -5,9 +5,9 @@
 
 use event_binder_core::{
     header, App, Channel, Consumer, Context, Delivery, Error, Handler, HandlerSpec, Message,
-    RetryPolicy, RunningApp, Subscription,
+    Producer, RetryPolicy, RunningApp, Subscription,
 };
-use event_binder_rabbitmq::{QueueType, RabbitChannel, RabbitConfig};
+use event_binder_rabbitmq::{QueueType, RabbitChannel, RabbitConfig, RabbitConsumer};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
@@ -38,7 +38,7 @@ async fn channel(prefix: &str, queue_type: QueueType) -> RabbitChannel {
         .expect("connecting to RabbitMQ on 127.0.0.1:5672 (run scripts/rabbitmq.sh)")
 }
 
-async fn receive(consumer: &mut dyn Consumer, what: &str) -> Delivery {
+async fn receive<C: Consumer>(consumer: &mut C, what: &str) -> Delivery<C::Acknowledger> {
     timeout(LIMIT, consumer.receive())
         .await
         .unwrap_or_else(|_| panic!("{what}: nothing within {LIMIT:?}"))
@@ -143,7 +143,7 @@ async fn attempts_of_unsettled_deliveries(queue_type: QueueType, rounds: usize) 
     let mut attempts = Vec::new();
     for round in 1..=rounds {
         let mut consumer = channel.consumer(&subscription).await.expect("a consumer");
-        let delivery = receive(&mut *consumer, &format!("delivery {round}")).await;
+        let delivery = receive(&mut consumer, &format!("delivery {round}")).await;
         assert_eq!(delivery.message().id(), message.id());
         assert_eq!(
             delivery.message().headers(),
@@ -155,7 +155,7 @@ async fn attempts_of_unsettled_deliveries(queue_type: QueueType, rounds: usize) 
         drop(consumer);
     }
     let mut consumer = channel.consumer(&subscription).await.unwrap();
-    receive(&mut *consumer, "the last delivery")
+    receive(&mut consumer, "the last delivery")
         .await
         .ack()
         .await
@@ -178,7 +178,7 @@ async fn on_a_classic_queue_the_attempt_stops_at_two() {
 }
 
 /// A consumer of group `workers` of `jobs`, and the one message sent there.
-async fn one_job(channel: &RabbitChannel) -> (Box<dyn Consumer>, Message) {
+async fn one_job(channel: &RabbitChannel) -> (RabbitConsumer, Message) {
     let consumer = channel
         .consumer(&Subscription::new("jobs").group("workers"))
         .await
@@ -199,18 +199,18 @@ async fn on_a_quorum_queue_nacks_count_too_with_or_without_a_delay() {
     let channel = channel(&prefix("qq-nack"), QueueType::Quorum).await;
     let (mut consumer, message) = one_job(&channel).await;
     for expected in 1..=3 {
-        let delivery = receive(&mut *consumer, &format!("attempt {expected}")).await;
+        let delivery = receive(&mut consumer, &format!("attempt {expected}")).await;
         assert_eq!(delivery.message().id(), message.id());
         assert_eq!(delivery.attempt(), expected);
         delivery.nack(None).await.expect("nack");
     }
-    let delivery = receive(&mut *consumer, "attempt 4").await;
+    let delivery = receive(&mut consumer, "attempt 4").await;
     assert_eq!(delivery.attempt(), 4);
     delivery
         .nack(Some(Duration::from_millis(50)))
         .await
         .expect("nack with a delay");
-    let delivery = receive(&mut *consumer, "attempt 5").await;
+    let delivery = receive(&mut consumer, "attempt 5").await;
     assert_eq!(delivery.attempt(), 5);
     delivery.ack().await.expect("ack");
     channel.close().await.expect("close");
@@ -223,20 +223,20 @@ async fn a_dead_letter_starts_at_attempt_one_in_its_queue() {
     let channel = channel(&prefix("qq-dlq"), QueueType::Quorum).await;
     let (mut consumer, message) = one_job(&channel).await;
     for _ in 0..2 {
-        receive(&mut *consumer, "a delivery")
+        receive(&mut consumer, "a delivery")
             .await
             .nack(None)
             .await
             .unwrap();
     }
-    let third = receive(&mut *consumer, "the third delivery").await;
+    let third = receive(&mut consumer, "the third delivery").await;
     assert_eq!(third.attempt(), 3);
     third
         .dead_letter("handled badly three times", 3)
         .await
         .expect("dead-lettering");
     let mut dead_letters = channel.dead_letters("jobs", Some("workers")).await.unwrap();
-    let dead = receive(&mut *dead_letters, "the dead letter").await;
+    let dead = receive(&mut dead_letters, "the dead letter").await;
     assert_eq!(dead.message().id(), message.id());
     assert_eq!(dead.attempt(), 1, "a fresh count in the dead-letter queue");
     dead.ack().await.unwrap();
@@ -307,7 +307,7 @@ async fn a_message_that_crashes_every_process_is_dead_lettered_after_max_deliver
     // calling the handler.
     let (fourth, app, mut calls) = process(&prefix, QueueType::Quorum).await;
     let mut dead_letters = setup.dead_letters("jobs", Some("workers")).await.unwrap();
-    let dead = receive(&mut *dead_letters, "the dead letter").await;
+    let dead = receive(&mut dead_letters, "the dead letter").await;
     assert_eq!(dead.message().id(), message.id());
     let error = dead
         .message()
@@ -350,7 +350,7 @@ async fn on_a_classic_queue_the_crashing_message_comes_back_forever() {
         .consumer(&Subscription::new("jobs").group("workers"))
         .await
         .unwrap();
-    let delivery = receive(&mut *last, "the message, still in the group").await;
+    let delivery = receive(&mut last, "the message, still in the group").await;
     assert_eq!(delivery.attempt(), 2);
     delivery.ack().await.unwrap();
     setup.close().await.unwrap();

@@ -43,7 +43,9 @@ use aws_sdk_sns::types::PublishBatchRequestEntry;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use event_binder_core::{App, Channel, Context, Handler, HandlerSpec, Message, Subscription};
+use event_binder_core::{
+    App, Channel, Consumer, Context, Handler, HandlerSpec, Message, Producer, Subscription,
+};
 use event_binder_sns_sqs::{RequestCounts, SnsSqsChannel, SnsSqsConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -6,14 +6,11 @@ use crate::error::{self, BACKEND};
 use crate::names::Names;
 use crate::producer::{PublishQueue, SnsProducer};
 use crate::requests::{RequestCounter, RequestCounts};
-use async_trait::async_trait;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use event_binder_core::{
-    Capabilities, Channel, ChannelUrl, Consumer, Error, Producer, Result, Subscription,
-};
+use event_binder_core::{Capabilities, Channel, ChannelUrl, Error, Result, Subscription};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -25,7 +22,7 @@ use tokio::task::JoinHandle;
 ///
 /// ```no_run
 /// # async fn demo() -> event_binder_core::Result<()> {
-/// use event_binder_core::{Channel, Message, Subscription};
+/// use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
 /// use event_binder_sns_sqs::SnsSqsChannel;
 ///
 /// let channel = SnsSqsChannel::connect("sns-sqs://us-east-1").await?;
@@ -523,8 +520,10 @@ impl fmt::Debug for SnsSqsChannel {
     }
 }
 
-#[async_trait]
 impl Channel for SnsSqsChannel {
+    type Producer = SnsProducer;
+    type Consumer = SqsConsumer;
+
     fn backend(&self) -> &'static str {
         BACKEND
     }
@@ -555,20 +554,20 @@ impl Channel for SnsSqsChannel {
         }
     }
 
-    async fn producer(&self, destination: &str) -> Result<Box<dyn Producer>> {
+    async fn producer(&self, destination: &str) -> Result<SnsProducer> {
         let names = self.inner.names(destination, None)?;
         let topic_arn = self.inner.ensure_topic(&names.topic).await?;
         let fifo = self.inner.config.is_fifo(destination);
         let queue = self.inner.publish_queue(&topic_arn, fifo);
-        Ok(Box::new(SnsProducer::new(
+        Ok(SnsProducer::new(
             self.inner.clone(),
             destination.to_owned(),
             queue,
             fifo,
-        )))
+        ))
     }
 
-    async fn consumer(&self, subscription: &Subscription) -> Result<Box<dyn Consumer>> {
+    async fn consumer(&self, subscription: &Subscription) -> Result<SqsConsumer> {
         let names = self
             .inner
             .names(subscription.destination(), subscription.group_name())?;
@@ -578,16 +577,12 @@ impl Channel for SnsSqsChannel {
         };
         let consumer =
             SqsConsumer::open(self.inner.clone(), subscription.clone(), names, kind).await?;
-        Ok(Box::new(consumer))
+        Ok(consumer)
     }
 
     /// Reads the dead-letter queue. Dead-lettering one of its deliveries puts it back at
     /// the end of the same queue.
-    async fn dead_letters(
-        &self,
-        destination: &str,
-        group: Option<&str>,
-    ) -> Result<Box<dyn Consumer>> {
+    async fn dead_letters(&self, destination: &str, group: Option<&str>) -> Result<SqsConsumer> {
         let names = self.inner.names(destination, group)?;
         let subscription = Subscription::new(destination).optional_group(group.map(str::to_owned));
         let consumer = SqsConsumer::open(
@@ -597,7 +592,7 @@ impl Channel for SnsSqsChannel {
             QueueKind::DeadLetters,
         )
         .await?;
-        Ok(Box::new(consumer))
+        Ok(consumer)
     }
 
     /// Closes the channel: queued publishes are sent and pending acknowledgements

@@ -7,7 +7,6 @@ use crate::config::{whole_seconds, MAX_MESSAGE_SIZE};
 use crate::convert::{self, Encoded};
 use crate::error;
 use crate::names::Names;
-use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageSystemAttributeName,
@@ -98,7 +97,7 @@ impl QueueLink {
         self: &Arc<Self>,
         message: aws_sdk_sqs::types::Message,
         received_at: Instant,
-    ) -> Option<Delivery> {
+    ) -> Option<Delivery<SqsAcknowledger>> {
         let Some(receipt) = message.receipt_handle else {
             tracing::warn!(queue = %self.queue.url, "SQS returned a message without a receipt handle");
             return None;
@@ -134,12 +133,12 @@ impl QueueLink {
             decoded,
             attempt,
             self.origin.clone(),
-            Box::new(SqsAcknowledger {
+            SqsAcknowledger {
                 link: self.clone(),
                 receipt,
                 received_at,
                 settled: false,
-            }),
+            },
         ))
     }
 }
@@ -185,8 +184,8 @@ async fn remove_anonymous(inner: &Inner, subscription: &str, queue_url: &str) {
     }
 }
 
-/// Settles one delivery.
-struct SqsAcknowledger {
+/// Settles one delivery of an [`SqsConsumer`].
+pub struct SqsAcknowledger {
     link: Arc<QueueLink>,
     receipt: String,
     /// When the receive that returned this receipt handle was sent: SQS keeps a message
@@ -219,12 +218,11 @@ impl fmt::Debug for SqsAcknowledger {
     }
 }
 
-#[async_trait]
 impl Acknowledger for SqsAcknowledger {
     /// Queues the delete and returns: deletes go out in batches within the batch window.
     /// A delete that fails is logged, and the message comes back after its visibility
     /// timeout (at least once).
-    async fn ack(mut self: Box<Self>) -> Result<()> {
+    async fn ack(mut self) -> Result<()> {
         self.delete();
         Ok(())
     }
@@ -238,7 +236,7 @@ impl Acknowledger for SqsAcknowledger {
     /// Makes the message visible again after the delay: whole seconds, rounded up, and
     /// capped at what SQS allows (12 hours from the receive, which it counts from; it
     /// refuses more rather than shortening it).
-    async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<()> {
+    async fn nack(mut self, delay: Option<Duration>) -> Result<()> {
         let receipt = self.finish();
         let seconds = delay
             .map_or(0, whole_seconds)
@@ -254,10 +252,7 @@ impl Acknowledger for SqsAcknowledger {
 
     /// Sends the dead letter to the dead-letter queue (SendMessage, awaited), then deletes
     /// the original. If the send fails the original is handed back unsettled.
-    async fn dead_letter(
-        mut self: Box<Self>,
-        dead_letter: Message,
-    ) -> Result<(), DeadLetterFailed> {
+    async fn dead_letter(mut self, dead_letter: Message) -> Result<(), DeadLetterFailed<Self>> {
         let sent = match fit_dead_letter(dead_letter) {
             Ok(encoded) => self
                 .link
@@ -348,11 +343,12 @@ impl Drop for SqsAcknowledger {
     }
 }
 
-/// Reads one SQS queue.
-pub(crate) struct SqsConsumer {
+/// Reads one SQS queue: what [`SnsSqsChannel::consumer`](crate::SnsSqsChannel) and
+/// `dead_letters` open.
+pub struct SqsConsumer {
     subscription: Subscription,
     link: Arc<QueueLink>,
-    deliveries: mpsc::Receiver<Result<Delivery>>,
+    deliveries: mpsc::Receiver<Result<Delivery<SqsAcknowledger>>>,
     closed: watch::Receiver<bool>,
 }
 
@@ -426,13 +422,14 @@ impl fmt::Debug for SqsConsumer {
     }
 }
 
-#[async_trait]
 impl Consumer for SqsConsumer {
+    type Acknowledger = SqsAcknowledger;
+
     fn subscription(&self) -> &Subscription {
         &self.subscription
     }
 
-    async fn receive(&mut self) -> Result<Delivery> {
+    async fn receive(&mut self) -> Result<Delivery<SqsAcknowledger>> {
         self.link.inner.check_open()?;
         tokio::select! {
             biased;
@@ -443,7 +440,7 @@ impl Consumer for SqsConsumer {
 
     /// What the poller has already received into the consumer's buffer, taken as
     /// `receive` takes it; `None` when the buffer is empty.
-    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+    fn try_receive(&mut self) -> Option<Result<Delivery<SqsAcknowledger>>> {
         if let Err(closed) = self.link.inner.check_open() {
             return Some(Err(closed));
         }
@@ -459,9 +456,9 @@ impl Consumer for SqsConsumer {
 
 /// The next delivery in a consumer's buffer; [`Error::ShutDown`] once the poller is gone.
 fn poll_delivery(
-    deliveries: &mut mpsc::Receiver<Result<Delivery>>,
+    deliveries: &mut mpsc::Receiver<Result<Delivery<SqsAcknowledger>>>,
     cx: &mut TaskContext<'_>,
-) -> Poll<Result<Delivery>> {
+) -> Poll<Result<Delivery<SqsAcknowledger>>> {
     deliveries
         .poll_recv(cx)
         .map(|received| received.unwrap_or(Err(SHUT_DOWN)))
@@ -472,7 +469,7 @@ fn poll_delivery(
 /// so nothing waits out a visibility timeout because a consumer left.
 async fn poll(
     link: Arc<QueueLink>,
-    deliveries: mpsc::Sender<Result<Delivery>>,
+    deliveries: mpsc::Sender<Result<Delivery<SqsAcknowledger>>>,
     mut closed: watch::Receiver<bool>,
 ) {
     let config = &link.inner.config;

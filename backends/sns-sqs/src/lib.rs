@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> event_binder_core::Result<()> {
-//! use event_binder_core::{Channel, Message, Subscription};
+//! use event_binder_core::{Channel, Consumer, Message, Producer, Subscription};
 //! use event_binder_sns_sqs::{SnsSqsChannel, SnsSqsConfig};
 //!
 //! let config = SnsSqsConfig::new("sns-sqs://us-east-1?endpoint=http://127.0.0.1:4566")?
@@ -114,6 +114,8 @@ mod requests;
 
 pub use channel::SnsSqsChannel;
 pub use config::{SnsSqsConfig, MAX_MESSAGE_SIZE};
+pub use consumer::{SqsAcknowledger, SqsConsumer};
+pub use producer::SnsProducer;
 pub use requests::RequestCounts;
 
 /// The URL scheme this backend serves: `sns-sqs`.

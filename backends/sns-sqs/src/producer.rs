@@ -4,7 +4,6 @@ use crate::channel::{until_closed, Inner};
 use crate::config::MAX_MESSAGE_SIZE;
 use crate::convert::{fifo_deduplication_id, fifo_group_id, Encoded};
 use crate::error::{self, BACKEND};
-use async_trait::async_trait;
 use aws_sdk_sns::types::PublishBatchRequestEntry;
 use event_binder_core::{Error, Message, Producer, Result};
 use std::fmt;
@@ -226,8 +225,9 @@ impl Batcher {
     }
 }
 
-/// Sends to one destination's topic, through the topic's batcher.
-pub(crate) struct SnsProducer {
+/// Sends to one destination's topic, through the topic's batcher: what
+/// [`SnsSqsChannel::producer`](crate::SnsSqsChannel) opens.
+pub struct SnsProducer {
     inner: Arc<Inner>,
     destination: String,
     queue: PublishQueue,
@@ -276,7 +276,6 @@ impl fmt::Debug for SnsProducer {
     }
 }
 
-#[async_trait]
 impl Producer for SnsProducer {
     fn destination(&self) -> &str {
         &self.destination

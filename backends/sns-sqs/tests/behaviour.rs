@@ -5,10 +5,14 @@
 //! messages, clear errors, and `try_receive` alone serving what `receive` would.
 
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use event_binder_core::Delivery;
 use event_binder_core::{
-    header, App, Channel, Context, Error, Handler, HandlerSpec, Message, Raw, Subscription,
+    header, App, Channel, Consumer, Context, Error, Handler, HandlerSpec, Message, Producer, Raw,
+    Subscription,
 };
-use event_binder_sns_sqs::{SnsSqsChannel, SnsSqsConfig, MAX_MESSAGE_SIZE};
+use event_binder_sns_sqs::{
+    SnsSqsChannel, SnsSqsConfig, SqsAcknowledger, SqsConsumer, MAX_MESSAGE_SIZE,
+};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,7 +41,7 @@ async fn connect(config: SnsSqsConfig) -> SnsSqsChannel {
         .expect("connecting to moto on 127.0.0.1:4566 (run scripts/sns-sqs.sh)")
 }
 
-async fn receive(consumer: &mut dyn event_binder_core::Consumer) -> event_binder_core::Delivery {
+async fn receive(consumer: &mut SqsConsumer) -> Delivery<SqsAcknowledger> {
     tokio::time::timeout(LIMIT, consumer.receive())
         .await
         .expect("a delivery within the limit")
@@ -209,7 +213,7 @@ async fn a_fifo_destination_keeps_order_per_key_and_drops_repeated_ids() {
         .expect("sending a repeated id is accepted");
     let mut last: HashMap<String, u64> = HashMap::new();
     for _ in 0..messages.len() {
-        let delivery = receive(&mut *consumer).await;
+        let delivery = receive(&mut consumer).await;
         let key = delivery.message().key().expect("a key").to_owned();
         let job: Job = serde_json::from_slice(delivery.message().payload()).expect("json");
         if let Some(previous) = last.get(&key) {
@@ -252,7 +256,7 @@ async fn many_headers_and_binary_payloads_cross_the_wire_intact() {
     }
     let mut received = HashMap::new();
     for _ in 0..sent.len() {
-        let delivery = receive(&mut *consumer).await;
+        let delivery = receive(&mut consumer).await;
         received.insert(
             delivery.message().id().to_owned(),
             delivery.message().clone(),
@@ -311,7 +315,7 @@ async fn messages_from_a_foreign_producer_get_the_sqs_id() {
         .send()
         .await
         .expect("a raw send");
-    let delivery = receive(&mut *consumer).await;
+    let delivery = receive(&mut consumer).await;
     assert_eq!(Some(delivery.message().id()), sent.message_id());
     assert_eq!(delivery.message().payload().as_ref(), br#"{"n":7}"#);
     assert_eq!(delivery.attempt(), 1);
@@ -347,7 +351,7 @@ async fn an_anonymous_queue_is_deleted_when_its_consumer_goes() {
         .send(Message::new("{}"))
         .await
         .expect("send");
-    receive(&mut *consumer).await.ack().await.expect("ack");
+    receive(&mut consumer).await.ack().await.expect("ack");
     drop(consumer);
     let gone = async {
         while anonymous_queues().await > 0 {
@@ -433,7 +437,7 @@ async fn dead_letters_of_messages_at_the_size_limit_still_fit_their_queue() {
         .expect("dead-letter consumer");
     let mut stored = HashMap::new();
     for _ in 0..2 {
-        let delivery = receive(&mut *dead_letters).await;
+        let delivery = receive(&mut dead_letters).await;
         stored.insert(
             delivery.message().id().to_owned(),
             delivery.message().clone(),
@@ -713,7 +717,7 @@ async fn a_queue_policy_already_there_is_merged_not_overwritten() {
         .send(Message::new("{}"))
         .await
         .expect("send");
-    receive(&mut *consumer).await.ack().await.expect("ack");
+    receive(&mut consumer).await.ack().await.expect("ack");
 }
 
 #[tokio::test]
@@ -751,12 +755,12 @@ async fn a_nack_with_a_delay_hides_the_message_for_that_long_and_caps_it() {
     producer.send(Message::new("{}")).await.expect("send");
     let delay = Duration::from_millis(2_500);
     let nacked = std::time::Instant::now();
-    receive(&mut *consumer)
+    receive(&mut consumer)
         .await
         .nack(Some(delay))
         .await
         .expect("nack");
-    let again = receive(&mut *consumer).await;
+    let again = receive(&mut consumer).await;
     let hidden = nacked.elapsed();
     // Whole seconds, rounded up: 3 s.
     assert!(
@@ -769,7 +773,7 @@ async fn a_nack_with_a_delay_hides_the_message_for_that_long_and_caps_it() {
     // hours from the send, AWS from the receive: a message received at once satisfies
     // both.)
     producer.send(Message::new("{}")).await.expect("send");
-    receive(&mut *consumer)
+    receive(&mut consumer)
         .await
         .nack(Some(Duration::MAX))
         .await
@@ -810,13 +814,9 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_and_backs_off() {
     producer.send(sent.clone()).await.expect("send");
     // The third delivery: its backoff (4 s) is well above the poller's long poll (1 s).
     for _ in 0..2 {
-        receive(&mut *consumer)
-            .await
-            .nack(None)
-            .await
-            .expect("nack");
+        receive(&mut consumer).await.nack(None).await.expect("nack");
     }
-    let delivery = receive(&mut *consumer).await;
+    let delivery = receive(&mut consumer).await;
     assert_eq!(delivery.attempt(), 3);
     // An operator deletes the dead-letter queue: dead letters now fail.
     let sqs = raw_sqs().await;
@@ -838,7 +838,7 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_and_backs_off() {
         .expect_err("a dead letter to a deleted queue fails");
     let failed = std::time::Instant::now();
     // Kept, and back only after the backoff: not at once, again and again.
-    let again = receive(&mut *consumer).await;
+    let again = receive(&mut consumer).await;
     let hidden = failed.elapsed();
     assert_eq!(again.message().id(), sent.id());
     assert!(
@@ -851,7 +851,7 @@ async fn a_dead_letter_that_cannot_be_stored_keeps_the_message_and_backs_off() {
 
 /// The next delivery `try_receive` has, asked again (without ever calling `receive`) until
 /// one is there, failing the test if none comes within `LIMIT`.
-async fn try_next(consumer: &mut dyn event_binder_core::Consumer) -> event_binder_core::Delivery {
+async fn try_next(consumer: &mut SqsConsumer) -> Delivery<SqsAcknowledger> {
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         if let Some(received) = consumer.try_receive() {
@@ -886,7 +886,7 @@ async fn try_receive_serves_what_receive_would_without_waiting() {
     let mut nacked = None;
     let mut redelivered = false;
     while first_deliveries.len() < ids.len() || !redelivered {
-        let delivery = try_next(&mut *consumer).await;
+        let delivery = try_next(&mut consumer).await;
         let id = delivery.message().id().to_owned();
         if delivery.attempt() > 1 {
             assert_eq!((Some(&id), delivery.attempt()), (nacked.as_ref(), 2));

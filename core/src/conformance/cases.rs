@@ -1,7 +1,7 @@
 //! The cases. Each makes its own names, asserts real outcomes and bounds every wait.
 
 use super::support::{expect_nothing, receive, unique, within, Recorder, SuiteConfig};
-use crate::channel::{Channel, Consumer, Subscription};
+use crate::channel::{Channel, Consumer, Producer, Subscription};
 use crate::error::{Error, Result};
 use crate::idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 use crate::message::{header, Message};
@@ -114,7 +114,7 @@ impl Case {
     ];
 }
 
-pub(super) async fn run(case: Case, channel: Arc<dyn Channel>, config: SuiteConfig) {
+pub(super) async fn run<C: Channel>(case: Case, channel: Arc<C>, config: SuiteConfig) {
     let suite = Suite { channel, config };
     match case {
         Case::PublishSubscribeKeepsEverythingIntact => suite.publish_subscribe_intact().await,
@@ -165,13 +165,13 @@ fn expect<T>(result: Result<T>, what: &str) -> T {
     result.unwrap_or_else(|err| panic!("{what} failed: {err}"))
 }
 
-struct Suite {
-    channel: Arc<dyn Channel>,
+struct Suite<C> {
+    channel: Arc<C>,
     config: SuiteConfig,
 }
 
-impl Suite {
-    async fn consumer(&self, destination: &str, group: Option<&str>) -> Box<dyn Consumer> {
+impl<C: Channel> Suite<C> {
+    async fn consumer(&self, destination: &str, group: Option<&str>) -> C::Consumer {
         let subscription = Subscription::new(destination).optional_group(group.map(str::to_owned));
         expect(
             self.channel.consumer(&subscription).await,
@@ -192,7 +192,7 @@ impl Suite {
     /// Receives and acks `count` deliveries, failing on a repeated id; returns their ids.
     async fn receive_ids(
         &self,
-        consumer: &mut dyn Consumer,
+        consumer: &mut impl Consumer,
         count: usize,
         what: &str,
     ) -> HashSet<String> {
@@ -213,7 +213,7 @@ impl Suite {
         &self,
         destination: &str,
         group: &str,
-    ) -> impl std::future::Future<Output = Box<dyn Consumer>> + '_ {
+    ) -> impl std::future::Future<Output = C::Consumer> + '_ {
         let destination = destination.to_owned();
         let group = group.to_owned();
         async move {
@@ -240,7 +240,7 @@ impl Suite {
         let mut expected: HashMap<String, Message> =
             sent.into_iter().map(|m| (m.id().to_owned(), m)).collect();
         for _ in 0..100 {
-            let delivery = receive(&mut *consumer, self.config.timeout, "100 messages").await;
+            let delivery = receive(&mut consumer, self.config.timeout, "100 messages").await;
             let got = delivery.message();
             let want = expected
                 .remove(got.id())
@@ -270,7 +270,7 @@ impl Suite {
             "never delivered: {:?}",
             expected.keys()
         );
-        expect_nothing(&mut *consumer, self.config.quiet_period, "no more messages").await;
+        expect_nothing(&mut consumer, self.config.quiet_period, "no more messages").await;
     }
 
     async fn concurrent_lose_nothing(&self) {
@@ -354,16 +354,11 @@ impl Suite {
             (&mut second_consumer, &second_sent, &second),
         ] {
             let ids = self
-                .receive_ids(&mut **consumer, 10, &format!("10 messages on {name}"))
+                .receive_ids(consumer, 10, &format!("10 messages on {name}"))
                 .await;
             let want = ids_of(sent);
             assert_eq!(ids, want, "{name} received another destination's messages");
-            expect_nothing(
-                &mut **consumer,
-                self.config.quiet_period,
-                "no more messages",
-            )
-            .await;
+            expect_nothing(consumer, self.config.quiet_period, "no more messages").await;
         }
     }
 
@@ -373,11 +368,11 @@ impl Suite {
         let message = probe(1);
         self.send_all(&destination, std::slice::from_ref(&message))
             .await;
-        let first = receive(&mut *consumer, self.config.timeout, "the message").await;
+        let first = receive(&mut consumer, self.config.timeout, "the message").await;
         assert_eq!(first.message().id(), message.id());
         let first_attempt = first.attempt();
         expect(first.nack(None).await, "nack");
-        let second = receive(&mut *consumer, self.config.timeout, "the redelivery").await;
+        let second = receive(&mut consumer, self.config.timeout, "the redelivery").await;
         assert_eq!(
             second.message().id(),
             message.id(),
@@ -392,16 +387,11 @@ impl Suite {
             second.nack(Some(Duration::from_millis(100))).await,
             "nack with a delay",
         );
-        let third = receive(
-            &mut *consumer,
-            self.config.timeout,
-            "the delayed redelivery",
-        )
-        .await;
+        let third = receive(&mut consumer, self.config.timeout, "the delayed redelivery").await;
         assert_eq!(third.message().id(), message.id());
         expect(third.ack().await, "ack");
         expect_nothing(
-            &mut *consumer,
+            &mut consumer,
             self.config.quiet_period,
             "nothing after the ack",
         )
@@ -420,7 +410,7 @@ impl Suite {
             let mut consumer = self.consumer(&destination, Some(&group)).await;
             let mut taken = Vec::new();
             for _ in 0..5 {
-                taken.push(receive(&mut *consumer, self.config.timeout, "a message to fail").await);
+                taken.push(receive(&mut consumer, self.config.timeout, "a message to fail").await);
             }
             if round % 2 == 0 {
                 drop(taken);
@@ -434,7 +424,7 @@ impl Suite {
         let mut fresh = self.consumer(&destination, Some(&group)).await;
         let ids = self
             .receive_ids(
-                &mut *fresh,
+                &mut fresh,
                 messages.len(),
                 "every message after the failures",
             )
@@ -444,7 +434,7 @@ impl Suite {
             ids, want,
             "messages were lost or duplicated after failing consumers"
         );
-        expect_nothing(&mut *fresh, self.config.quiet_period, "no more messages").await;
+        expect_nothing(&mut fresh, self.config.quiet_period, "no more messages").await;
     }
 
     async fn every_group_gets_all(&self) {
@@ -459,11 +449,7 @@ impl Suite {
         let want = ids_of(&messages);
         for (consumer, group) in consumers.iter_mut().zip(&groups) {
             let ids = self
-                .receive_ids(
-                    &mut **consumer,
-                    30,
-                    &format!("30 messages in group {group}"),
-                )
+                .receive_ids(consumer, 30, &format!("30 messages in group {group}"))
                 .await;
             assert_eq!(ids, want, "group {group} did not get every message");
         }
@@ -528,11 +514,7 @@ impl Suite {
         self.send_all(&destination, &messages).await;
         let mut consumer = self.consumer(&destination, Some(&group)).await;
         let ids = self
-            .receive_ids(
-                &mut *consumer,
-                20,
-                "the messages kept while no consumer ran",
-            )
+            .receive_ids(&mut consumer, 20, "the messages kept while no consumer ran")
             .await;
         let want = ids_of(&messages);
         assert_eq!(ids, want);
@@ -555,7 +537,7 @@ impl Suite {
         self.send_all(&destination, &after).await;
         let ids = self
             .receive_ids(
-                &mut *consumer,
+                &mut consumer,
                 5,
                 "the 5 messages published after subscribing",
             )
@@ -566,7 +548,7 @@ impl Suite {
             "an anonymous subscription saw messages from before it started"
         );
         expect_nothing(
-            &mut *consumer,
+            &mut consumer,
             self.config.quiet_period,
             "nothing from before",
         )
@@ -581,7 +563,7 @@ impl Suite {
         self.send_all(&destination, std::slice::from_ref(&last))
             .await;
         let delivery = receive(
-            &mut *second,
+            &mut second,
             self.config.timeout,
             "the message after resubscribing",
         )
@@ -592,12 +574,7 @@ impl Suite {
             "a dropped anonymous subscription left messages behind"
         );
         expect(delivery.ack().await, "ack");
-        expect_nothing(
-            &mut *second,
-            self.config.quiet_period,
-            "nothing left behind",
-        )
-        .await;
+        expect_nothing(&mut second, self.config.quiet_period, "nothing left behind").await;
     }
 
     async fn unsettled_returns(&self) {
@@ -606,13 +583,13 @@ impl Suite {
         let message = probe(1);
         self.send_all(&destination, std::slice::from_ref(&message))
             .await;
-        let delivery = receive(&mut *consumer, self.config.timeout, "the message").await;
+        let delivery = receive(&mut consumer, self.config.timeout, "the message").await;
         assert_eq!(delivery.message().id(), message.id());
         drop(delivery);
         drop(consumer);
         let mut next = self.consumer(&destination, Some(&group)).await;
         let again = receive(
-            &mut *next,
+            &mut next,
             self.config.timeout,
             "the unsettled message to come back",
         )
@@ -620,12 +597,7 @@ impl Suite {
         assert_eq!(again.message().id(), message.id());
         assert_eq!(again.message().payload(), message.payload());
         expect(again.ack().await, "ack");
-        expect_nothing(
-            &mut *next,
-            self.config.quiet_period,
-            "nothing after the ack",
-        )
-        .await;
+        expect_nothing(&mut next, self.config.quiet_period, "nothing after the ack").await;
     }
 
     async fn dead_letter_keeps_message(&self) {
@@ -635,12 +607,12 @@ impl Suite {
         let message = probe(1).with_key("k-1").with_header("tenant", "acme");
         self.send_all(&destination, std::slice::from_ref(&message))
             .await;
-        let delivery = receive(&mut *consumer, self.config.timeout, "the message").await;
+        let delivery = receive(&mut consumer, self.config.timeout, "the message").await;
         expect(
             delivery.dead_letter("rejected by the test", 2).await,
             "dead_letter",
         );
-        let dead = receive(&mut *dead_letters, self.config.timeout, "the dead letter").await;
+        let dead = receive(&mut dead_letters, self.config.timeout, "the dead letter").await;
         let got = dead.message();
         assert_eq!(got.id(), message.id());
         assert_eq!(got.payload(), message.payload());
@@ -664,7 +636,7 @@ impl Suite {
         );
         expect(dead.ack().await, "ack of the dead letter");
         expect_nothing(
-            &mut *consumer,
+            &mut consumer,
             self.config.quiet_period,
             "the dead-lettered message to stay gone",
         )
@@ -710,7 +682,7 @@ impl Suite {
                 .await,
             "publish",
         );
-        let dead = receive(&mut *dead_letters, self.config.timeout, "the dead letter").await;
+        let dead = receive(&mut dead_letters, self.config.timeout, "the dead letter").await;
         let headers = dead.message().headers();
         assert_eq!(dead.message().id(), failing_id);
         assert_eq!(
@@ -751,7 +723,7 @@ impl Suite {
             "the dead-lettered message was handled again"
         );
         expect_nothing(
-            &mut *dead_letters,
+            &mut dead_letters,
             self.config.quiet_period,
             "a single dead letter",
         )
@@ -789,7 +761,7 @@ impl Suite {
             "send",
         );
         let dead = receive(
-            &mut *dead_letters,
+            &mut dead_letters,
             self.config.timeout,
             "the undecodable message's dead letter",
         )
@@ -843,7 +815,7 @@ impl Suite {
         self.send_all(&destination, &messages).await;
         let mut last: HashMap<String, u64> = HashMap::new();
         for _ in 0..messages.len() {
-            let delivery = receive(&mut *consumer, self.config.timeout, "keyed messages").await;
+            let delivery = receive(&mut consumer, self.config.timeout, "keyed messages").await;
             let key = delivery.message().key().unwrap_or_default().to_owned();
             let probe: Probe = serde_json::from_slice(delivery.message().payload())
                 .unwrap_or_else(|err| panic!("payload changed in transit: {err}"));
@@ -999,7 +971,7 @@ impl Suite {
                 .await,
             "publish",
         );
-        let dead = receive(&mut *dead_letters, self.config.timeout, "the dead letter").await;
+        let dead = receive(&mut dead_letters, self.config.timeout, "the dead letter").await;
         let headers = dead.message().headers();
         assert_eq!(dead.message().id(), id);
         assert_eq!(
@@ -1185,7 +1157,7 @@ impl Suite {
         );
         let mut dead = HashMap::new();
         for _ in 0..3 {
-            let delivery = receive(&mut *dead_letters, self.config.timeout, "a dead letter").await;
+            let delivery = receive(&mut dead_letters, self.config.timeout, "a dead letter").await;
             let headers = delivery.message().headers();
             let attempts = headers
                 .get(header::DEAD_LETTER_ATTEMPTS)
@@ -1340,7 +1312,7 @@ impl Suite {
                 producer.send(big.clone()).await,
                 "sending 1 MiB to a backend without a limit",
             );
-            let delivery = receive(&mut *consumer, self.config.timeout, "the 1 MiB message").await;
+            let delivery = receive(&mut consumer, self.config.timeout, "the 1 MiB message").await;
             assert_eq!(
                 delivery.message().payload(),
                 big.payload(),
@@ -1377,7 +1349,7 @@ impl Suite {
             producer.send(fits.clone()).await,
             "sending a message that fits",
         );
-        let delivery = receive(&mut *consumer, self.config.timeout, "the message that fits").await;
+        let delivery = receive(&mut consumer, self.config.timeout, "the message that fits").await;
         assert_eq!(
             delivery.message().id(),
             fits.id(),
@@ -1385,7 +1357,7 @@ impl Suite {
         );
         expect(delivery.ack().await, "ack");
         expect_nothing(
-            &mut *consumer,
+            &mut consumer,
             self.config.quiet_period,
             "nothing from refused sends",
         )

@@ -12,9 +12,11 @@
 //! // tests/conformance.rs of a backend crate
 //! use event_binder_core::conformance::SuiteConfig;
 //!
-//! async fn connect() -> event_binder_core::Result<std::sync::Arc<dyn event_binder_core::Channel>> {
+//! # type MyChannel = event_binder_core::BoxChannel;
+//! // Any `Channel`: the backend's own type, for direct calls.
+//! async fn connect() -> event_binder_core::Result<MyChannel> {
 //!     # unimplemented!()
-//!     // Ok(std::sync::Arc::new(MyChannel::connect("my://127.0.0.1").await?))
+//!     // MyChannel::connect("my://127.0.0.1").await
 //! }
 //!
 //! event_binder_core::conformance_tests!(connect, SuiteConfig::default().message_count(1_000));
@@ -34,10 +36,11 @@ use std::sync::Arc;
 
 /// Runs one case against a channel from `connect`, on a runtime of its own. Panics (fails
 /// the test) with a message saying what was expected and what happened.
-pub fn run<F, Fut>(connect: F, config: SuiteConfig, case: Case)
+pub fn run<F, Fut, C>(connect: F, config: SuiteConfig, case: Case)
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Arc<dyn Channel>>>,
+    Fut: Future<Output = Result<C>>,
+    C: Channel,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -48,6 +51,7 @@ where
         let channel = connect()
             .await
             .unwrap_or_else(|err| panic!("the channel factory failed: {err}"));
+        let channel = Arc::new(channel);
         cases::run(case, channel.clone(), config).await;
         if let Err(err) = channel.close().await {
             panic!("closing the channel after {case:?} failed: {err}");
@@ -57,7 +61,7 @@ where
 
 /// Expands to one `#[test]` per conformance [`Case`](crate::conformance::Case), each calling
 /// [`run`](crate::conformance::run) with the given async factory (a function or closure
-/// returning `Result<Arc<dyn Channel>>`) and an optional
+/// returning `Result<C>` for any `C: Channel`) and an optional
 /// [`SuiteConfig`](crate::conformance::SuiteConfig).
 #[macro_export]
 macro_rules! conformance_tests {

@@ -67,14 +67,18 @@ pub(crate) async fn within<T>(limit: Duration, what: &str, future: impl Future<O
 }
 
 /// Receives one delivery within `limit`, failing the test on an error or a timeout.
-pub(crate) async fn receive(consumer: &mut dyn Consumer, limit: Duration, what: &str) -> Delivery {
+pub(crate) async fn receive<Co: Consumer>(
+    consumer: &mut Co,
+    limit: Duration,
+    what: &str,
+) -> Delivery<Co::Acknowledger> {
     within(limit, what, consumer.receive())
         .await
         .unwrap_or_else(|err| panic!("receive failed while waiting for {what}: {err}"))
 }
 
 /// Fails the test if a delivery arrives within `quiet`.
-pub(crate) async fn expect_nothing(consumer: &mut dyn Consumer, quiet: Duration, what: &str) {
+pub(crate) async fn expect_nothing(consumer: &mut impl Consumer, quiet: Duration, what: &str) {
     if let Ok(received) = tokio::time::timeout(quiet, consumer.receive()).await {
         match received {
             Ok(delivery) => panic!("expected {what}, but received {delivery:?}"),

@@ -9,7 +9,8 @@ use super::retry::RetryPolicy;
 use super::slots::Slots;
 use super::IntoHandler;
 use crate::channel::{Channel, Consumer, Producer, Subscription};
-use crate::delivery::Delivery;
+use crate::delivery::{Acknowledger, Delivery};
+use crate::erased::{BoxChannel, BoxProducer};
 use crate::error::{BoxError, Error, Result};
 use crate::idempotency::{
     AppStore, Claim, IdempotencyStore, MemoryIdempotencyStore, ScopedStore, StoreId,
@@ -61,9 +62,9 @@ use tower_layer::{Identity, Layer, Stack};
 /// running.shutdown().await?;
 /// # Ok(()) }
 /// ```
-pub struct App<L = Identity, St = ()> {
-    channel: Arc<dyn Channel>,
-    handlers: Vec<Box<dyn Registered>>,
+pub struct App<C, L = Identity, St = ()> {
+    channel: Arc<C>,
+    handlers: Vec<Box<dyn Registered<C>>>,
     concurrency: usize,
     retry: RetryPolicy,
     shutdown_timeout: Duration,
@@ -77,22 +78,26 @@ pub struct App<L = Identity, St = ()> {
     state: St,
 }
 
-impl App {
+/// The defaults, the same for every channel (`App::DEFAULT_CONCURRENCY` names them with no
+/// channel type).
+impl App<BoxChannel> {
     /// The default number of messages each handler works on at once.
     pub const DEFAULT_CONCURRENCY: usize = 16;
     /// The default time [`RunningApp::shutdown`] lets in-flight messages finish.
     pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+}
 
+impl<C: Channel> App<C> {
     /// An app on this channel, with no handlers yet.
-    pub fn new(channel: impl Channel) -> Self {
-        let channel: Arc<dyn Channel> = Arc::new(channel);
+    pub fn new(channel: C) -> Self {
+        let channel = Arc::new(channel);
         App {
             publisher: Publisher::new(channel.clone()),
             channel,
             handlers: Vec::new(),
-            concurrency: Self::DEFAULT_CONCURRENCY,
+            concurrency: App::DEFAULT_CONCURRENCY,
             retry: RetryPolicy::default(),
-            shutdown_timeout: Self::DEFAULT_SHUTDOWN_TIMEOUT,
+            shutdown_timeout: App::DEFAULT_SHUTDOWN_TIMEOUT,
             idempotency: AppStore::new(MemoryIdempotencyStore::new()),
             extensions: Extensions::default(),
             layer: Identity::new(),
@@ -102,7 +107,7 @@ impl App {
     }
 }
 
-impl<L, St: Send + Sync + 'static> App<L, St> {
+impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
     /// Registers a handler: a `#[handler]` function, or a [`Handler`] built by hand. The
     /// app's layers (see [`layer`](Self::layer)) wrap it.
     ///
@@ -163,7 +168,7 @@ impl<L, St: Send + Sync + 'static> App<L, St> {
     /// running.shutdown().await?;
     /// # Ok(()) }
     /// ```
-    pub fn layer<N>(self, layer: N) -> App<Stack<L, N>, St> {
+    pub fn layer<N>(self, layer: N) -> App<C, Stack<L, N>, St> {
         let missed_layer = self.missed_layer.clone().or_else(|| {
             self.handlers
                 .last()
@@ -198,12 +203,12 @@ impl<L, St: Send + Sync + 'static> App<L, St> {
     ///     ));
     /// # let _ = app; }
     /// ```
-    pub fn state<S: Clone + Send + Sync + 'static>(self, state: S) -> App<L, S> {
+    pub fn state<S: Clone + Send + Sync + 'static>(self, state: S) -> App<C, L, S> {
         self.rebuild(|layer, _| (layer, state))
     }
 
     /// The same app with another layer and state.
-    fn rebuild<L2, St2>(self, parts: impl FnOnce(L, St) -> (L2, St2)) -> App<L2, St2> {
+    fn rebuild<L2, St2>(self, parts: impl FnOnce(L, St) -> (L2, St2)) -> App<C, L2, St2> {
         let (layer, state) = parts(self.layer, self.state);
         App {
             channel: self.channel,
@@ -312,7 +317,6 @@ impl<L, St: Send + Sync + 'static> App<L, St> {
                 shared: shared.clone(),
                 abort: abort_rx.clone(),
                 ordered,
-                channel: self.channel.clone(),
                 subscription,
                 concurrency,
             };
@@ -321,7 +325,12 @@ impl<L, St: Send + Sync + 'static> App<L, St> {
         let workers = pending
             .into_iter()
             .map(|(handler, settings, consumer)| {
-                tokio::spawn(handler.bind(settings, consumer, stop_rx.clone()))
+                tokio::spawn(handler.bind(
+                    settings,
+                    self.channel.clone(),
+                    consumer,
+                    stop_rx.clone(),
+                ))
             })
             .collect();
         Ok(RunningApp {
@@ -416,7 +425,7 @@ impl<L, St: Send + Sync + 'static> App<L, St> {
     }
 }
 
-impl<L, St> fmt::Debug for App<L, St> {
+impl<C: Channel, L, St> fmt::Debug for App<C, L, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("App")
             .field("channel", &self.channel)
@@ -568,14 +577,13 @@ pub(super) struct Settings {
     pub(super) retry: RetryPolicy,
     /// Whether the waits between attempts are taken by the broker (a nack with delay).
     pub(super) retry_through_broker: bool,
-    pub(super) output: Option<Arc<dyn Producer>>,
+    pub(super) output: Option<BoxProducer>,
     pub(super) idempotency: ScopedStore,
     pub(super) shared: Arc<Shared>,
     pub(super) abort: watch::Receiver<bool>,
     /// Whether deliveries are placed on slots by key, keeping the backend's order per key
     /// through concurrent handling.
     pub(super) ordered: bool,
-    pub(super) channel: Arc<dyn Channel>,
     pub(super) subscription: Subscription,
     pub(super) concurrency: usize,
 }
@@ -583,7 +591,11 @@ pub(super) struct Settings {
 impl Settings {
     /// Settles a delivery whose claim was not acquired: acknowledged when its id was
     /// handled already, handed back for later when the store failed.
-    pub(super) async fn settle_unclaimed(&self, delivery: Delivery, claim: Result<Claim>) {
+    pub(super) async fn settle_unclaimed<A: Acknowledger>(
+        &self,
+        delivery: Delivery<A>,
+        claim: Result<Claim>,
+    ) {
         let id = delivery.message().shared_id().clone();
         match claim {
             Ok(Claim::AlreadyHandled) => {
@@ -606,7 +618,10 @@ impl Settings {
 
     /// Why `delivery` goes to the dead letters unhandled: it was delivered more than
     /// `max_deliveries` times, as when handling it crashes the process.
-    pub(super) fn delivered_too_often(&self, delivery: &Delivery) -> Option<String> {
+    pub(super) fn delivered_too_often<A: Acknowledger>(
+        &self,
+        delivery: &Delivery<A>,
+    ) -> Option<String> {
         (delivery.attempt() > self.retry.max_deliveries).then(|| {
             format!(
                 "delivered {} times without being settled (did the handler crash the process?)",
@@ -616,7 +631,12 @@ impl Settings {
     }
 
     /// Dead-letters `delivery`, saying why in the log.
-    pub(super) async fn dead_letter(&self, delivery: Delivery, reason: &str, attempts: u32) {
+    pub(super) async fn dead_letter<A: Acknowledger>(
+        &self,
+        delivery: Delivery<A>,
+        reason: &str,
+        attempts: u32,
+    ) {
         let id = delivery.message().id().to_owned();
         tracing::warn!(
             handler = self.spec.name(),
@@ -650,7 +670,7 @@ impl Settings {
 /// A registered handler, its type erased once, at registration: all [`App::start`] needs
 /// of it. Its binding, made here, knows the handler's type again, so that every delivery
 /// is a direct call.
-trait Registered: Send {
+trait Registered<C: Channel>: Send {
     fn spec(&self) -> &HandlerSpec;
 
     fn publishes(&self) -> bool;
@@ -662,12 +682,13 @@ trait Registered: Send {
     fn bind(
         self: Box<Self>,
         settings: Settings,
-        consumer: Box<dyn Consumer>,
+        channel: Arc<C>,
+        consumer: C::Consumer,
         stop: watch::Receiver<bool>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
-impl<S: HandlerService, R: 'static> Registered for Handler<S, R> {
+impl<C: Channel, S: HandlerService, R: 'static> Registered<C> for Handler<S, R> {
     fn spec(&self) -> &HandlerSpec {
         Handler::spec(self)
     }
@@ -683,14 +704,15 @@ impl<S: HandlerService, R: 'static> Registered for Handler<S, R> {
     fn bind(
         self: Box<Self>,
         settings: Settings,
-        consumer: Box<dyn Consumer>,
+        channel: Arc<C>,
+        consumer: C::Consumer,
         stop: watch::Receiver<bool>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let worker = Worker {
             service: self.into_service(),
             settings,
         };
-        Box::pin(run(worker, consumer, stop))
+        Box::pin(run(worker, channel, consumer, stop))
     }
 }
 
@@ -699,9 +721,9 @@ pub(super) trait Consume: Send + Sync {
     fn settings(&self) -> &Settings;
 
     /// Receives and handles until the app stops; finishes what it took before returning.
-    fn consume(
+    fn consume<Co: Consumer>(
         &self,
-        consumer: Box<dyn Consumer>,
+        consumer: Co,
         stop: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send;
 }
@@ -711,9 +733,9 @@ impl<S: HandlerService> Consume for Worker<S> {
         &self.settings
     }
 
-    fn consume(
+    fn consume<Co: Consumer>(
         &self,
-        consumer: Box<dyn Consumer>,
+        consumer: Co,
         stop: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send {
         consume(self, consumer, stop)
@@ -723,9 +745,10 @@ impl<S: HandlerService> Consume for Worker<S> {
 /// Runs a binding's consume loop until the app stops. A loop that dies (a panic in the
 /// backend's consumer, say) is logged and started again on a new consumer: a binding
 /// never stops silently.
-pub(super) async fn run<W: Consume>(
+pub(super) async fn run<W: Consume, C: Channel>(
     worker: W,
-    mut consumer: Box<dyn Consumer>,
+    channel: Arc<C>,
+    mut consumer: C::Consumer,
     mut stop: watch::Receiver<bool>,
 ) {
     let settings = worker.settings();
@@ -741,7 +764,7 @@ pub(super) async fn run<W: Consume>(
             if stop_requested(&stop) {
                 return;
             }
-            match settings.channel.consumer(&settings.subscription).await {
+            match channel.consumer(&settings.subscription).await {
                 Ok(consumer) => break consumer,
                 Err(err) => {
                     failures = failures.saturating_add(1);
@@ -759,9 +782,9 @@ pub(super) async fn run<W: Consume>(
 
 /// One handler's consumer loop: receive while a slot is free, and run each delivery in
 /// its slot; all in this one task. On stop, the deliveries taken are finished first.
-async fn consume<S: HandlerService>(
+async fn consume<S: HandlerService, Co: Consumer>(
     worker: &Worker<S>,
-    mut consumer: Box<dyn Consumer>,
+    mut consumer: Co,
     stop: watch::Receiver<bool>,
 ) {
     let settings = &worker.settings;
@@ -810,7 +833,7 @@ async fn consume<S: HandlerService>(
         .await;
         let next = match ready {
             Next::Nothing => {
-                let mut receiving = consumer.receive();
+                let mut receiving = pin!(consumer.receive());
                 poll_fn(|cx| {
                     while slots.poll_progress(cx, &mut start).is_ready() {}
                     if slots.has_room() {
@@ -880,7 +903,7 @@ async fn consume<S: HandlerService>(
 /// deliveries and keep the delay. Says so when it cannot. (Messages with a key on a
 /// destination ordered by key wait in process even so, see [`Worker::process`].)
 fn retries_through_broker(
-    channel: &dyn Channel,
+    channel: &impl Channel,
     subscription: &Subscription,
     handler: &str,
 ) -> bool {
@@ -900,13 +923,13 @@ fn retries_through_broker(
 }
 
 /// What the consume loop does next.
-enum Next {
+enum Next<A> {
     /// The app stops.
     Stop,
     /// Nothing is there now: wait for it.
     Nothing,
     /// A delivery, or why none came.
-    Received(Result<Delivery>),
+    Received(Result<Delivery<A>>),
 }
 
 /// Completes once the app is stopped (or its [`RunningApp`] dropped).
@@ -933,7 +956,7 @@ enum Outcome {
     Aborted,
 }
 
-impl<S: BatchService> Registered for BatchHandler<S> {
+impl<C: Channel, S: BatchService> Registered<C> for BatchHandler<S> {
     fn spec(&self) -> &HandlerSpec {
         BatchHandler::spec(self)
     }
@@ -949,19 +972,20 @@ impl<S: BatchService> Registered for BatchHandler<S> {
     fn bind(
         self: Box<Self>,
         settings: Settings,
-        consumer: Box<dyn Consumer>,
+        channel: Arc<C>,
+        consumer: C::Consumer,
         stop: watch::Receiver<bool>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let (_, service) = self.into_parts();
         let worker = BatchWorker { service, settings };
-        Box::pin(run(worker, consumer, stop))
+        Box::pin(run(worker, channel, consumer, stop))
     }
 }
 
 impl<S: HandlerService> Worker<S> {
     /// Processes one delivery. A panic anywhere in it is logged; the delivery goes back to
     /// the broker and its claim is released.
-    async fn process_guarded(&self, delivery: Delivery, waited: bool) {
+    async fn process_guarded<A: Acknowledger>(&self, delivery: Delivery<A>, waited: bool) {
         if waited && *self.settings.abort.borrow() {
             // Its turn came after the shutdown timeout: hand it back untried, so that it
             // keeps its place before the later ones of its key.
@@ -980,7 +1004,7 @@ impl<S: HandlerService> Worker<S> {
         }
     }
 
-    async fn process(&self, delivery: Delivery) {
+    async fn process<A: Acknowledger>(&self, delivery: Delivery<A>) {
         let message = delivery.shared_message().clone();
         let id = message.id();
         let store = &self.settings.idempotency;
@@ -1017,7 +1041,7 @@ impl<S: HandlerService> Worker<S> {
 
     /// Calls the handler until it succeeds, fails for good, or (with retries through the
     /// broker) fails once more with attempts left.
-    async fn call_with_retries(&self, delivery: &Delivery) -> Outcome {
+    async fn call_with_retries<A: Acknowledger>(&self, delivery: &Delivery<A>) -> Outcome {
         let mut abort = self.settings.abort.clone();
         let max_attempts = self.settings.retry.max_attempts.max(1);
         // A message handed back would be overtaken by later ones of its key.

@@ -6,7 +6,7 @@ use super::failure::Disposition;
 use super::handler::{panic_error, HandlerSpec, Route, Routed, Undecodable};
 use crate::channel::Consumer;
 use crate::codec::Decode;
-use crate::delivery::Delivery;
+use crate::delivery::{Acknowledger, Delivery};
 use crate::error::{BoxError, Error};
 use crate::idempotency::Claim;
 use crate::message::Message;
@@ -480,7 +480,7 @@ impl<S: BatchService> Consume for BatchWorker<S> {
         &self.settings
     }
 
-    async fn consume(&self, mut consumer: Box<dyn Consumer>, stop: watch::Receiver<bool>) {
+    async fn consume<Co: Consumer>(&self, mut consumer: Co, stop: watch::Receiver<bool>) {
         let (size, wait) = self.limits();
         let stop_seen = |stop: &watch::Receiver<bool>| stop.has_changed().unwrap_or(true);
         let mut stopping = pin!(stopped(stop.clone()));
@@ -547,7 +547,7 @@ impl<S: BatchService> Consume for BatchWorker<S> {
 impl<S: BatchService> BatchWorker<S> {
     /// Processes one batch; a panic is logged, and what was not settled goes back to the
     /// broker (its claims released).
-    async fn process_guarded(&self, batch: Vec<Delivery>) {
+    async fn process_guarded<A: Acknowledger>(&self, batch: Vec<Delivery<A>>) {
         if let Err(panic) = CatchUnwind::new(self.process(batch)).await {
             tracing::error!(
                 handler = self.settings.spec.name(),
@@ -557,7 +557,7 @@ impl<S: BatchService> BatchWorker<S> {
         }
     }
 
-    async fn process(&self, batch: Vec<Delivery>) {
+    async fn process<A: Acknowledger>(&self, batch: Vec<Delivery<A>>) {
         let settings = &self.settings;
         let store = &settings.idempotency;
         // Every delivery in `claimed.pending` holds a claim on its id.
@@ -566,7 +566,7 @@ impl<S: BatchService> BatchWorker<S> {
             pending: VecDeque::with_capacity(batch.len()),
         };
         // Deliveries of an id already in this batch: settled once that one is.
-        let mut copies: Vec<Delivery> = Vec::new();
+        let mut copies: Vec<Delivery<A>> = Vec::new();
         for delivery in batch {
             let message = delivery.shared_message().clone();
             let id = message.id();
@@ -740,12 +740,12 @@ async fn release(settings: &Settings, message: &Message, handled: bool) {
 
 /// The deliveries of a batch that hold a claim on their id; dropped (a panic, a cancelled
 /// task) it releases the claims still held, so none stays "in progress" for ever.
-struct Claimed<'a> {
+struct Claimed<'a, A> {
     settings: &'a Settings,
-    pending: VecDeque<Delivery>,
+    pending: VecDeque<Delivery<A>>,
 }
 
-impl Drop for Claimed<'_> {
+impl<A> Drop for Claimed<'_, A> {
     fn drop(&mut self) {
         let store = &self.settings.idempotency;
         for delivery in &self.pending {

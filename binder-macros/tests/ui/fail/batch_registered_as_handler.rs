@@ -6,7 +6,7 @@ async fn reserve(orders: Vec<u64>) -> Result<(), std::io::Error> {
     Ok(())
 }
 
-pub fn register(channel: impl Channel) -> App {
+pub fn register<C: Channel>(channel: C) -> App<C> {
     App::new(channel).handler(reserve)
 }
 

@@ -17,7 +17,7 @@ async fn bill(event: OrderPlaced, _ctx: Context) -> Result<Invoice, std::io::Err
     })
 }
 
-pub fn billing(channel: impl Channel) -> App {
+pub fn billing<C: Channel>(channel: C) -> App<C> {
     App::new(channel).handler(bill)
 }
 

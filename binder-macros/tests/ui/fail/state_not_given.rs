@@ -8,7 +8,7 @@ async fn reserve(_event: u64, State(_db): State<Db>) -> Result<(), std::io::Erro
     Ok(())
 }
 
-pub fn register(channel: impl Channel) -> App {
+pub fn register<C: Channel>(channel: C) -> App<C> {
     App::new(channel).handler(reserve)
 }
 

@@ -60,7 +60,7 @@ pub fn register(channel: impl Channel) {
         .handler(trace);
 }
 
-pub fn without_state(channel: impl Channel) -> App {
+pub fn without_state<C: Channel>(channel: C) -> App<C> {
     App::new(channel).handler(trace)
 }
 

@@ -14,7 +14,7 @@ pub async fn count(event: OrderPlaced) -> Result<(), std::io::Error> {
     Ok(())
 }
 
-pub fn register(channel: impl Channel) -> App {
+pub fn register<C: Channel>(channel: C) -> App<C> {
     App::new(channel).handler(count)
 }
 

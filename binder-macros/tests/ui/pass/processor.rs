@@ -28,7 +28,7 @@ pub async fn split(event: OrderPlaced) -> Result<Events<Invoice>, std::io::Error
     }]))
 }
 
-pub fn register(channel: impl Channel) -> App {
+pub fn register<C: Channel>(channel: C) -> App<C> {
     App::new(channel).handler(invoice).handler(split)
 }
 

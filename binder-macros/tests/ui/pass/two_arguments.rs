@@ -28,7 +28,7 @@ pub async fn bill(mut event: OrderPlaced, ctx: Context) -> Result<(), BillingErr
     Ok(())
 }
 
-pub fn register(channel: impl Channel) -> App {
+pub fn register<C: Channel>(channel: C) -> App<C> {
     App::new(channel).handler(bill)
 }
 
