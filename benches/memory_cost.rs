@@ -31,6 +31,8 @@
 //! - `backend-raw`: the same loop reading the payload's length, no codec;
 //! - `runtime-json`: an `App` with one handler (concurrency 1) taking the decoded `Order`;
 //! - `runtime-raw`: the same handler taking `Raw` bytes, no codec;
+//! - `runtime-layers`: `runtime-json` with four app-wide tower layers that do nothing
+//!   (each service hands the call to the one it wraps): what a no-op layer costs;
 //! - `runtime-batch`: an `App` with one batch handler taking `Vec<Order>`, 64 at a time;
 //! - `publish`: building one message and `Producer::send` of it into a group's queue.
 //!
@@ -42,8 +44,8 @@
 
 use event_binder::memory::{MemoryChannel, MemoryConfig};
 use event_binder::{
-    App, Batch, BatchHandler, Channel, Consumer, Handler, HandlerSpec, MemoryIdempotencyStore,
-    Message, Producer, Raw, Subscription,
+    App, Batch, BatchHandler, Channel, Consumer, Context, Handler, HandlerSpec, Layer,
+    MemoryIdempotencyStore, Message, Producer, Raw, Service, Subscription,
 };
 use serde::Deserialize;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -51,6 +53,7 @@ use std::alloc::System;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, Notify};
@@ -87,17 +90,19 @@ enum Scenario {
     BackendRaw,
     RuntimeJson,
     RuntimeRaw,
+    RuntimeLayers,
     RuntimeBatch,
     Publish,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::RawJson,
         Scenario::BackendJson,
         Scenario::BackendRaw,
         Scenario::RuntimeJson,
         Scenario::RuntimeRaw,
+        Scenario::RuntimeLayers,
         Scenario::RuntimeBatch,
         Scenario::Publish,
     ];
@@ -109,6 +114,7 @@ impl Scenario {
             Scenario::BackendRaw => "backend-raw",
             Scenario::RuntimeJson => "runtime-json",
             Scenario::RuntimeRaw => "runtime-raw",
+            Scenario::RuntimeLayers => "runtime-layers",
             Scenario::RuntimeBatch => "runtime-batch",
             Scenario::Publish => "publish",
         }
@@ -202,7 +208,10 @@ async fn run(scenario: Scenario, fixture: &Fixture) {
                 delivery.ack().await.expect("ack");
             }
         }
-        Scenario::RuntimeJson | Scenario::RuntimeRaw | Scenario::RuntimeBatch => {
+        Scenario::RuntimeJson
+        | Scenario::RuntimeRaw
+        | Scenario::RuntimeLayers
+        | Scenario::RuntimeBatch => {
             let handled = Arc::new(AtomicU64::new(0));
             let done = Arc::new(Notify::new());
             let spec = HandlerSpec::new("cost", DESTINATION).group(GROUP);
@@ -217,39 +226,89 @@ async fn run(scenario: Scenario, fixture: &Fixture) {
             let app = App::new(fixture.channel.clone())
                 .idempotency(fixture.store.clone())
                 .concurrency(1);
-            // Each handler keeps its own type: the two scenarios build two apps.
-            let app = if matches!(scenario, Scenario::RuntimeBatch) {
-                let spec = spec.batch(BATCH, Duration::from_millis(50));
-                app.batch_handler(BatchHandler::from_fn(
-                    spec,
-                    move |events: Vec<Order>, _batch: Batch| {
-                        for event in events {
-                            event.consume();
-                            counter();
-                        }
-                        async { Ok::<(), std::convert::Infallible>(()) }
-                    },
-                ))
-            } else if matches!(scenario, Scenario::RuntimeJson) {
-                app.handler(Handler::from_fn(spec, move |event: Order| {
+            let decoded = {
+                let counter = counter.clone();
+                move |event: Order| {
                     event.consume();
                     counter();
                     async { Ok::<(), std::convert::Infallible>(()) }
-                }))
-            } else {
-                app.handler(Handler::from_fn(spec, move |event: Raw| {
-                    black_box(event.0.len());
-                    counter();
-                    async { Ok::<(), std::convert::Infallible>(()) }
-                }))
+                }
             };
-            let running = app.start().await.expect("start");
+            // Each handler keeps its own type: each scenario builds its own app.
+            let running = match scenario {
+                Scenario::RuntimeBatch => {
+                    let spec = spec.batch(BATCH, Duration::from_millis(50));
+                    app.batch_handler(BatchHandler::from_fn(
+                        spec,
+                        move |events: Vec<Order>, _batch: Batch| {
+                            for event in events {
+                                event.consume();
+                                counter();
+                            }
+                            async { Ok::<(), std::convert::Infallible>(()) }
+                        },
+                    ))
+                    .start()
+                    .await
+                }
+                Scenario::RuntimeRaw => {
+                    app.handler(Handler::from_fn(spec, move |event: Raw| {
+                        black_box(event.0.len());
+                        counter();
+                        async { Ok::<(), std::convert::Infallible>(()) }
+                    }))
+                    .start()
+                    .await
+                }
+                Scenario::RuntimeLayers => {
+                    app.layer(PassThrough)
+                        .layer(PassThrough)
+                        .layer(PassThrough)
+                        .layer(PassThrough)
+                        .handler(Handler::from_fn(spec, decoded))
+                        .start()
+                        .await
+                }
+                _ => app.handler(Handler::from_fn(spec, decoded)).start().await,
+            }
+            .expect("start");
             if count > 0 {
                 done.notified().await;
             }
             running.shutdown().await.expect("shutdown");
         }
         Scenario::Publish => fixture.publish_all().await,
+    }
+}
+
+/// A layer that does nothing: its service hands every call to the one it wraps, as a
+/// middleware with nothing to do at the moment does.
+#[derive(Debug, Clone, Copy)]
+struct PassThrough;
+
+impl<S> Layer<S> for PassThrough {
+    type Service = Passing<S>;
+
+    fn layer(&self, inner: S) -> Passing<S> {
+        Passing(inner)
+    }
+}
+
+/// The service of [`PassThrough`].
+#[derive(Debug, Clone)]
+struct Passing<S>(S);
+
+impl<S: Service<Context>> Service<Context> for Passing<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Context) -> S::Future {
+        self.0.call(request)
     }
 }
 
@@ -299,6 +358,6 @@ fn main() {
         let small = allocations(&runtime, scenario, 1_000);
         let large = allocations(&runtime, scenario, 2_000);
         let per_message = large.saturating_sub(small) as f64 / 1_000.0;
-        println!("  {:<13} {per_message:>6.2}", scenario.name());
+        println!("  {:<14} {per_message:>6.2}", scenario.name());
     }
 }

@@ -25,7 +25,7 @@ case $bench in
 esac
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(raw-json backend-json backend-raw runtime-json runtime-raw runtime-batch publish)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(raw-json backend-json backend-raw runtime-json runtime-raw runtime-layers runtime-batch publish)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

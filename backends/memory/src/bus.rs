@@ -1,7 +1,7 @@
 //! The bus: destinations, their queues, and the counters that `wait_idle` watches.
 
 use crate::config::MemoryConfig;
-use crate::queue::{Body, InFlight, Queue, QueueKind, Take, Wakeup};
+use crate::queue::{Body, InFlight, Queue, QueueKind, Recycled, Take, Wakeup};
 use event_binder_core::{Capabilities, Error, Message, Result};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -448,14 +448,10 @@ impl Destination {
         Ok(())
     }
 
-    /// Hands out the next message of a queue, now in flight, shared through `last` if it
+    /// Hands out the next message of a queue, now in flight, in a recycled `Arc` if it
     /// can (see [`Entry::into_in_flight`](crate::queue::Entry::into_in_flight)). Fails once
     /// the bus is closed.
-    pub(crate) fn take(
-        &self,
-        slot: SlotRef,
-        last: &mut Option<Arc<Message>>,
-    ) -> Result<Take<InFlight>> {
+    pub(crate) fn take(&self, slot: SlotRef, recycled: &mut Recycled) -> Result<Take<InFlight>> {
         self.shared.check_open()?;
         let take = {
             let mut state = lock(&self.state);
@@ -472,7 +468,7 @@ impl Destination {
         // Shared here, once the lock is released, so that what leaves is a pointer rather
         // than the message itself.
         Ok(match take {
-            Take::Ready(entry) => Take::Ready(entry.into_in_flight(last)),
+            Take::Ready(entry) => Take::Ready(entry.into_in_flight(recycled)),
             Take::Wait(due) => Take::Wait(due),
         })
     }

@@ -1,7 +1,7 @@
 //! Producers, consumers and acknowledgers of the memory bus.
 
 use crate::bus::{notified_before, Attach, Bus, Destination, Full, SlotRef};
-use crate::queue::{InFlight, Take, Wakeup};
+use crate::queue::{InFlight, Recycled, Take, Wakeup};
 use event_binder_core::{
     Acknowledger, Consumer, DeadLetterFailed, Delivery, Error, Message, Origin, Producer, Result,
     Subscription,
@@ -151,9 +151,8 @@ pub struct MemoryConsumer {
     destination: Arc<Destination>,
     slot: SlotRef,
     wakeup: Arc<Wakeup>,
-    /// The message of the last delivery, whose allocation the next one reuses once nothing
-    /// else holds it. Kept until then.
-    last: Option<Arc<Message>>,
+    /// The messages of the latest deliveries, whose allocations later ones reuse.
+    recycled: Recycled,
     origin: Arc<Origin>,
     subscription: Subscription,
     dead_letters: bool,
@@ -177,7 +176,7 @@ impl MemoryConsumer {
             destination,
             slot,
             wakeup,
-            last: None,
+            recycled: Recycled::new(usize::from(subscription.prefetch_count())),
             subscription,
             dead_letters,
         }
@@ -222,7 +221,7 @@ impl Consumer for MemoryConsumer {
     }
 
     fn try_receive(&mut self) -> Option<Result<Delivery<MemoryAcknowledger>>> {
-        match self.destination.take(self.slot, &mut self.last) {
+        match self.destination.take(self.slot, &mut self.recycled) {
             Ok(Take::Ready(in_flight)) => Some(Ok(self.deliver(in_flight))),
             Ok(Take::Wait(_)) => None,
             Err(error) => Some(Err(error)),
@@ -232,7 +231,7 @@ impl Consumer for MemoryConsumer {
     /// Cancel safe: a message leaves its queue only in the synchronous step that returns it.
     async fn receive(&mut self) -> Result<Delivery<MemoryAcknowledger>> {
         // Fast path: a message is there, no need to register as a waiter.
-        if let Take::Ready(in_flight) = self.destination.take(self.slot, &mut self.last)? {
+        if let Take::Ready(in_flight) = self.destination.take(self.slot, &mut self.recycled)? {
             return Ok(self.deliver(in_flight));
         }
         let wakeup = &self.wakeup;
@@ -243,7 +242,7 @@ impl Consumer for MemoryConsumer {
             notified.as_mut().enable();
             // Bound here, so that the take's result is not kept across the awaits below, in
             // the future.
-            let due = match self.destination.take(self.slot, &mut self.last)? {
+            let due = match self.destination.take(self.slot, &mut self.recycled)? {
                 Take::Ready(in_flight) => return Ok(self.deliver(in_flight)),
                 Take::Wait(due) => due,
             };

@@ -75,36 +75,65 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// The entry [`Queue::take`] handed out, its message shared. An owned message moves into
-    /// `last`, the `Arc` of the consumer's previous delivery, when nothing else holds that
-    /// any more (the common case: it was settled and dropped), and into a new `Arc`, kept
-    /// in `last` for next time, otherwise.
+    /// The entry [`Queue::take`] handed out, its message shared: an owned message moves
+    /// into an `Arc` of the consumer's earlier deliveries that nothing else holds any more
+    /// (see [`Recycled`]), or into a new one.
     ///
-    /// Called once the destination lock is released: it drops the message `last` held, and
-    /// dropping a payload may run its owner's code.
-    pub(crate) fn into_in_flight(self, last: &mut Option<Arc<Message>>) -> InFlight {
+    /// Called once the destination lock is released: it drops the message an `Arc` held,
+    /// and dropping a payload may run its owner's code.
+    pub(crate) fn into_in_flight(self, recycled: &mut Recycled) -> InFlight {
         let message = match self.body {
             Body::Shared(message) => message,
-            Body::Owned(message) => {
-                let shared = match last.take() {
-                    Some(mut previous) => match Arc::get_mut(&mut previous) {
-                        Some(old) => {
-                            *old = message;
-                            previous
-                        }
-                        None => Arc::new(message),
-                    },
-                    None => Arc::new(message),
-                };
-                *last = Some(Arc::clone(&shared));
-                shared
-            }
+            Body::Owned(message) => recycled.share(message),
         };
         InFlight {
             message,
             seq: self.seq,
             deliveries: self.deliveries,
         }
+    }
+}
+
+/// The `Arc`s of a consumer's latest deliveries, oldest first, whose allocations later
+/// deliveries reuse once nothing else holds them (the common case: settled and dropped).
+/// It keeps as many as the consumer may hold at once, its prefetch, so that deliveries
+/// handled together, as a batch handler's are, still find one free; what they keep alive
+/// is bounded by what the consumer may hold anyway.
+#[derive(Debug)]
+pub(crate) struct Recycled {
+    arcs: VecDeque<Arc<Message>>,
+    limit: usize,
+}
+
+impl Recycled {
+    /// Keeps up to `limit` (at least one).
+    pub(crate) fn new(limit: usize) -> Self {
+        Recycled {
+            arcs: VecDeque::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// `message` in the oldest kept `Arc` if nothing else holds that, in a new one otherwise.
+    fn share(&mut self, message: Message) -> Arc<Message> {
+        let shared = match self.arcs.pop_front() {
+            Some(mut oldest) => match Arc::get_mut(&mut oldest) {
+                Some(free) => {
+                    *free = message;
+                    oldest
+                }
+                None => {
+                    // Still held: looked at again later, unless that would keep too many.
+                    if self.arcs.len() + 1 < self.limit {
+                        self.arcs.push_back(oldest);
+                    }
+                    Arc::new(message)
+                }
+            },
+            None => Arc::new(message),
+        };
+        self.arcs.push_back(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -352,7 +381,7 @@ mod tests {
 
     fn take(queue: &mut Queue) -> Option<InFlight> {
         match queue.take() {
-            Take::Ready(entry) => Some(entry.into_in_flight(&mut None)),
+            Take::Ready(entry) => Some(entry.into_in_flight(&mut Recycled::new(1))),
             Take::Wait(_) => None,
         }
     }
@@ -453,23 +482,41 @@ mod tests {
         for p in ["1", "2", "3"] {
             q.push(owned(Message::new(p)));
         }
-        let mut last = None;
-        let one = taken(&mut q).into_in_flight(&mut last);
+        let mut recycled = Recycled::new(1);
+        let one = taken(&mut q).into_in_flight(&mut recycled);
         let first = Arc::as_ptr(&one.message);
-        assert_eq!(last.as_ref().map(Arc::as_ptr), Some(first));
         drop(one);
-        let two = taken(&mut q).into_in_flight(&mut last);
+        let two = taken(&mut q).into_in_flight(&mut recycled);
         assert_eq!(payload(&two), b"2");
         assert_eq!(Arc::as_ptr(&two.message), first, "the allocation is reused");
         // Still held (a handler kept it): the next message gets an `Arc` of its own.
-        let three = taken(&mut q).into_in_flight(&mut last);
+        let three = taken(&mut q).into_in_flight(&mut recycled);
         assert_eq!(payload(&three), b"3");
         assert_ne!(Arc::as_ptr(&three.message), first);
         assert_eq!(payload(&two), b"2", "a held message is left alone");
-        assert_eq!(
-            last.as_ref().map(Arc::as_ptr),
-            Some(Arc::as_ptr(&three.message))
-        );
+    }
+
+    #[test]
+    fn deliveries_held_together_reuse_their_arcs_once_all_are_released() {
+        let mut q = queue();
+        for n in 0..8 {
+            q.push(owned(Message::new(n.to_string())));
+        }
+        let mut recycled = Recycled::new(4);
+        let batch: Vec<InFlight> = (0..4)
+            .map(|_| taken(&mut q).into_in_flight(&mut recycled))
+            .collect();
+        let mut first: Vec<_> = batch.iter().map(|m| Arc::as_ptr(&m.message)).collect();
+        drop(batch);
+        let again: Vec<InFlight> = (0..4)
+            .map(|_| taken(&mut q).into_in_flight(&mut recycled))
+            .collect();
+        let mut reused: Vec<_> = again.iter().map(|m| Arc::as_ptr(&m.message)).collect();
+        let payloads: Vec<&[u8]> = again.iter().map(payload).collect();
+        assert_eq!(payloads, [b"4", b"5", b"6", b"7"]);
+        first.sort();
+        reused.sort();
+        assert_eq!(first, reused, "a batch's allocations serve the next batch");
     }
 
     #[test]
@@ -477,13 +524,8 @@ mod tests {
         let mut q = queue();
         let shared = Arc::new(Message::new("s"));
         q.push(Body::Shared(Arc::clone(&shared)));
-        let mut last = Some(Arc::new(Message::new("previous")));
-        let s = taken(&mut q).into_in_flight(&mut last);
+        let s = taken(&mut q).into_in_flight(&mut Recycled::new(1));
         assert!(Arc::ptr_eq(&s.message, &shared));
-        assert_eq!(
-            last.map(|m| m.payload().clone()).as_deref(),
-            Some(&b"previous"[..])
-        );
     }
 
     #[test]
