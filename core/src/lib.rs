@@ -33,7 +33,7 @@ pub use delivery::{
 };
 pub use erased::{BoxAcknowledger, BoxChannel, BoxConsumer, BoxProducer};
 pub use error::{BoxError, Error, Result};
-pub use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
+pub use idempotency::{Claim, ClaimKey, IdempotencyStore, MemoryIdempotencyStore};
 pub use message::{
     content_type, header, millis_since_epoch, new_message_id, time_from_millis, Headers, Message,
 };

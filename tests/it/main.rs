@@ -1,5 +1,6 @@
 //! Integration tests: the conformance suite run against every backend compiled in, each
-//! reached the way an application reaches it, through `AnyChannel::connect(url)`.
+//! reached the way an application reaches it, through `AnyChannel::connect(url)`; the store
+//! conformance suite against the idempotency stores.
 
 #[cfg(feature = "kafka")]
 mod kafka;
@@ -9,3 +10,4 @@ mod rabbitmq;
 mod secrets;
 #[cfg(feature = "sns-sqs")]
 mod sns_sqs;
+mod stores;

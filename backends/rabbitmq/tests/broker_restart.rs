@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use event_binder_core::{
-    App, Channel, Claim, Context, Error, Handler, HandlerSpec, IdempotencyStore,
+    App, Channel, Claim, ClaimKey, Context, Error, Handler, HandlerSpec, IdempotencyStore,
     MemoryIdempotencyStore, Message, Producer, RetryPolicy,
 };
 use event_binder_rabbitmq::{RabbitChannel, RabbitConfig};
@@ -95,22 +95,22 @@ impl CountingStore {
 
 #[async_trait]
 impl IdempotencyStore for CountingStore {
-    async fn begin(&self, scope: &str, id: &str) -> event_binder_core::Result<Claim> {
+    async fn begin(&self, key: ClaimKey<'_>) -> event_binder_core::Result<Claim> {
         *self
             .deliveries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(id.to_owned())
+            .entry(key.id.to_owned())
             .or_default() += 1;
-        self.inner.begin(scope, id).await
+        self.inner.begin(key).await
     }
 
-    async fn complete(&self, scope: &str, id: &str) -> event_binder_core::Result<()> {
-        self.inner.complete(scope, id).await
+    async fn complete(&self, key: ClaimKey<'_>) -> event_binder_core::Result<()> {
+        self.inner.complete(key).await
     }
 
-    async fn abandon(&self, scope: &str, id: &str) -> event_binder_core::Result<()> {
-        self.inner.abandon(scope, id).await
+    async fn abandon(&self, key: ClaimKey<'_>) -> event_binder_core::Result<()> {
+        self.inner.abandon(key).await
     }
 }
 

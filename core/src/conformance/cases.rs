@@ -3,7 +3,7 @@
 use super::support::{expect_nothing, receive, unique, within, Recorder, SuiteConfig};
 use crate::channel::{Channel, Consumer, Producer, Subscription};
 use crate::error::{Error, Result};
-use crate::idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
+use crate::idempotency::{Claim, ClaimKey, IdempotencyStore, MemoryIdempotencyStore};
 use crate::message::{header, Message};
 use crate::runtime::{
     App, Batch, BatchFailure, BatchHandler, Context, Handler, HandlerSpec, NonRetryable,
@@ -1480,17 +1480,17 @@ struct RecordingStore {
 
 #[async_trait]
 impl IdempotencyStore for RecordingStore {
-    async fn begin(&self, scope: &str, id: &str) -> Result<Claim> {
-        let claim = self.inner.begin(scope, id).await;
-        self.begun.record(id.to_owned());
+    async fn begin(&self, key: ClaimKey<'_>) -> Result<Claim> {
+        let claim = self.inner.begin(key).await;
+        self.begun.record(key.id.to_owned());
         claim
     }
 
-    async fn complete(&self, scope: &str, id: &str) -> Result<()> {
-        self.inner.complete(scope, id).await
+    async fn complete(&self, key: ClaimKey<'_>) -> Result<()> {
+        self.inner.complete(key).await
     }
 
-    async fn abandon(&self, scope: &str, id: &str) -> Result<()> {
-        self.inner.abandon(scope, id).await
+    async fn abandon(&self, key: ClaimKey<'_>) -> Result<()> {
+        self.inner.abandon(key).await
     }
 }

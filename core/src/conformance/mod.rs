@@ -24,6 +24,7 @@
 //! ```
 
 mod cases;
+pub mod stores;
 mod support;
 
 pub use cases::Case;

@@ -590,7 +590,8 @@ pub(super) struct Settings {
 
 impl Settings {
     /// Settles a delivery whose claim was not acquired: acknowledged when its id was
-    /// handled already, handed back for later when the store failed.
+    /// handled already, handed back for later while another holder has it or when the
+    /// store failed.
     pub(super) async fn settle_unclaimed<A: Acknowledger>(
         &self,
         delivery: Delivery<A>,
@@ -601,6 +602,10 @@ impl Settings {
             Ok(Claim::AlreadyHandled) => {
                 tracing::debug!(message_id = %id, "already handled; acknowledging");
                 self.report(delivery.ack().await, &id, "ack");
+            }
+            Ok(Claim::HeldElsewhere { retry_in }) => {
+                tracing::debug!(message_id = %id, retry_in = ?retry_in, "claimed by another holder; handing it back");
+                self.report(delivery.nack(Some(retry_in)).await, &id, "nack");
             }
             Err(err) => {
                 tracing::warn!(message_id = %id, error = %err, "idempotency store failed; the message will come back");
