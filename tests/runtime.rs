@@ -297,6 +297,93 @@ async fn shutdown_past_its_timeout_hands_in_flight_messages_back() {
     delivery.ack().await.unwrap();
 }
 
+/// A store that fails the first `failures` claims, and notes when each claim was asked.
+#[derive(Debug)]
+struct FailingStore {
+    inner: event_binder::MemoryIdempotencyStore,
+    failures: AtomicUsize,
+    begun: std::sync::Mutex<Vec<tokio::time::Instant>>,
+}
+
+#[async_trait::async_trait]
+impl event_binder::IdempotencyStore for FailingStore {
+    async fn begin(
+        &self,
+        key: event_binder::ClaimKey<'_>,
+    ) -> event_binder::Result<event_binder::Claim> {
+        self.begun.lock().unwrap().push(tokio::time::Instant::now());
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if failing {
+            return Err(Error::Idempotency("the database is down".into()));
+        }
+        self.inner.begin(key).await
+    }
+
+    async fn complete(&self, key: event_binder::ClaimKey<'_>) -> event_binder::Result<()> {
+        self.inner.complete(key).await
+    }
+
+    async fn abandon(&self, key: event_binder::ClaimKey<'_>) -> event_binder::Result<()> {
+        self.inner.abandon(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_hands_messages_back_and_the_handler_backs_off() {
+    let store = Arc::new(FailingStore {
+        inner: event_binder::MemoryIdempotencyStore::new(),
+        failures: AtomicUsize::new(3),
+        begun: Default::default(),
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let counting = {
+        let (calls, done) = (calls.clone(), done.clone());
+        Handler::from_fn(
+            HandlerSpec::new("counted", "orders").group("billing"),
+            move |_: Order, _: Context| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                done.notify_one();
+                async { Ok::<(), std::io::Error>(()) }
+            },
+        )
+    };
+    let running = start_with_one_order(
+        App::new(MemoryChannel::new())
+            .idempotency(store.clone())
+            .handler(counting),
+    )
+    .await;
+    tokio::time::timeout(LIMIT, done.notified()).await.unwrap();
+    running.shutdown().await.unwrap();
+
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "handled once, once the store answered"
+    );
+    let begun = store.begun.lock().unwrap().clone();
+    assert_eq!(
+        begun.len(),
+        4,
+        "three failed claims, then the one that succeeded"
+    );
+    // Each failure in a row doubles the wait before the message is claimed again.
+    for (failures, pair) in (1u32..).zip(begun.windows(2)) {
+        let waited = pair[1] - pair[0];
+        let backoff = Duration::from_millis(100 * 2u64.pow(failures - 1));
+        assert!(
+            waited >= backoff,
+            "after {failures} failures: waited {waited:?} < {backoff:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_handled_message_redelivered_past_the_cap_is_acknowledged_not_dead_lettered() {
     let bus = MemoryChannel::new();

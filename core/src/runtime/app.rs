@@ -22,6 +22,7 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -319,6 +320,7 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
                 ordered,
                 subscription,
                 concurrency,
+                store_failures: AtomicU32::new(0),
             };
             pending.push((handler, settings, consumer));
         }
@@ -586,9 +588,36 @@ pub(super) struct Settings {
     pub(super) ordered: bool,
     pub(super) subscription: Subscription,
     pub(super) concurrency: usize,
+    /// How many times in a row the idempotency store failed to answer a claim.
+    pub(super) store_failures: AtomicU32,
 }
 
 impl Settings {
+    /// Counts the idempotency store's answer to a claim: a failure more in a row, or none.
+    pub(super) fn store_answered<T>(&self, claim: &Result<T>) {
+        if claim.is_ok() {
+            self.store_failures.store(0, Ordering::Relaxed);
+        } else {
+            self.store_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The pause after the store failed `store_failures` times in a row: the message waits
+    /// that long in the broker, and the binding holds a slot that long, so a store that is
+    /// down slows the binding down instead of spinning through its messages.
+    fn store_backoff(&self) -> Duration {
+        broker_backoff(self.store_failures.load(Ordering::Relaxed))
+    }
+
+    /// Waits out [`store_backoff`](Self::store_backoff), unless the app is aborted.
+    pub(super) async fn pause_for_store(&self) {
+        let mut abort = self.abort.clone();
+        tokio::select! {
+            () = sleep(self.store_backoff()) => {}
+            () = aborted(&mut abort) => {}
+        }
+    }
+
     /// Settles a delivery whose claim was not acquired: acknowledged when its id was
     /// handled already, handed back for later while another holder has it or when the
     /// store failed.
@@ -608,12 +637,16 @@ impl Settings {
                 self.report(delivery.nack(Some(retry_in)).await, &id, "nack");
             }
             Err(err) => {
-                tracing::warn!(message_id = %id, error = %err, "idempotency store failed; the message will come back");
-                self.report(
-                    delivery.nack(Some(Duration::from_secs(1))).await,
-                    &id,
-                    "nack",
+                let pause = self.store_backoff();
+                tracing::warn!(
+                    handler = self.spec.name(),
+                    message_id = %id,
+                    error = %err,
+                    failures_in_a_row = self.store_failures.load(Ordering::Relaxed),
+                    retry_in = ?pause,
+                    "idempotency store failed; the message goes back to the broker and the handler slows down"
                 );
+                self.report(delivery.nack(Some(pause)).await, &id, "nack");
             }
             Ok(Claim::Acquired) => {
                 tracing::error!(message_id = %id, "a claimed delivery was taken for an unclaimed one; it comes back");
@@ -1014,8 +1047,14 @@ impl<S: HandlerService> Worker<S> {
         let id = message.id();
         let store = &self.settings.idempotency;
         let store_id = store.id(&message);
-        match store.begin(store_id).await {
+        let claimed = store.begin(store_id).await;
+        self.settings.store_answered(&claimed);
+        match claimed {
             Ok(Claim::Acquired) => {}
+            Err(err) => {
+                self.settings.settle_unclaimed(delivery, Err(err)).await;
+                return self.settings.pause_for_store().await;
+            }
             unclaimed => return self.settings.settle_unclaimed(delivery, unclaimed).await,
         }
         let claim = ClaimGuard::new(store, store_id, id);

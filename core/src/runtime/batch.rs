@@ -567,6 +567,7 @@ impl<S: BatchService> BatchWorker<S> {
         };
         // Deliveries of an id already in this batch: settled once that one is.
         let mut copies: Vec<Delivery<A>> = Vec::new();
+        let mut store_failed = false;
         for delivery in batch {
             let message = delivery.shared_message().clone();
             let id = message.id();
@@ -581,7 +582,9 @@ impl<S: BatchService> BatchWorker<S> {
                 copies.push(delivery);
                 continue;
             }
-            match store.begin_unless_held(store.id(&message)).await {
+            let claim = store.begin_unless_held(store.id(&message)).await;
+            settings.store_answered(&claim);
+            match claim {
                 Ok(Some(Claim::Acquired)) => {}
                 Ok(None) => {
                     copies.push(delivery);
@@ -592,6 +595,7 @@ impl<S: BatchService> BatchWorker<S> {
                     continue;
                 }
                 Err(err) => {
+                    store_failed = true;
                     settings.settle_unclaimed(delivery, Err(err)).await;
                     continue;
                 }
@@ -703,6 +707,9 @@ impl<S: BatchService> BatchWorker<S> {
         for copy in copies {
             let id = copy.message().id().to_owned();
             settings.report(copy.ack().await, &id, "ack");
+        }
+        if store_failed {
+            settings.pause_for_store().await;
         }
     }
 
