@@ -27,7 +27,21 @@ as_root() {
     fi
 }
 
-if answers && answers "$TLS_PORT"; then
+# Test runs leave queues behind until they expire, and quorum queues keep files open: the
+# node needs more than the 1,024 open files PAM gives the rabbitmq user by default (Debian's
+# start script runs it through su, which applies /etc/security/limits.d).
+OPEN_FILES=20000
+LIMITS=/etc/security/limits.d/event-binder-rabbitmq.conf
+
+# Whether the running node may open fewer than $OPEN_FILES files.
+few_open_files() {
+    local pid soft
+    pid=$(pgrep -o -f 'beam.smp.*rabbit') || return 1
+    soft=$(awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null) || return 1
+    [ -n "$soft" ] && [ "$soft" != unlimited ] && [ "$soft" -lt "$OPEN_FILES" ]
+}
+
+if answers && answers "$TLS_PORT" && ! few_open_files; then
     exit 0
 fi
 
@@ -80,9 +94,15 @@ ssl_options.fail_if_no_peer_cert = false
 TLS
 fi
 
-# A node that started before its TLS listener was configured: restart it to read it.
-if answers && ! answers "$TLS_PORT" && node_runs; then
-    echo "scripts/rabbitmq.sh: restarting RabbitMQ to open its TLS listener on $HOST:$TLS_PORT" >&2
+if [ ! -s "$LIMITS" ]; then
+    printf 'rabbitmq soft nofile %s\nrabbitmq hard nofile %s\n' "$OPEN_FILES" "$OPEN_FILES" |
+        as_root tee "$LIMITS" >/dev/null || fail "could not write $LIMITS"
+fi
+
+# A node that started before its TLS listener or its open-files limit was configured:
+# restart it to read them.
+if answers && { ! answers "$TLS_PORT" || few_open_files; } && node_runs; then
+    echo "scripts/rabbitmq.sh: restarting RabbitMQ to open its TLS listener on $HOST:$TLS_PORT and let it open $OPEN_FILES files" >&2
     as_root rabbitmqctl -q stop || fail "rabbitmqctl stop failed"
     stop_deadline=$((SECONDS + STARTUP_TIMEOUT))
     while node_runs || answers; do

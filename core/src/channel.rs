@@ -214,7 +214,7 @@ pub trait Channel: Send + Sync + Debug + 'static {
 
     /// Whether the deliveries of `subscription` count every delivery of their message
     /// ([`Capabilities::counts_deliveries`] unless the backend counts for some
-    /// subscriptions only: RabbitMQ's quorum queues count, its classic ones do not).
+    /// subscriptions only: RabbitMQ counts for groups, not for anonymous subscriptions).
     fn counts_deliveries(&self, subscription: &Subscription) -> bool {
         let _ = subscription;
         self.capabilities().counts_deliveries

@@ -3,7 +3,7 @@
 //! (the default), `quorum::*` with quorum ones (`?queue_type=quorum`; the RabbitMQ crate's
 //! `tests/quorum.rs` checks that such queues really are quorum queues). Each case connects
 //! with a random name prefix, so runs on a shared broker never meet, and its queues expire
-//! on the broker ten minutes after their last use.
+//! on the broker two minutes after their last use.
 
 use event_binder::AnyChannel;
 use event_binder_core::conformance::SuiteConfig;
@@ -13,7 +13,7 @@ async fn connect(queue_type: &str) -> event_binder::Result<AnyChannel> {
     let id = event_binder_core::new_message_id().replace('-', "");
     let url = format!(
         "amqp://guest:guest@127.0.0.1:5672/%2f?prefix=conformance-{queue_type}-{}-\
-         &queue_expires_ms=600000&queue_type={queue_type}",
+         &queue_expires_ms=120000&queue_type={queue_type}",
         &id[id.len() - 12..]
     );
     AnyChannel::connect(&url).await

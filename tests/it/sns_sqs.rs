@@ -9,9 +9,11 @@ use event_binder_core::conformance::SuiteConfig;
 async fn connect() -> event_binder::Result<AnyChannel> {
     let id = event_binder_core::new_message_id().replace('-', "");
     // A short long-poll keeps the idle consumers of finished cases from holding moto's
-    // threads.
+    // threads. A request attempt is given the whole operation's time: moto, loaded by the
+    // other tests, can take over the default 10 s, and a publish attempt abandoned after the
+    // emulator took it would be sent again (at least once: a second copy of its messages).
     let url = format!(
-        "sns-sqs://us-east-1?endpoint=http://127.0.0.1:4566&wait_time_s=1&prefix=conf-{}-",
+        "sns-sqs://us-east-1?endpoint=http://127.0.0.1:4566&wait_time_s=1&attempt_timeout_ms=30000&prefix=conf-{}-",
         &id[id.len() - 12..]
     );
     AnyChannel::connect(&url).await

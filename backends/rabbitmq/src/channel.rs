@@ -2,15 +2,17 @@
 
 use crate::config::{QueueType, RabbitConfig};
 use crate::consumer::{DeadLetters, RabbitConsumer, Source};
+use crate::delay::{self, DelayQueues};
 use crate::error::BACKEND;
 use crate::link::{Link, State};
-use crate::names::Names;
+use crate::names::{self, Names};
 use crate::pool::{ConfirmPool, Target};
 use crate::producer::RabbitProducer;
-use crate::topology::{short, Role};
+use crate::topology::{short, Declaration, Role};
 use event_binder_core::{Capabilities, Channel, ChannelUrl, Origin, Result, Subscription};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One connection to RabbitMQ, reconnected when lost. Cheap to clone: clones share the
 /// connection.
@@ -91,6 +93,23 @@ impl RabbitChannel {
         Ok(self.names(destination, group)?.dead_letters)
     }
 
+    /// The delay queue where a delivery of a group that is nacked with `delay` waits it
+    /// out: `{prefix}{destination}.{group}.delay.{k}`, for the delays of 2^k ms up to
+    /// 2^(k+1) ms (exclusive). The delay queues of a dead-letter queue are named after it
+    /// the same way: `{dead-letter queue}.delay.{k}`. See the crate documentation.
+    pub fn delay_queue_name(
+        &self,
+        destination: &str,
+        group: &str,
+        delay: Duration,
+    ) -> Result<String> {
+        let queue = self.queue_name(destination, group)?;
+        Ok(names::delay_queue(
+            &queue,
+            delay::bucket(delay::delay_millis(delay)),
+        ))
+    }
+
     fn names(&self, destination: &str, group: Option<&str>) -> Result<Names> {
         Names::new(&self.link.config.prefix, destination, group)
     }
@@ -101,6 +120,15 @@ impl RabbitChannel {
             queue: names.dead_letters.clone(),
             link: self.link.clone(),
         })
+    }
+
+    /// The delay queues of `queue`, for the deliveries of one consumer.
+    fn delays(&self, queue: String) -> Arc<DelayQueues> {
+        Arc::new(DelayQueues::new(
+            self.admin.clone(),
+            self.link.clone(),
+            queue,
+        ))
     }
 
     /// Whether the queue `role` consumes counts deliveries: a quorum queue does.
@@ -143,24 +171,30 @@ impl Channel for RabbitChannel {
     /// No ordering by key (a requeued message goes back ahead of later ones on a classic
     /// queue and behind them on a quorum queue, a consumer holding several deliveries may
     /// settle them in any order, and competing consumers interleave); durable groups; the
-    /// configured largest message.
+    /// configured largest message; delayed redelivery (a group's delivery nacked with a
+    /// delay waits in a delay queue, see [`RabbitAcknowledger::nack`](crate::RabbitAcknowledger));
+    /// counted deliveries for groups (see [`counts_deliveries`](Self::counts_deliveries)).
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .ordering_by_key(false)
             .durable_groups(true)
             .max_message_size(self.link.config.max_message_size)
-            .counts_deliveries(self.link.config.queue_type == QueueType::Quorum)
+            .counts_deliveries(true)
+            .delayed_redelivery(true)
     }
 
-    /// Quorum queues count deliveries; classic ones, and anonymous subscriptions' queues
-    /// (always classic), do not.
+    /// True for groups, on both queue types: every retry through a delay queue counts, the
+    /// copy carrying the attempt of the delivery handed back (so retries through the broker
+    /// are counted, 1, 2, 3, …, up to the retry policy's last attempt). What differs is a
+    /// delivery that is not settled (the consumer crashed, its connection went) or is
+    /// nacked without a delay: a quorum queue counts each one, while a classic queue only
+    /// flags the message as redelivered, so there any number of them in a row counts once
+    /// (`attempt` is one more than the delivery before them, never more).
+    ///
+    /// False for anonymous subscriptions: a nack with a delay holds the message in the
+    /// consumer there, and their classic queues do not count.
     fn counts_deliveries(&self, subscription: &Subscription) -> bool {
-        let role = if subscription.group_name().is_some() {
-            Role::Group
-        } else {
-            Role::Anonymous
-        };
-        self.queue_counts_deliveries(role)
+        subscription.group_name().is_some()
     }
 
     async fn provision(&self, destination: &str, group: Option<&str>) -> Result<()> {
@@ -174,7 +208,9 @@ impl Channel for RabbitChannel {
             "provisioning {destination} / {}",
             group.unwrap_or("(no group)")
         );
-        self.admin.declare(&names, role, &what).await
+        self.admin
+            .declare(Declaration::Topology(&names, role), &what)
+            .await
     }
 
     async fn producer(&self, destination: &str) -> Result<RabbitProducer> {
@@ -199,12 +235,14 @@ impl Channel for RabbitChannel {
         } else {
             Role::Anonymous
         };
+        let delays = names.queue.clone().map(|queue| self.delays(queue));
         let source = Source {
             role,
             prefetch: self.prefetch(subscription),
             origin: Origin::new(subscription.destination(), group),
             names,
             counts_deliveries: self.queue_counts_deliveries(role),
+            delays,
         };
         let consumer = RabbitConsumer::open(
             self.link.clone(),
@@ -226,6 +264,7 @@ impl Channel for RabbitChannel {
             role: Role::DeadLetters,
             prefetch: self.prefetch(&subscription),
             origin: Origin::new(destination, group),
+            delays: Some(self.delays(names.dead_letters.clone())),
             names,
             counts_deliveries: self.queue_counts_deliveries(Role::DeadLetters),
         };

@@ -169,7 +169,8 @@ pub struct RabbitConfig {
     /// the broker deletes such a queue, with its messages, once it has had no consumer for
     /// that long; and exchanges are declared auto-delete, so an exchange goes once its last
     /// queue has. For tests and short-lived groups, so that they leave nothing behind on the
-    /// broker; leave it unset in production. Queues and exchanges keep the arguments they
+    /// broker; leave it unset in production. Delay queues get it plus the longest delay
+    /// they hold (see the crate documentation). Queues and exchanges keep the arguments they
     /// were first declared with: changing this for existing ones makes their declaration
     /// fail.
     pub queue_expires: Option<Duration>,
@@ -181,7 +182,8 @@ pub struct RabbitConfig {
     /// or [`QueueType::Quorum`], which counts deliveries so that `attempt` grows past 2 and
     /// a message that crashes the process every time is dead-lettered after
     /// [`RetryPolicy::max_deliveries`](event_binder_core::RetryPolicy::max_deliveries).
-    /// Anonymous subscriptions' queues are always classic.
+    /// Anonymous subscriptions' queues are always classic, and delay queues (where delayed
+    /// redeliveries wait) always quorum.
     pub queue_type: QueueType,
 }
 

@@ -1,6 +1,7 @@
 //! Consumers: one AMQP channel each, `basic.qos` then `basic.consume` with manual acks.
 
 use crate::convert;
+use crate::delay::DelayQueues;
 use crate::error::{Failure, BACKEND};
 use crate::link::Link;
 use crate::names::Names;
@@ -31,6 +32,10 @@ pub(crate) struct Source {
     pub(crate) origin: Arc<Origin>,
     /// Whether the queue counts deliveries (`x-delivery-count`: a quorum queue).
     pub(crate) counts_deliveries: bool,
+    /// Where a delivery handed back with a delay waits it out: the delay queues of a
+    /// group's or dead-letter queue. `None` for an anonymous subscription, whose
+    /// server-named queue goes away with its consumer: its deliveries wait in the consumer.
+    pub(crate) delays: Option<Arc<DelayQueues>>,
 }
 
 /// Everything a delivery needs to dead-letter itself.
@@ -192,18 +197,30 @@ impl RabbitConsumer {
             data,
             ..
         } = delivery;
-        let attempt = convert::attempt(
+        // Deliveries before a trip through a delay queue, plus those of this copy.
+        let attempt = convert::earlier_deliveries(&properties).saturating_add(convert::attempt(
             redelivered,
             self.source
                 .counts_deliveries
                 .then(|| convert::delivery_count(&properties))
                 .flatten(),
-        );
-        let message = convert::decode(exchange.as_str(), routing_key.as_str(), &properties, data);
+        ));
+        let message = Arc::new(convert::decode(
+            exchange.as_str(),
+            routing_key.as_str(),
+            &properties,
+            data,
+        ));
+        let hand_back = self.source.delays.as_ref().map(|queues| HandBack {
+            queues: queues.clone(),
+            message: message.clone(),
+            attempt,
+        });
         let settle = RabbitAcknowledger {
             channel: channel.clone(),
             delivery_tag,
             dead_letters: self.dead_letters.clone(),
+            hand_back,
         };
         Delivery::new(message, attempt, self.source.origin.clone(), settle)
     }
@@ -320,6 +337,16 @@ pub struct RabbitAcknowledger {
     channel: Arc<lapin::Channel>,
     delivery_tag: u64,
     dead_letters: Arc<DeadLetters>,
+    /// What a nack with a delay publishes, and where; `None` for an anonymous subscription.
+    hand_back: Option<HandBack>,
+}
+
+/// A delivery as a nack with a delay hands it back: the message and its attempt, for the
+/// copy, and the delay queues the copy goes to.
+struct HandBack {
+    queues: Arc<DelayQueues>,
+    message: Arc<Message>,
+    attempt: u32,
 }
 
 impl fmt::Debug for RabbitAcknowledger {
@@ -363,6 +390,18 @@ impl RabbitAcknowledger {
         )
     }
 
+    /// Requeues the message after `delay`, from a task of its own: meanwhile the message
+    /// stays unacknowledged, and holds one of the consumer's prefetch slots; dropping the
+    /// consumer before then requeues it too.
+    fn requeue_later(self, delay: Duration) {
+        tokio::spawn(async move {
+            sleep(delay).await;
+            if let Err(err) = self.requeue().await {
+                tracing::debug!(error = %err, "rabbitmq: delayed nack failed");
+            }
+        });
+    }
+
     /// Hands `basic.ack` to the connection without waiting for it to be written: the
     /// broker does not answer acks, and should the write fail, the connection is gone and
     /// the broker delivers the message again. Saves a wake-up per message.
@@ -391,22 +430,56 @@ impl Acknowledger for RabbitAcknowledger {
         Some(self.ack_now())
     }
 
-    /// Requeues the message (`basic.reject` with requeue, which a quorum queue counts in
-    /// `x-delivery-count`). With a delay, the reject is sent after it by a task of its own,
-    /// and the message stays unacknowledged (counting against the prefetch) meanwhile;
+    /// Without a delay, requeues the message (`basic.reject` with requeue, which a quorum
+    /// queue counts in `x-delivery-count`).
+    ///
+    /// With a delay, on a group or a dead-letter queue: publishes a copy of the message to
+    /// the delay queue of that queue and delay, `{queue}.delay.{k}` for a delay of 2^k ms
+    /// up to 2^(k+1) ms (exclusive), with the delay as its TTL (`expiration`, in whole
+    /// milliseconds, rounded up) and its attempt in the `message-deliveries` header; once
+    /// the broker has confirmed the copy, acknowledges the original. The consumer holds
+    /// nothing meanwhile. When its TTL is over, RabbitMQ moves the copy back to the queue,
+    /// after at least the delay and at most twice it; its attempt is then one more than
+    /// this delivery's. If the copy cannot be stored, the message waits in the consumer
+    /// instead (as on an anonymous subscription) and the error says so.
+    ///
+    /// With a delay, on an anonymous subscription (whose server-named, exclusive queue has
+    /// no lasting name to come back to): the reject is sent after the delay by a task of
+    /// its own, and the message stays unacknowledged (holding a prefetch slot) meanwhile;
     /// dropping the consumer before then requeues it too.
-    async fn nack(self, delay: Option<Duration>) -> Result<()> {
-        match delay {
-            Some(delay) if !delay.is_zero() => {
-                tokio::spawn(async move {
-                    sleep(delay).await;
-                    if let Err(err) = self.requeue().await {
-                        tracing::debug!(error = %err, "rabbitmq: delayed nack failed");
-                    }
-                });
+    async fn nack(mut self, delay: Option<Duration>) -> Result<()> {
+        let delay = match delay {
+            Some(delay) if !delay.is_zero() => delay,
+            _ => return self.requeue().await,
+        };
+        let Some(hand_back) = self.hand_back.take() else {
+            self.requeue_later(delay);
+            return Ok(());
+        };
+        let handed = hand_back
+            .queues
+            .hand_back(&hand_back.message, hand_back.attempt, delay)
+            .await;
+        match handed {
+            Ok(()) => {
+                // Stored: a lost ack only means the message comes twice (at least once).
+                if let Err(error) = self.ack_now() {
+                    tracing::warn!(%error, "rabbitmq: acknowledging a message handed back with a delay failed");
+                }
                 Ok(())
             }
-            _ => self.requeue().await,
+            Err(error) => {
+                self.requeue_later(delay);
+                Err(Error::broker_source(
+                    BACKEND,
+                    format!(
+                        "could not hand the message back to the broker for a delayed \
+                         redelivery ({error}); it waits in the consumer instead, and is \
+                         requeued after {delay:?}"
+                    ),
+                    error,
+                ))
+            }
         }
     }
 

@@ -35,10 +35,50 @@ const BROKER_HEADERS: [&str; 4] = [
 /// on receipt, refused on sending.
 pub(crate) const DELIVERY_COUNT: &str = "x-delivery-count";
 
+/// The header in which the copy of a message handed back with a delay (see
+/// [`encode_delayed`]) carries the attempt of the delivery that was handed back: the
+/// deliveries of the message before the copy, which the queue the copy returns to cannot
+/// know of. It is the delivery's `attempt`, not a header of the message: taken out on
+/// receipt, refused on sending.
+pub(crate) const EARLIER_DELIVERIES: &str = "message-deliveries";
+
+/// Refuses a header of the message that would forge a delivery's attempt.
+fn refuse_reserved(name: &str) -> Result<()> {
+    let reason = match name {
+        DELIVERY_COUNT => "RabbitMQ's quorum queues count deliveries in it",
+        EARLIER_DELIVERIES => "it carries the deliveries before a delayed redelivery",
+        _ => return Ok(()),
+    };
+    Err(Error::InvalidName {
+        kind: "header",
+        name: name.to_owned(),
+        reason: format!("{reason} (the delivery's attempt); a message cannot set it"),
+    })
+}
+
+/// Whether RabbitMQ added the header on the message's way through a queue.
+fn is_broker_header(name: &str) -> bool {
+    BROKER_HEADERS.iter().any(|broker| name.starts_with(broker))
+}
+
 /// The earlier deliveries a quorum queue counted for this one, from its `x-delivery-count`
 /// header (whatever integer type the broker used); `None` when absent or not a count.
 pub(crate) fn delivery_count(properties: &BasicProperties) -> Option<u64> {
-    let value = properties.headers().as_ref()?.inner().get(DELIVERY_COUNT)?;
+    count(properties, DELIVERY_COUNT)
+}
+
+/// The deliveries of the message before the delay queue this one came back from: its
+/// [`EARLIER_DELIVERIES`] header; 0 when it did not come through a delay queue.
+pub(crate) fn earlier_deliveries(properties: &BasicProperties) -> u32 {
+    count(properties, EARLIER_DELIVERIES)
+        .map(|count| u32::try_from(count).unwrap_or(u32::MAX))
+        .unwrap_or(0)
+}
+
+/// A header holding a count, whatever integer type (or text) it came as; `None` when
+/// absent or not a count.
+fn count(properties: &BasicProperties, name: &str) -> Option<u64> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
     match value {
         AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
         AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
@@ -95,18 +135,33 @@ impl Outgoing {
 /// the basic properties; the key is the routing key (unless `routing_key` names a queue)
 /// and the `message-key` header; headers become long strings in the header table.
 pub(crate) fn encode(message: &Message, routing_key: Option<&str>) -> Result<Outgoing> {
+    encode_with(message, routing_key, None)
+}
+
+/// The copy of a message handed back with a delay, for its delay queue: as [`encode`]
+/// makes it, plus the `expiration` property (the delay, in milliseconds: RabbitMQ moves the
+/// copy back to the queue it came from once it has waited that long) and the
+/// [`EARLIER_DELIVERIES`] header (`attempt`, the delivery that was handed back). Headers
+/// RabbitMQ added on an earlier trip through a queue (`x-death`, …) are left out: the
+/// broker writes them as tables, and they came back as text.
+pub(crate) fn encode_delayed(
+    message: &Message,
+    delay_queue: &str,
+    attempt: u32,
+    delay_millis: u32,
+) -> Result<Outgoing> {
+    encode_with(message, Some(delay_queue), Some((attempt, delay_millis)))
+}
+
+/// [`encode`], or with `delayed` (attempt, delay in ms), [`encode_delayed`].
+fn encode_with(
+    message: &Message,
+    routing_key: Option<&str>,
+    delayed: Option<(u32, u32)>,
+) -> Result<Outgoing> {
     let mut headers = BTreeMap::new();
     let mut table_len = 4;
     let mut add = |name: &str, value: &str| -> Result<()> {
-        if name == DELIVERY_COUNT {
-            return Err(Error::InvalidName {
-                kind: "header",
-                name: name.to_owned(),
-                reason: "RabbitMQ's quorum queues count deliveries in it (the delivery's \
-                         attempt); a message cannot set it"
-                    .to_owned(),
-            });
-        }
         let key = ShortString::try_new(name).map_err(|_| Error::InvalidName {
             kind: "header",
             name: name.to_owned(),
@@ -126,6 +181,10 @@ pub(crate) fn encode(message: &Message, routing_key: Option<&str>) -> Result<Out
         Ok(())
     };
     for (name, value) in message.headers().iter() {
+        refuse_reserved(name)?;
+        if delayed.is_some() && is_broker_header(name) {
+            continue;
+        }
         add(name, value)?;
     }
     let millis = message.timestamp_millis();
@@ -137,6 +196,13 @@ pub(crate) fn encode(message: &Message, routing_key: Option<&str>) -> Result<Out
         .with_delivery_mode(PERSISTENT)
         .with_timestamp(millis / 1000);
     let mut properties_len = 2 + 1 + 8;
+    if let Some((attempt, delay_millis)) = delayed {
+        add(EARLIER_DELIVERIES, &attempt.to_string())?;
+        let expiration = delay_millis.to_string();
+        properties_len += 1 + expiration.len();
+        properties =
+            properties.with_expiration(ShortString::try_new(expiration).unwrap_or_default());
+    }
     match ShortString::try_new(message.id()) {
         Ok(id) => {
             properties_len += 1 + message.id().len();
@@ -188,13 +254,19 @@ pub(crate) fn decode(
 ) -> Message {
     let mut headers = event_binder_core::Headers::new();
     if let Some(table) = properties.headers() {
+        // What RabbitMQ wrote when it moved a copy back from its delay queue (`x-death`, …)
+        // tells of this backend's workings, not of the message.
+        let delayed = table.inner().contains_key(EARLIER_DELIVERIES);
         for (name, value) in table {
-            headers.insert(name.as_str(), render(value));
+            if !(delayed && is_broker_header(name.as_str())) {
+                headers.insert(name.as_str(), render(value));
+            }
         }
     }
-    // The broker's count of earlier deliveries is the delivery's attempt, not a header:
-    // kept, it would travel on with a dead letter and count against it in its next queue.
+    // The counts of earlier deliveries are the delivery's attempt, not headers: kept, they
+    // would travel on with a dead letter and count against it in its next queue.
     headers.remove(DELIVERY_COUNT);
+    headers.remove(EARLIER_DELIVERIES);
     let key = headers.remove(header::KEY).or_else(|| {
         (!exchange.is_empty() && !routing_key.is_empty()).then(|| routing_key.to_owned())
     });
@@ -264,10 +336,7 @@ pub(crate) fn derived_id(
     field(short(properties.user_id()).as_bytes());
     field(&properties.timestamp().unwrap_or_default().to_be_bytes());
     for (header_name, value) in headers.iter() {
-        if BROKER_HEADERS
-            .iter()
-            .any(|broker| header_name.starts_with(broker))
-        {
+        if is_broker_header(header_name) {
             continue;
         }
         field(header_name.as_bytes());
@@ -526,6 +595,69 @@ mod tests {
         assert_eq!(attempt(true, Some(u64::MAX)), u32::MAX);
 
         let forged = Message::new("b").with_header(DELIVERY_COUNT, "7");
+        assert!(matches!(
+            encode(&forged, None),
+            Err(Error::InvalidName { kind: "header", .. })
+        ));
+    }
+
+    #[test]
+    fn a_delayed_copy_carries_its_delay_and_attempt_and_comes_back_as_the_message() {
+        let message = Message::new("b")
+            .with_key("k")
+            .with_header("tenant", "acme")
+            .with_header("x-death", "[{\"count\":1}]");
+        let copy = encode_delayed(&message, "t-orders.billing.delay.8", 4, 300).unwrap();
+        assert_eq!(copy.routing_key.as_str(), "t-orders.billing.delay.8");
+        assert_eq!(
+            copy.properties.expiration().as_ref().map(|e| e.as_str()),
+            Some("300")
+        );
+        let table = copy.properties.headers().clone().unwrap();
+        assert_eq!(
+            table.inner().get(EARLIER_DELIVERIES),
+            Some(&AMQPValue::LongString("4".into()))
+        );
+        assert!(
+            table.inner().get("x-death").is_none(),
+            "the broker's x-death is left out of the copy"
+        );
+        let mut without_death = message.clone();
+        without_death.headers_mut().remove("x-death");
+        let plain = encode(&without_death, Some("t-orders.billing.delay.8")).unwrap();
+        let header = 1 + EARLIER_DELIVERIES.len() + 1 + 4 + "4".len();
+        let expiration = 1 + "300".len();
+        assert_eq!(
+            copy.header_frame_len,
+            plain.header_frame_len + header + expiration,
+            "the header frame is measured with what the copy adds"
+        );
+
+        // Back in the group's queue, with what RabbitMQ adds when it moves it there.
+        let mut table = table;
+        table.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        table.insert(
+            "x-first-death-queue".into(),
+            AMQPValue::LongString("t-orders.billing.delay.8".into()),
+        );
+        let properties = copy.properties.clone().with_headers(table);
+        assert_eq!(earlier_deliveries(&properties), 4);
+        let back = decode("", "t-orders.billing", &properties, b"b".to_vec());
+        assert_eq!(back.id(), message.id());
+        assert_eq!(back.key(), Some("k"));
+        let mut expected = message.headers().clone();
+        expected.remove("x-death");
+        assert_eq!(back.headers(), &expected, "no trace of the trip is left");
+
+        // A message that did not come through a delay queue keeps the broker's headers.
+        let mut foreign = FieldTable::default();
+        foreign.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        let properties = BasicProperties::default().with_headers(foreign);
+        assert_eq!(earlier_deliveries(&properties), 0);
+        let plain = decode("orders", "", &properties, vec![]);
+        assert_eq!(plain.headers().get("x-death"), Some("[]"));
+
+        let forged = Message::new("b").with_header(EARLIER_DELIVERIES, "7");
         assert!(matches!(
             encode(&forged, None),
             Err(Error::InvalidName { kind: "header", .. })

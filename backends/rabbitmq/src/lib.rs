@@ -37,14 +37,17 @@
 //! | `send` | `basic.publish` (mandatory, persistent) on a confirm-mode channel, returning after the publisher confirm |
 //! | prefetch | `basic.qos` on each consumer's own channel: [`RabbitConfig::prefetch`], else the subscription's (the handler's concurrency) |
 //! | ack / nack / dead letter | `basic.ack` (handed to the connection; the broker does not answer it) / `basic.reject` with requeue / a confirmed publish to the dead-letter queue, then `basic.ack` |
-//! | attempt | quorum queues: the `x-delivery-count` header + 1 (1, 2, 3, …); classic queues: 1, or 2 when the broker flags the delivery as redelivered (RabbitMQ counts no further) |
+//! | nack with a delay | groups and dead letters: a confirmed publish of a copy to a delay queue `{queue}.delay.{k}` (a quorum queue) with the delay as its TTL, then `basic.ack`; RabbitMQ moves the copy back once expired (see [Delayed redelivery](#delayed-redelivery)). Anonymous subscriptions: `basic.reject` with requeue after the delay |
+//! | attempt | the `message-deliveries` header of a copy back from a delay queue (0 otherwise), plus: quorum queues, the `x-delivery-count` header + 1 (1, 2, 3, …); classic queues, 1, or 2 when the broker flags the delivery as redelivered (RabbitMQ counts no further) |
 //!
 //! Logical names hold only letters, digits, `-` and `_`, so the dots keep every physical
 //! name distinct: a group named `dlq` has the queue `{prefix}{destination}.dlq`, which never
 //! meets the anonymous dead letters' `{prefix}{destination}..dlq`. The prefix
-//! ([`RabbitConfig::prefix`]) keeps applications and test runs apart on one broker. The
-//! physical names are also available from [`RabbitChannel::exchange_name`],
-//! [`RabbitChannel::queue_name`] and [`RabbitChannel::dead_letter_queue_name`].
+//! ([`RabbitConfig::prefix`]) keeps applications and test runs apart on one broker. A delay
+//! queue adds `.delay.{k}` to the name of its queue (three dots or more: it meets no group
+//! or dead-letter queue). The physical names are also available from
+//! [`RabbitChannel::exchange_name`], [`RabbitChannel::queue_name`],
+//! [`RabbitChannel::dead_letter_queue_name`] and [`RabbitChannel::delay_queue_name`].
 //!
 //! # Queue types: which to pick
 //!
@@ -56,8 +59,10 @@
 //! [`RetryPolicy::max_deliveries`](event_binder_core::RetryPolicy::max_deliveries) needs to
 //! stop a poison message that crashes the process (or hangs until it is killed) every time:
 //! on a quorum queue its `attempt` grows 1, 2, 3, … with every delivery left unsettled, and
-//! the runtime dead-letters it once past the cap; on a classic queue `attempt` is 1 or 2,
-//! so such a message comes back forever. Classic queues remain the choice for the lowest
+//! the runtime dead-letters it once past the cap; on a classic queue such deliveries in a
+//! row count once (`attempt` 1, then 2, and 2 again), so such a message comes back forever.
+//! Retries through the broker (delayed nacks) count on both types (see
+//! [Delayed redelivery](#delayed-redelivery)). Classic queues remain the choice for the lowest
 //! latency on a single node, where replication and poison-message protection do not matter.
 //!
 //! - **What counts.** A quorum queue's `x-delivery-count` counts the times a message came
@@ -82,14 +87,73 @@
 //! - **Requeued messages.** A nacked message goes back to the end of a quorum queue, behind
 //!   those already waiting (seen on RabbitMQ 3.10; RabbitMQ 4 does the same), where a
 //!   classic queue puts it back at the head. Nothing here depends on either, and ordering
-//!   by key is not claimed on any queue type. A nack with a delay waits in this client, as
-//!   on classic queues.
+//!   by key is not claimed on any queue type. A nack with a delay waits in a delay queue,
+//!   as on classic queues.
 //! - **Switching** an existing group from one type to the other makes its declaration fail
 //!   with the broker's `inequivalent arg 'x-queue-type'` error: delete the queue, or move its
 //!   messages to a queue of the new type, first.
 //! - A virtual host (or node) whose *default queue type* is quorum makes the queues
 //!   declared as classic here quorum ones; `attempt` then still reads 1 or 2: set
 //!   `queue_type=quorum` to match.
+//!
+//! # Delayed redelivery
+//!
+//! A delivery of a group nacked with a delay (what
+//! [`RetryPolicy::through_broker`](event_binder_core::RetryPolicy::through_broker) does
+//! between attempts) waits in the broker, not in the consumer, which goes on with other
+//! messages meanwhile:
+//!
+//! - **The copy.** A copy of the message (same id, key, headers, payload, content type and
+//!   timestamp) is published, with publisher confirms, to a *delay queue* of the group's
+//!   queue, with the delay as its TTL (the `expiration` property, in whole milliseconds,
+//!   rounded up; at most 2³² − 1 ms, about 49.7 days) and the delivery's attempt in the
+//!   `message-deliveries` header; once the broker has confirmed it, the original is
+//!   acknowledged. Should the ack be lost, the message comes twice, with the same id (the
+//!   idempotency store sees it once). AMQP properties that event-binder does not map
+//!   (`correlation-id`, `reply-to`, …, from foreign clients) are not copied, nor are
+//!   RabbitMQ's `x-death` headers.
+//! - **Coming back.** A delay queue dead-letters expired messages to the group's queue
+//!   through the default exchange. It is a durable quorum queue with
+//!   `x-dead-letter-strategy: at-least-once` and `x-overflow: reject-publish`, so the move
+//!   back is confirmed by the group's queue before the copy leaves the delay queue: nothing
+//!   is lost, whatever becomes of the consumer or the connection meanwhile. This takes
+//!   RabbitMQ 3.10 or later (whatever [`QueueType`] the group has). The copy comes back
+//!   with no trace of the trip: `x-death` and the other headers RabbitMQ adds when
+//!   dead-lettering, and `message-deliveries`, are not among the message's headers.
+//! - **Buckets: at most twice the delay.** RabbitMQ expires messages only at the head of a
+//!   queue, so a short delay behind a long one would wait for it. Delays are sorted into
+//!   buckets by powers of two, one delay queue each: `{queue}.delay.{k}` holds the delays
+//!   of 2^k ms up to 2^(k+1) ms (exclusive), `k` from 0 to 31 (300 ms goes to
+//!   `….delay.8`, 256 to 511 ms). Every message ahead of one in its bucket was published
+//!   before it with a delay shorter than twice its own, so a delayed message comes back
+//!   after at least its delay and at most twice it (plus the broker's own latency).
+//!   A consumer declares a bucket's queue at its first use, and with
+//!   [`RabbitConfig::queue_expires`] again once half of it has passed; the queue's
+//!   `x-expires` is the configured one plus the bucket's longest delay, as RabbitMQ
+//!   counts a queue without consumers as unused however many messages wait in it.
+//! - **Attempts.** The copy's attempt is its `message-deliveries` header plus its own
+//!   count in the group's queue, so attempts go on 1, 2, 3, … across delayed retries, on
+//!   classic and quorum queues alike, and the runtime dead-letters the message after its
+//!   last attempt. What the two types count differently is a delivery left unsettled (a
+//!   crash, a lost connection) or nacked without a delay: a quorum queue counts each,
+//!   a classic queue counts a row of them once. So
+//!   [`counts_deliveries`](event_binder_core::Channel::counts_deliveries) is claimed for
+//!   groups on both types.
+//! - **When the copy cannot be stored** (the delay queue cannot be declared or refuses
+//!   it), the message is kept: it waits in the consumer and is requeued after the delay,
+//!   holding a prefetch slot meanwhile, and the nack returns the error, which the runtime
+//!   logs. The next delayed nack declares the delay queue again. On a classic queue such a
+//!   requeue counts as a redelivery only.
+//! - **Dead letters.** A delivery read from
+//!   [`dead_letters`](event_binder_core::Channel::dead_letters) and nacked with a delay
+//!   waits the same way, in the delay queues of the dead-letter queue,
+//!   `{dead-letter queue}.delay.{k}`.
+//! - **Anonymous subscriptions** keep the delay in the consumer: their queue is
+//!   server-named and exclusive, with no lasting name to come back to. The `basic.reject`
+//!   (with requeue) is sent after the delay from a task of its own, and the message stays
+//!   unacknowledged, holding a prefetch slot, meanwhile; dropping the consumer requeues it
+//!   at once. `counts_deliveries` is false for them, so the runtime's retries wait in
+//!   process there.
 //!
 //! # Semantics
 //!
@@ -116,6 +180,9 @@
 //!   [`Error::InvalidName`](event_binder_core::Error::InvalidName).
 //! - **Reserved headers.** `message-id`, `message-key`, `message-timestamp` and
 //!   `content-type` carry the fields above and are taken out of the headers on receipt.
+//!   `message-deliveries` carries the attempt of a delayed redelivery (see above): taken out
+//!   on receipt, and refused on sending with
+//!   [`Error::InvalidName`](event_binder_core::Error::InvalidName), as `x-delivery-count` is.
 //! - **Receiving.** Each consumer has its own AMQP channel and consumes with manual
 //!   acknowledgements. A message from a client that knows nothing of event-binder is still
 //!   handled: without a `message-id` property its id is a UUID v5 derived from its
@@ -123,8 +190,6 @@
 //!   same on every redelivery, so idempotent handling works (two byte-identical messages
 //!   sent without ids are therefore handled once); without a content type it is taken as
 //!   JSON; its key is the `message-key` header, else its routing key.
-//! - **Nack with a delay** sends the `basic.reject` (with requeue) after the delay from a task of its own;
-//!   the message stays unacknowledged, and counts against the prefetch, meanwhile.
 //! - **Dead letters.** The runtime's retry policy decides when a message is dead-lettered,
 //!   exactly as on every other backend (no broker-side dead-letter exchange is involved):
 //!   the dead letter, with all headers and the same id, is published to the dead-letter
@@ -162,6 +227,7 @@ mod channel;
 mod config;
 mod consumer;
 mod convert;
+mod delay;
 mod error;
 mod link;
 mod names;

@@ -10,7 +10,7 @@ use crate::convert::Outgoing;
 use crate::error::{Failure, BACKEND};
 use crate::link::{Link, Up};
 use crate::names::Names;
-use crate::topology::{self, Role};
+use crate::topology::{self, Declaration, Role};
 use event_binder_core::{Error, Result};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
@@ -36,7 +36,7 @@ pub(crate) enum Target {
         destination: String,
         exchange: ShortString,
     },
-    /// A queue, through the default exchange (dead letters).
+    /// A queue, through the default exchange (dead letters, delay queues).
     Queue { name: String },
 }
 
@@ -143,15 +143,15 @@ impl ConfirmPool {
         Ok(())
     }
 
-    /// Declares the topology of `role` for `names` on a channel of the pool.
-    pub(crate) async fn declare(&self, names: &Names, role: Role, what: &str) -> Result<()> {
+    /// Declares `declaration` on a channel of the pool.
+    pub(crate) async fn declare(&self, declaration: Declaration<'_>, what: &str) -> Result<()> {
         let deadline = Instant::now() + self.link.config.send_timeout;
         let mut failures = 0;
         let mut stale = 0;
         loop {
             let lease = self.lease(stale, deadline, what).await?;
-            match topology::declare(&lease.channel, names, role, &self.link.config).await {
-                Ok(_) => {
+            match declaration.run(&lease.channel, &self.link.config).await {
+                Ok(()) => {
                     self.give_back(lease);
                     return Ok(());
                 }

@@ -37,6 +37,43 @@ impl Role {
     }
 }
 
+/// What [`ConfirmPool::declare`](crate::pool::ConfirmPool::declare) declares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Declaration<'a> {
+    /// What a role needs (see [`declare`]).
+    Topology(&'a Names, Role),
+    /// One delay queue (see [`declare_delay_queue`]).
+    Delay(&'a DelayQueue),
+}
+
+impl Declaration<'_> {
+    /// Declares it on `channel`.
+    pub(crate) async fn run(
+        self,
+        channel: &lapin::Channel,
+        config: &RabbitConfig,
+    ) -> Result<(), Failure> {
+        match self {
+            Declaration::Topology(names, role) => {
+                declare(channel, names, role, config).await.map(drop)
+            }
+            Declaration::Delay(queue) => declare_delay_queue(channel, queue, config).await,
+        }
+    }
+}
+
+/// A delay queue: where a message handed back with a delay waits it out, until RabbitMQ
+/// moves it back to the queue it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DelayQueue {
+    /// Its name, [`names::delay_queue`](crate::names::delay_queue).
+    pub(crate) name: String,
+    /// The queue its messages go back to once expired.
+    pub(crate) target: String,
+    /// No message waits in it longer than this.
+    pub(crate) longest: Duration,
+}
+
 /// Declares what `role` needs; returns the queue to consume, if the role has one. With
 /// [`RabbitConfig::queue_expires`], queues get it as `x-expires` and exchanges are
 /// auto-delete; group and dead-letter queues are of [`RabbitConfig::queue_type`].
@@ -117,6 +154,53 @@ pub(crate) async fn declare(
     Ok(Some(queue))
 }
 
+/// Declares a delay queue: a durable quorum queue whose expired messages (each has its own
+/// TTL, the `expiration` property) are dead-lettered back to the queue they came from,
+/// through the default exchange.
+///
+/// A quorum queue, because only its `at-least-once` dead-lettering (RabbitMQ 3.10 and
+/// later, which requires `x-overflow: reject-publish`) waits for the target queue to
+/// confirm a message before removing it: the classic queues' dead-lettering drops a
+/// message the target cannot take. With [`RabbitConfig::queue_expires`], the queue's
+/// `x-expires` is that plus the longest delay it holds, so it never expires under a
+/// message still waiting in it (a queue without consumers counts as unused however many
+/// messages it holds); [`DelayQueues`](crate::delay::DelayQueues) declares it again well
+/// before that.
+pub(crate) async fn declare_delay_queue(
+    channel: &lapin::Channel,
+    queue: &DelayQueue,
+    config: &RabbitConfig,
+) -> Result<(), Failure> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let arguments = delay_queue_arguments(queue, config.queue_expires);
+    channel
+        .queue_declare(short(&queue.name), durable, arguments)
+        .await
+        .map_err(|err| declaring_delay_queue(err, queue))?;
+    Ok(())
+}
+
+/// The failure of declaring a delay queue; when the broker does not know its arguments,
+/// the error says which RabbitMQ it takes.
+fn declaring_delay_queue(err: lapin::Error, queue: &DelayQueue) -> Failure {
+    let text = err.to_string();
+    let what = if ["x-dead-letter-strategy", "x-overflow", "x-queue-type"]
+        .iter()
+        .any(|argument| text.contains(argument))
+    {
+        format!(
+            "declaring delay queue {:?} (a quorum queue with at-least-once dead-lettering,              which takes RabbitMQ 3.10 or later)",
+            queue.name
+        )
+    } else {
+        format!("declaring delay queue {:?}", queue.name)
+    };
+    Failure::from_lapin(err, &what)
+}
+
 /// The failure of declaring a durable queue; when the queue exists with another type, the
 /// error says how to proceed.
 fn declaring_queue(err: lapin::Error, queue: &str, queue_type: QueueType) -> Failure {
@@ -161,6 +245,24 @@ fn queue_arguments(expires: Option<Duration>, queue_type: QueueType) -> FieldTab
     arguments
 }
 
+/// The arguments of a delay queue (see [`declare_delay_queue`]).
+fn delay_queue_arguments(queue: &DelayQueue, expires: Option<Duration>) -> FieldTable {
+    let expires = expires.map(|expires| {
+        expires
+            .saturating_add(queue.longest)
+            .min(RabbitConfig::MAX_QUEUE_EXPIRES)
+    });
+    let mut arguments = queue_arguments(expires, QueueType::Quorum);
+    let mut text = |name: &str, value: &str| {
+        arguments.insert(name.into(), AMQPValue::LongString(value.into()));
+    };
+    text("x-dead-letter-exchange", "");
+    text("x-dead-letter-routing-key", &queue.target);
+    text("x-dead-letter-strategy", "at-least-once");
+    text("x-overflow", "reject-publish");
+    arguments
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +290,33 @@ mod tests {
             Role::DeadLetters.queue_type(QueueType::Quorum),
             QueueType::Quorum
         );
+    }
+
+    #[test]
+    fn delay_queues_dead_letter_back_at_least_once_and_outlive_their_longest_delay() {
+        let queue = DelayQueue {
+            name: "t-orders.billing.delay.8".into(),
+            target: "t-orders.billing".into(),
+            longest: Duration::from_millis(512),
+        };
+        let arguments = delay_queue_arguments(&queue, Some(Duration::from_secs(1)));
+        let text = |value: &str| Some(AMQPValue::LongString(value.into()));
+        let get = |name: &str| arguments.inner().get(name).cloned();
+        assert_eq!(get("x-queue-type"), text("quorum"));
+        assert_eq!(get("x-dead-letter-exchange"), text(""));
+        assert_eq!(get("x-dead-letter-routing-key"), text("t-orders.billing"));
+        assert_eq!(get("x-dead-letter-strategy"), text("at-least-once"));
+        assert_eq!(get("x-overflow"), text("reject-publish"));
+        assert_eq!(get("x-expires"), Some(AMQPValue::LongLongInt(1512)));
+        let longest = delay_queue_arguments(&queue, Some(RabbitConfig::MAX_QUEUE_EXPIRES));
+        let max = i64::try_from(RabbitConfig::MAX_QUEUE_EXPIRES.as_millis()).unwrap();
+        assert_eq!(
+            longest.inner().get("x-expires"),
+            Some(&AMQPValue::LongLongInt(max))
+        );
+        assert!(delay_queue_arguments(&queue, None)
+            .inner()
+            .get("x-expires")
+            .is_none());
     }
 }
