@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: makes sure every broker the tests need is up (installing and
-# starting it where it is missing), then runs every test of every crate with every backend
-# feature on: cargo-nextest for unit and integration tests (each test a process of its own,
-# many at once: .config/nextest.toml), cargo test for doc tests. A missing broker fails the
-# run; nothing is skipped. The brokers are set up while the tests compile. Arguments are
+# The whole test suite: makes sure every broker and database the tests need is up
+# (installing and starting it where it is missing), then runs every test of every crate with
+# every feature on: cargo-nextest for unit and integration tests (each test a process of its
+# own, many at once: .config/nextest.toml), cargo test for doc tests. A missing broker or
+# database fails the run; nothing is skipped. They are set up while the tests compile. Arguments are
 # test-name filters, passed to both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 pids=()
-for broker in rabbitmq kafka sns-sqs; do
+for broker in rabbitmq kafka sns-sqs postgres redis; do
     scripts/$broker.sh &
     pids+=("$!")
 done

@@ -43,6 +43,8 @@
 //! | `rabbitmq` | no | `amqp://` and `amqps://` URLs: RabbitMQ through lapin |
 //! | `kafka` | no | `kafka://` URLs: Apache Kafka through rdkafka |
 //! | `sns-sqs` | no | `sns-sqs://` URLs: Amazon SNS+SQS through the AWS SDK |
+//! | `postgres` | no | `postgres::PostgresStore`: handled ids in PostgreSQL |
+//! | `redis` | no | `redis::RedisStore`: handled ids in Redis |
 
 mod any;
 
@@ -143,4 +145,20 @@ pub mod kafka {
 pub mod sns_sqs {
     #[doc(inline)]
     pub use event_binder_sns_sqs::*;
+}
+
+/// The PostgreSQL idempotency store (sqlx): handled ids that survive restarts and are
+/// shared by every instance of a group.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    #[doc(inline)]
+    pub use event_binder_postgres::*;
+}
+
+/// The Redis idempotency store (redis): handled ids that survive restarts and are shared by
+/// every instance of a group.
+#[cfg(feature = "redis")]
+pub mod redis {
+    #[doc(inline)]
+    pub use event_binder_redis::*;
 }
