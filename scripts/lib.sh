@@ -7,6 +7,17 @@ fail() {
     exit 1
 }
 
+# Runs a command as root: directly when root already, through sudo otherwise.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -E "$@"
+    else
+        fail "need root (or sudo) to run: $*"
+    fi
+}
+
 # Whether something accepts connections on $HOST, port $1 ($PORT when not given).
 answers() {
     (exec 3<>"/dev/tcp/$HOST/${1:-$PORT}") 2>/dev/null

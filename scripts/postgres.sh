@@ -17,16 +17,6 @@ STARTUP_TIMEOUT=${POSTGRES_STARTUP_TIMEOUT:-60}
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -E "$@"
-    else
-        fail "need root (or sudo) to run: $*"
-    fi
-}
-
 # Whether PostgreSQL itself answers a query in $1 (default the test database) as $DB_USER.
 queries() {
     psql -h "$HOST" -p "$PORT" -U "$DB_USER" -d "${1:-$DATABASE}" -tAqc 'SELECT 1' \

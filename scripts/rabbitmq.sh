@@ -17,16 +17,6 @@ STARTUP_TIMEOUT=${RABBITMQ_STARTUP_TIMEOUT:-120}
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -E "$@"
-    else
-        fail "need root (or sudo) to run: $*"
-    fi
-}
-
 # Test runs leave queues behind until they expire, and quorum queues keep files open: the
 # node needs more than the 1,024 open files PAM gives the rabbitmq user by default (Debian's
 # start script runs it through su, which applies /etc/security/limits.d).

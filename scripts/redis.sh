@@ -16,16 +16,6 @@ STARTUP_TIMEOUT=${REDIS_STARTUP_TIMEOUT:-30}
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -E "$@"
-    else
-        fail "need root (or sudo) to run: $*"
-    fi
-}
-
 # Whether Redis itself answers a PING on $HOST:$PORT (not just something on the port).
 pongs() {
     [ "$(redis-cli -h "$HOST" -p "$PORT" ping 2>/dev/null)" = PONG ]

@@ -4,45 +4,25 @@
 //! (at most twice it) with its attempt counted on, survives its consumer, and a handler
 //! retried through the broker is dead-lettered after its last attempt.
 
+mod support;
+
 use event_binder_core::{
-    header, App, Channel, Consumer, Context, Delivery, Handler, HandlerSpec, Message, Producer,
-    RetryPolicy, Subscription,
+    header, App, Channel, Context, Delivery, Handler, HandlerSpec, Message, Producer, RetryPolicy,
+    Subscription,
 };
-use event_binder_rabbitmq::{QueueType, RabbitChannel, RabbitConfig, RabbitConsumer};
+use event_binder_rabbitmq::{QueueType, RabbitChannel, RabbitConsumer};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
-use tokio::time::{timeout, Instant};
+use support::{channel, prefix, receive, URL};
+use tokio::time::Instant;
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const LIMIT: Duration = Duration::from_secs(30);
-/// How long a queue of these tests lives on the broker after its last use: short, as each
-/// test leaves a few queues behind (delay queues are quorum queues, the heavier kind).
-const EXPIRES: Duration = Duration::from_secs(60);
 /// What a delayed message takes beyond its wait in the delay queue: the publish and its
 /// confirm, the move back to the group's queue, the delivery.
 const ROUND_TRIP: Duration = Duration::from_millis(300);
 const DESTINATION: &str = "jobs";
 const GROUP: &str = "workers";
-
-/// A random name prefix, so that names never meet those of another run.
-fn prefix(queue_type: QueueType) -> String {
-    let id = event_binder_core::new_message_id().replace('-', "");
-    format!("delayed-{queue_type}-{}-", &id[id.len() - 12..])
-}
-
-/// A channel (a connection of its own: a "process") on the names of `prefix`.
-async fn channel(prefix: &str, queue_type: QueueType) -> RabbitChannel {
-    let config = RabbitConfig::new(URL)
-        .expect("the URL")
-        .prefix(prefix)
-        .queue_expires(EXPIRES)
-        .queue_type(queue_type);
-    RabbitChannel::with_config(config)
-        .await
-        .expect("connecting to RabbitMQ on 127.0.0.1:5672 (run scripts/rabbitmq.sh)")
-}
 
 /// A consumer of the group, holding at most `prefetch` deliveries.
 async fn consumer(channel: &RabbitChannel, prefetch: u16) -> RabbitConsumer {
@@ -60,13 +40,6 @@ async fn send(channel: &RabbitChannel, message: &Message) {
         .send(message.clone())
         .await
         .expect("send");
-}
-
-async fn receive<C: Consumer>(consumer: &mut C, what: &str) -> Delivery<C::Acknowledger> {
-    timeout(LIMIT, consumer.receive())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {LIMIT:?}"))
-        .unwrap_or_else(|err| panic!("{what}: {err}"))
 }
 
 /// Nacks `delivery` with `delay`; returns when it did, for measuring the wait.
@@ -107,7 +80,7 @@ async fn waiting_in(raw: &lapin::Channel, queue: &str) -> u32 {
 /// A delivery nacked with a delay comes back after it, as the same message, its attempt one
 /// more each time; meanwhile the copy waits in the delay queue of its group and bucket.
 async fn comes_back_after_the_delay_counting_on(queue_type: QueueType) {
-    let channel = channel(&prefix(queue_type), queue_type).await;
+    let channel = channel(&prefix(&format!("delayed-{queue_type}")), queue_type).await;
     let mut consumer = consumer(&channel, 4).await;
     let message = Message::new(r#"{"job":1}"#)
         .with_key("customer-7")
@@ -166,7 +139,7 @@ async fn on_a_quorum_queue_a_delayed_nack_comes_back_after_the_delay_counting_on
 /// With a prefetch of 1, the next message is delivered while the nacked one waits: the
 /// consumer holds nothing for it.
 async fn a_waiting_message_holds_no_prefetch_slot(queue_type: QueueType) {
-    let channel = channel(&prefix(queue_type), queue_type).await;
+    let channel = channel(&prefix(&format!("delayed-{queue_type}")), queue_type).await;
     let mut consumer = consumer(&channel, 1).await;
     let (waiting, next) = (Message::new(r#"{"n":1}"#), Message::new(r#"{"n":2}"#));
     send(&channel, &waiting).await;
@@ -205,7 +178,7 @@ async fn on_a_quorum_queue_a_waiting_message_holds_no_prefetch_slot() {
 /// The consumer that nacked, and its whole connection, go while the message waits: a
 /// consumer of another connection gets it after the delay.
 async fn a_waiting_message_outlives_its_consumer(queue_type: QueueType) {
-    let prefix = prefix(queue_type);
+    let prefix = prefix(&format!("delayed-{queue_type}"));
     let first = channel(&prefix, queue_type).await;
     let mut gone = consumer(&first, 1).await;
     let message = Message::new(r#"{"job":2}"#);
@@ -256,7 +229,7 @@ async fn receive_all(
 /// A short delay is not held behind a long one (they wait in different buckets); within a
 /// bucket, a delay waits for those ahead of it, never to twice its length.
 async fn no_delay_waits_twice_its_length(queue_type: QueueType) {
-    let channel = channel(&prefix(queue_type), queue_type).await;
+    let channel = channel(&prefix(&format!("delayed-{queue_type}")), queue_type).await;
     let mut consumer = consumer(&channel, 4).await;
     let (long, short) = (Duration::from_secs(5), Duration::from_millis(300));
     assert_ne!(
@@ -330,7 +303,7 @@ async fn on_a_quorum_queue_no_delay_waits_twice_its_length() {
 /// attempts), and the attempts it reads from the deliveries grow, so a message that always
 /// fails is dead-lettered after the last attempt instead of coming back forever.
 async fn retried_through_the_broker_then_dead_lettered(queue_type: QueueType) {
-    let channel = channel(&prefix(queue_type), queue_type).await;
+    let channel = channel(&prefix(&format!("delayed-{queue_type}")), queue_type).await;
     let subscription = Subscription::new(DESTINATION).group(GROUP);
     assert!(channel.counts_deliveries(&subscription));
     assert!(channel.capabilities().delayed_redelivery);
@@ -397,7 +370,7 @@ async fn on_a_quorum_queue_retries_through_the_broker_end_in_the_dead_letters() 
 #[tokio::test]
 async fn a_dead_letter_nacked_with_a_delay_comes_back_to_the_dead_letters() {
     let queue_type = QueueType::Quorum;
-    let channel = channel(&prefix(queue_type), queue_type).await;
+    let channel = channel(&prefix(&format!("delayed-{queue_type}")), queue_type).await;
     let mut consumer = consumer(&channel, 1).await;
     let message = Message::new(r#"{"job":3}"#);
     send(&channel, &message).await;

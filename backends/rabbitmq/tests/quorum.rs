@@ -3,47 +3,20 @@
 //! delivery's `attempt` (1, 2, 3, … where a classic queue stops at 2), and so the runtime's
 //! `max_deliveries` stops a message that crashes the process every time.
 
+mod support;
+
 use event_binder_core::{
-    header, App, Channel, Consumer, Context, Delivery, Error, Handler, HandlerSpec, Message,
-    Producer, RetryPolicy, RunningApp, Subscription,
+    header, App, Channel, Context, Error, Handler, HandlerSpec, Message, Producer, RetryPolicy,
+    RunningApp, Subscription,
 };
-use event_binder_rabbitmq::{QueueType, RabbitChannel, RabbitConfig, RabbitConsumer};
+use event_binder_rabbitmq::{QueueType, RabbitChannel, RabbitConsumer};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
+use support::{channel, prefix, receive, EXPIRES, LIMIT, URL};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
-
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const LIMIT: Duration = Duration::from_secs(30);
-/// How long a queue of these tests lives on the broker after its last use.
-const EXPIRES: Duration = Duration::from_secs(600);
-
-/// A random name prefix, so that names never meet those of another run.
-fn prefix(what: &str) -> String {
-    let id = event_binder_core::new_message_id().replace('-', "");
-    format!("{what}-{}-", &id[id.len() - 12..])
-}
-
-/// A channel (a connection of its own: a "process") on the names of `prefix`.
-async fn channel(prefix: &str, queue_type: QueueType) -> RabbitChannel {
-    let config = RabbitConfig::new(URL)
-        .expect("the URL")
-        .prefix(prefix)
-        .queue_expires(EXPIRES)
-        .queue_type(queue_type);
-    RabbitChannel::with_config(config)
-        .await
-        .expect("connecting to RabbitMQ on 127.0.0.1:5672 (run scripts/rabbitmq.sh)")
-}
-
-async fn receive<C: Consumer>(consumer: &mut C, what: &str) -> Delivery<C::Acknowledger> {
-    timeout(LIMIT, consumer.receive())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {LIMIT:?}"))
-        .unwrap_or_else(|err| panic!("{what}: {err}"))
-}
 
 /// Declares `queue` from a raw client with `x-queue-type: {queue_type}` and the tests'
 /// `x-expires`: RabbitMQ accepts it only if the queue is of that type.
