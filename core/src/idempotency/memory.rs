@@ -68,8 +68,9 @@ struct Ids {
 
 #[derive(Debug)]
 enum Entry {
-    /// Claimed; with a lease when claimed through [`IdempotencyStore::begin`].
-    InProgress(Option<Lease>),
+    /// Claimed; with a lease when claimed through [`IdempotencyStore::begin`]. Boxed, so
+    /// that the app's own claims, which have none, keep the entries of the map small.
+    InProgress(Option<Box<Lease>>),
     Handled(Instant),
 }
 
@@ -88,11 +89,11 @@ pub(crate) struct Claimant<'a> {
 }
 
 impl Claimant<'_> {
-    fn lease(self, now: Instant) -> Lease {
-        Lease {
+    fn lease(self, now: Instant) -> Box<Lease> {
+        Box::new(Lease {
             holder: self.holder.into(),
             until: now + self.lease,
-        }
+        })
     }
 }
 
@@ -226,9 +227,17 @@ impl ScopeIds {
     /// Claims `id` as [`try_begin`](Self::try_begin) does, waiting while another caller
     /// holds its claim: until it is released, or its lease runs out.
     pub(crate) async fn begin(&self, probe: IdProbe<'_>, claimant: Option<Claimant<'_>>) -> Claim {
-        if let Ok(claim) = self.try_begin(probe, claimant) {
-            return claim;
+        match self.try_begin(probe, claimant) {
+            Ok(claim) => claim,
+            // Boxed, as waiting is rare: its state (a timer among it) would otherwise make
+            // the future of every claim larger, and it is moved as a whole.
+            Err(_) => Box::pin(self.wait_for(probe, claimant)).await,
         }
+    }
+
+    /// Waits until the claim on `id` is released or its lease runs out, then claims it as
+    /// [`try_begin`](Self::try_begin) does.
+    async fn wait_for(&self, probe: IdProbe<'_>, claimant: Option<Claimant<'_>>) -> Claim {
         self.lock().waiting += 1;
         let _waiting = Waiting(self);
         loop {

@@ -594,8 +594,8 @@ pub(super) struct Settings {
 
 impl Settings {
     /// Counts the idempotency store's answer to a claim: a failure more in a row, or none.
-    pub(super) fn store_answered<T>(&self, claim: &Result<T>) {
-        if claim.is_ok() {
+    pub(super) fn store_answered(&self, answered: bool) {
+        if answered {
             self.store_failures.store(0, Ordering::Relaxed);
         } else {
             self.store_failures.fetch_add(1, Ordering::Relaxed);
@@ -1048,12 +1048,13 @@ impl<S: HandlerService> Worker<S> {
         let store = &self.settings.idempotency;
         let store_id = store.id(&message);
         let claimed = store.begin(store_id).await;
-        self.settings.store_answered(&claimed);
+        self.settings.store_answered(claimed.is_ok());
         match claimed {
             Ok(Claim::Acquired) => {}
             Err(err) => {
                 self.settings.settle_unclaimed(delivery, Err(err)).await;
-                return self.settings.pause_for_store().await;
+                // Boxed: its timer would otherwise make every delivery's future larger.
+                return Box::pin(self.settings.pause_for_store()).await;
             }
             unclaimed => return self.settings.settle_unclaimed(delivery, unclaimed).await,
         }

@@ -583,7 +583,7 @@ impl<S: BatchService> BatchWorker<S> {
                 continue;
             }
             let claim = store.begin_unless_held(store.id(&message)).await;
-            settings.store_answered(&claim);
+            settings.store_answered(claim.is_ok());
             match claim {
                 Ok(Some(Claim::Acquired)) => {}
                 Ok(None) => {
