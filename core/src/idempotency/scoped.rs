@@ -33,13 +33,13 @@ impl AppStore {
     pub(crate) fn scoped(&self, scope: Arc<str>) -> ScopedStore {
         match self {
             AppStore::Memory(memory) => ScopedStore::Memory(memory.scope(&scope)),
-            AppStore::Other(store) => ScopedStore::Other {
+            AppStore::Other(store) => ScopedStore::Other(Arc::new(Claims {
                 store: store.clone(),
                 scope,
                 // One holder per binding per start: another instance's claims, or this
                 // binding's from before a restart, are never taken for its own.
                 holder: crate::new_message_id().into(),
-            },
+            })),
         }
     }
 }
@@ -48,11 +48,22 @@ impl AppStore {
 #[derive(Debug)]
 pub(crate) enum ScopedStore {
     Memory(Arc<ScopeIds>),
-    Other {
-        store: Arc<dyn IdempotencyStore>,
-        scope: Arc<str>,
-        holder: Arc<str>,
-    },
+    Other(Arc<Claims>),
+}
+
+/// A store reached through the trait, as one binding claims in it: its scope and holder.
+#[derive(Debug)]
+pub(crate) struct Claims {
+    store: Arc<dyn IdempotencyStore>,
+    scope: Arc<str>,
+    holder: Arc<str>,
+}
+
+impl Claims {
+    /// The key of `id` for this binding.
+    fn key<'a>(&'a self, id: &'a str) -> ClaimKey<'a> {
+        ClaimKey::new(&self.scope, id, &self.holder)
+    }
 }
 
 /// A message id as one handler's store looks it up: hashed once per delivery in memory,
@@ -70,7 +81,7 @@ impl ScopedStore {
             ScopedStore::Memory(ids) => {
                 StoreId::Memory(ids.probe(message.id(), Some(message.shared_id())))
             }
-            ScopedStore::Other { .. } => StoreId::Other(message.id()),
+            ScopedStore::Other(_) => StoreId::Other(message.id()),
         }
     }
 
@@ -94,14 +105,9 @@ impl ScopedStore {
     pub(crate) async fn begin(&self, id: StoreId<'_>) -> Result<Claim> {
         match (self, id) {
             (ScopedStore::Memory(ids), StoreId::Memory(probe)) => Ok(ids.begin(probe, None).await),
-            (
-                ScopedStore::Other {
-                    store,
-                    scope,
-                    holder,
-                },
-                StoreId::Other(id),
-            ) => store.begin(ClaimKey::new(scope, id, holder)).await,
+            (ScopedStore::Other(claims), StoreId::Other(id)) => {
+                claims.store.begin(claims.key(id)).await
+            }
             _ => Err(mismatch()),
         }
     }
@@ -112,14 +118,9 @@ impl ScopedStore {
                 ids.complete(probe);
                 Ok(())
             }
-            (
-                ScopedStore::Other {
-                    store,
-                    scope,
-                    holder,
-                },
-                StoreId::Other(id),
-            ) => store.complete(ClaimKey::new(scope, id, holder)).await,
+            (ScopedStore::Other(claims), StoreId::Other(id)) => {
+                claims.store.complete(claims.key(id)).await
+            }
             _ => Err(mismatch()),
         }
     }
@@ -130,14 +131,9 @@ impl ScopedStore {
                 ids.abandon(probe, None);
                 Ok(())
             }
-            (
-                ScopedStore::Other {
-                    store,
-                    scope,
-                    holder,
-                },
-                StoreId::Other(id),
-            ) => store.abandon(ClaimKey::new(scope, id, holder)).await,
+            (ScopedStore::Other(claims), StoreId::Other(id)) => {
+                claims.store.abandon(claims.key(id)).await
+            }
             _ => Err(mismatch()),
         }
     }
@@ -147,22 +143,14 @@ impl ScopedStore {
     pub(crate) fn abandon_in_background(&self, id: StoreId<'_>) {
         match (self, id) {
             (ScopedStore::Memory(ids), StoreId::Memory(probe)) => ids.abandon(probe, None),
-            (
-                ScopedStore::Other {
-                    store,
-                    scope,
-                    holder,
-                },
-                StoreId::Other(id),
-            ) => {
-                let (store, scope, holder, id) =
-                    (store.clone(), scope.clone(), holder.clone(), id.to_owned());
+            (ScopedStore::Other(claims), StoreId::Other(id)) => {
+                let (claims, id) = (claims.clone(), id.to_owned());
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                     tracing::warn!(message_id = %id, "no runtime to release a claim on; it stays until the store forgets it");
                     return;
                 };
                 runtime.spawn(async move {
-                    if let Err(err) = store.abandon(ClaimKey::new(&scope, &id, &holder)).await {
+                    if let Err(err) = claims.store.abandon(claims.key(&id)).await {
                         tracing::warn!(message_id = %id, error = %err, "idempotency store failed to release a claim");
                     }
                 });
