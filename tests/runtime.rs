@@ -385,6 +385,50 @@ async fn a_failing_store_hands_messages_back_and_the_handler_backs_off() {
 }
 
 #[tokio::test]
+async fn a_failing_store_inside_the_handler_uses_up_no_attempt() {
+    // What a transactional inbox returns when its database fails: more failures in a row
+    // than the handler has attempts, and the message is still handled, not dead-lettered.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let handler = Handler::from_fn(
+        HandlerSpec::new("bill", "orders").group("billing"),
+        move |_order: Order, _ctx: Context| {
+            let call = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call < 3 {
+                    return Err(Error::Idempotency("the database is down".into()));
+                }
+                Ok(())
+            }
+        },
+    );
+    let bus = MemoryChannel::new();
+    let running = App::new(bus.clone())
+        .retry(quick_retries(2))
+        .handler(handler)
+        .start()
+        .await
+        .unwrap();
+    bus.producer("orders")
+        .await
+        .unwrap()
+        .send(Message::new(r#"{"id":1}"#))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while calls.load(Ordering::SeqCst) < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not handled in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.shutdown().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(bus.dead_lettered("orders", Some("billing")), 0);
+}
+
+#[tokio::test]
 async fn a_handled_message_redelivered_past_the_cap_is_acknowledged_not_dead_lettered() {
     let bus = MemoryChannel::new();
     let store = Arc::new(event_binder::MemoryIdempotencyStore::new());

@@ -276,6 +276,7 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
             publisher: Some(self.publisher.clone()),
             extensions: self.extensions,
             state: Some(Arc::new(self.state)),
+            binding: None,
         });
         let (stop, stop_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
@@ -313,9 +314,12 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
                 retry,
                 retry_through_broker,
                 idempotency: self.idempotency.scoped(scope.clone()),
+                shared: Arc::new(Shared {
+                    binding: Some((spec.clone(), scope.clone())),
+                    ..Shared::clone(&shared)
+                }),
                 scope,
                 output,
-                shared: shared.clone(),
                 abort: abort_rx.clone(),
                 ordered,
                 subscription,
@@ -618,6 +622,26 @@ impl Settings {
         }
     }
 
+    /// Hands a delivery back to the broker for after the store backoff, saying why: the
+    /// idempotency store failed.
+    pub(super) async fn hand_back_for_store<A: Acknowledger>(
+        &self,
+        delivery: Delivery<A>,
+        error: &(dyn std::error::Error + Send + Sync + 'static),
+    ) {
+        let pause = self.store_backoff();
+        let id = delivery.message().shared_id().clone();
+        tracing::warn!(
+            handler = self.spec.name(),
+            message_id = %id,
+            error = %error_chain(error),
+            failures_in_a_row = self.store_failures.load(Ordering::Relaxed),
+            retry_in = ?pause,
+            "idempotency store failed; the message goes back to the broker and the handler slows down"
+        );
+        self.report(delivery.nack(Some(pause)).await, &id, "nack");
+    }
+
     /// Settles a delivery whose claim was not acquired: acknowledged when its id was
     /// handled already, handed back for later while another holder has it or when the
     /// store failed.
@@ -636,18 +660,7 @@ impl Settings {
                 tracing::debug!(message_id = %id, retry_in = ?retry_in, "claimed by another holder; handing it back");
                 self.report(delivery.nack(Some(retry_in)).await, &id, "nack");
             }
-            Err(err) => {
-                let pause = self.store_backoff();
-                tracing::warn!(
-                    handler = self.spec.name(),
-                    message_id = %id,
-                    error = %err,
-                    failures_in_a_row = self.store_failures.load(Ordering::Relaxed),
-                    retry_in = ?pause,
-                    "idempotency store failed; the message goes back to the broker and the handler slows down"
-                );
-                self.report(delivery.nack(Some(pause)).await, &id, "nack");
-            }
+            Err(err) => self.hand_back_for_store(delivery, &err).await,
             Ok(Claim::Acquired) => {
                 tracing::error!(message_id = %id, "a claimed delivery was taken for an unclaimed one; it comes back");
             }
@@ -991,6 +1004,9 @@ enum Outcome {
     },
     /// Hand it back to the broker, to be delivered again after the delay.
     RetryLater(Duration),
+    /// An idempotency store the handler's layers recorded it in failed: hand it back as a
+    /// failed claim is, and slow down.
+    StoreFailed(BoxError),
     Aborted,
 }
 
@@ -1080,6 +1096,11 @@ impl<S: HandlerService> Worker<S> {
                 self.settings
                     .report(delivery.nack(Some(delay)).await, id, "nack");
             }
+            Outcome::StoreFailed(error) => {
+                self.settings.store_answered(false);
+                self.settings.hand_back_for_store(delivery, &*error).await;
+                Box::pin(self.settings.pause_for_store()).await;
+            }
             Outcome::Aborted => self.settings.report(delivery.nack(None).await, id, "nack"),
         }
     }
@@ -1121,6 +1142,7 @@ impl<S: HandlerService> Worker<S> {
             };
             let pause = match Disposition::of(&*error) {
                 Disposition::Undecodable => return Outcome::Failed { error, attempts: 0 },
+                Disposition::StoreFailed => return Outcome::StoreFailed(error),
                 Disposition::GiveUp => {
                     return Outcome::Failed {
                         error,
@@ -1188,17 +1210,27 @@ impl<S: HandlerService> Worker<S> {
         .and_then(|published| published)
     }
 
-    /// An output's id is derived from the input's, so a retried processor publishes
-    /// duplicates that downstream idempotency recognises, not new messages.
     fn derive_output(&self, input: &Message, index: usize, output: Message) -> Message {
-        let name = format!("{}/{}/{index}", self.settings.scope, input.id());
-        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
-        let key = output.key().or(input.key()).map(str::to_owned);
-        output
-            .with_id(id.to_string())
-            .with_optional_key(key)
-            .with_header(header::CAUSATION_ID, input.id())
+        derive_output(&self.settings.scope, input, index, output)
     }
+}
+
+/// Output `index` of a processor of `scope` for `input`: its id derived from the input's,
+/// so that a retried processor publishes duplicates that downstream idempotency recognises,
+/// not new messages; the input's key unless it has its own; the input's id as causation.
+pub(crate) fn derive_output(
+    scope: &str,
+    input: &Message,
+    index: usize,
+    output: Message,
+) -> Message {
+    let name = format!("{scope}/{}/{index}", input.id());
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
+    let key = output.key().or(input.key()).map(str::to_owned);
+    output
+        .with_id(id.to_string())
+        .with_optional_key(key)
+        .with_header(header::CAUSATION_ID, input.id())
 }
 
 /// A claimed message id. Completed or abandoned explicitly; dropped otherwise (a panic,

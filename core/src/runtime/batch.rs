@@ -645,6 +645,11 @@ impl<S: BatchService> BatchWorker<S> {
                     let attempts = match Disposition::of(&*error) {
                         Disposition::Undecodable => Some(0),
                         Disposition::GiveUp => Some(attempt),
+                        // The store, not the handler, failed: no attempt is used up.
+                        Disposition::StoreFailed => {
+                            pause = pause.max(settings.retry.delay_after(attempt));
+                            None
+                        }
                         _ if attempt >= settings.retry.max_attempts.max(1) => Some(attempt),
                         Disposition::RetryAfter(wait) => {
                             pause = pause.max(wait);

@@ -4,10 +4,14 @@ use crate::delivery::Origin;
 use crate::error::{Error, Result};
 use crate::message::{Headers, Message};
 use crate::publisher::Publisher;
+use crate::runtime::HandlerSpec;
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+/// The destination and scope of a [`Context::detached`].
+const DETACHED: &str = "detached";
 
 /// Values shared with every handler of an [`App`](crate::App), looked up by type.
 #[derive(Clone, Default)]
@@ -23,13 +27,15 @@ impl Extensions {
     }
 }
 
-/// What the runtime shares with every call of every handler of one app.
+/// What the runtime shares with every call of one handler of an app.
 #[derive(Clone, Default)]
 pub(crate) struct Shared {
     pub(crate) publisher: Option<Publisher>,
     pub(crate) extensions: Extensions,
     /// The app's state ([`App::state`](crate::App::state)), read by [`State`](crate::State).
     pub(crate) state: Option<Arc<dyn Any + Send + Sync>>,
+    /// The handler called, and the scope its message ids are recorded under.
+    pub(crate) binding: Option<(HandlerSpec, Arc<str>)>,
 }
 
 /// The second, optional argument of a handler: the message behind the event, which attempt
@@ -77,7 +83,7 @@ impl Context {
         Context::new(
             Arc::new(message),
             1,
-            Origin::new("detached", None),
+            Origin::new(DETACHED, None),
             Arc::default(),
         )
     }
@@ -146,6 +152,39 @@ impl Context {
     /// A value shared through [`App::extension`](crate::App::extension).
     pub fn extension<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.shared.extensions.get()
+    }
+
+    /// The spec of the handler called: its name, destination, group and output. `None`
+    /// for a [`detached`](Self::detached) context.
+    pub fn handler(&self) -> Option<&HandlerSpec> {
+        self.shared.binding.as_ref().map(|(spec, _)| spec)
+    }
+
+    /// The scope the runtime records this handler's message ids under in its
+    /// [`IdempotencyStore`](crate::IdempotencyStore) (`destination/group/handler`), for a
+    /// layer that records them itself, as a transactional inbox does. `None` for a
+    /// [`detached`](Self::detached) context.
+    pub fn idempotency_scope(&self) -> Option<&str> {
+        self.shared.binding.as_ref().map(|(_, scope)| &**scope)
+    }
+
+    /// Output `index` (from 0) of a processor for this context's message, as the runtime
+    /// publishes it: its id derived from the input's and the handler's scope (the same on
+    /// every attempt), the input's key unless it has its own, the input's id as its
+    /// causation. For a layer that publishes a processor's outputs itself, as a
+    /// transactional outbox does.
+    ///
+    /// ```
+    /// use event_binder_core::{Context, Message};
+    ///
+    /// let ctx = Context::detached(Message::new("{}").with_key("customer-7"));
+    /// let first = ctx.derive_output(0, Message::new("{\"ok\":true}"));
+    /// assert_eq!(first.key(), Some("customer-7"));
+    /// assert_eq!(first.id(), ctx.derive_output(0, Message::new("{}")).id());
+    /// ```
+    pub fn derive_output(&self, index: usize, output: Message) -> Message {
+        let scope = self.idempotency_scope().unwrap_or(DETACHED);
+        super::app::derive_output(scope, &self.message, index, output)
     }
 
     /// The app's publisher, to send further events. A detached context has none.

@@ -116,6 +116,9 @@ pub(crate) enum Disposition {
     /// Dead-letter now, with 0 attempts: the payload could not be decoded, so the handler
     /// was never called.
     Undecodable,
+    /// Not the handler's failure: an idempotency store it recorded the message in (a
+    /// transactional inbox) failed. Handed back as a failed claim is, counting no attempt.
+    StoreFailed,
 }
 
 impl Disposition {
@@ -125,6 +128,9 @@ impl Disposition {
         while let Some(error) = next {
             if error.is::<Undecodable>() {
                 return Disposition::Undecodable;
+            }
+            if let Some(crate::Error::Idempotency(_)) = error.downcast_ref::<crate::Error>() {
+                return Disposition::StoreFailed;
             }
             if error.is::<NonRetryable>() {
                 return Disposition::GiveUp;
@@ -159,5 +165,7 @@ mod tests {
             Disposition::of(&*later),
             Disposition::RetryAfter(Duration::from_secs(3))
         );
+        let store: BoxError = crate::Error::Idempotency("the database is down".into()).into();
+        assert_eq!(Disposition::of(&*store), Disposition::StoreFailed);
     }
 }

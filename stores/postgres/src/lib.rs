@@ -82,12 +82,19 @@
 //! message comes back later), and the pool reconnects once it is up again.
 
 mod config;
+mod db;
 mod error;
+mod inbox;
+mod outbox;
+mod relay;
 mod store;
 mod table;
 
 pub use config::PostgresConfig;
 pub use error::PostgresStoreError;
+pub use inbox::{Inbox, InboxConnection, InboxService, InboxTransaction};
+pub use outbox::Outbox;
+pub use relay::{Relay, RunningRelay};
 pub use store::PostgresStore;
 
 /// The sqlx this crate is built with, for building a [`PgPool`] to share with

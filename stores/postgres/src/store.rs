@@ -1,6 +1,7 @@
 //! The store: claims, completions and releases as SQL statements, and the purge.
 
 use crate::config::PostgresConfig;
+use crate::db::{interval, location, timeout_of, Db};
 use crate::error::Context;
 use crate::table::{Table, PURGE_BATCH};
 use async_trait::async_trait;
@@ -9,7 +10,6 @@ use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use std::fmt;
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,18 +68,16 @@ impl Drop for Inner {
     }
 }
 
-/// What the store and its purge task use.
-struct Shared {
-    pool: PgPool,
-    table: Table,
-    context: Context,
+/// What the store, its purge task and its inbox use.
+pub(crate) struct Shared {
+    pub(crate) db: Db,
+    pub(crate) table: Table,
     lease: PgInterval,
     /// The retention plus [`RETENTION_GRACE`]: how long a handled id is kept.
-    retention: PgInterval,
+    pub(crate) retention: PgInterval,
     lease_duration: Duration,
     retention_duration: Duration,
     purge_interval: Duration,
-    query_timeout: Duration,
     create_table: bool,
 }
 
@@ -111,7 +109,7 @@ impl PostgresStore {
             ))
         })?;
         let context = Context {
-            table: table.name.clone(),
+            table: table.name().to_owned(),
             location: location(&options),
             secrets: config.secrets(),
             acquire_timeout: config.connect_timeout,
@@ -130,7 +128,12 @@ impl PostgresStore {
             pool.close().await;
             return Err(err);
         }
-        Self::start(pool, table, context, &config).await
+        let db = Db {
+            pool,
+            context,
+            query_timeout: config.query_timeout,
+        };
+        Self::start(db, table, &config).await
     }
 
     /// A store on the application's `pool`, creating the table if it is missing (unless
@@ -139,38 +142,29 @@ impl PostgresStore {
     pub async fn from_pool(pool: PgPool, config: PostgresConfig) -> Result<Self> {
         config.check()?;
         let table = Table::new(&config.table)?;
-        let context = Context {
-            table: table.name.clone(),
-            location: location(&pool.connect_options()),
-            secrets: config.secrets(),
-            acquire_timeout: pool.options().get_acquire_timeout(),
-        };
-        Self::start(pool, table, context, &config).await
+        let db = Db::of_pool(pool, table.name(), config.secrets(), config.query_timeout);
+        Self::start(db, table, &config).await
     }
 
     /// Creates the table, migrates it, and starts the purge.
-    async fn start(
-        pool: PgPool,
-        table: Table,
-        context: Context,
-        config: &PostgresConfig,
-    ) -> Result<Self> {
+    async fn start(db: Db, table: Table, config: &PostgresConfig) -> Result<Self> {
         let shared = Arc::new(Shared {
-            pool,
+            db,
             table,
-            context,
             lease: interval(config.lease),
             retention: interval(config.retention + RETENTION_GRACE),
             lease_duration: config.lease,
             retention_duration: config.retention,
             purge_interval: config.effective_purge_interval(),
-            query_timeout: config.query_timeout,
             create_table: config.create_table,
         });
         if shared.create_table {
-            shared.migrate().await?;
+            shared.db.create(&shared.table.schema).await?;
         } else {
-            shared.check_table().await?;
+            shared
+                .db
+                .check(&shared.table.schema, "PostgresStore::migrate")
+                .await?;
         }
         let purge = tokio::spawn(purge_periodically(shared.clone()));
         tracing::debug!(store = %shared, "PostgreSQL idempotency store ready");
@@ -179,7 +173,7 @@ impl PostgresStore {
         })
     }
 
-    fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
 
@@ -192,7 +186,8 @@ impl PostgresStore {
     /// looks at the catalog, so it needs no right to create tables then. See the
     /// [crate documentation](crate#the-table) for the schema.
     pub async fn migrate(&self) -> Result<()> {
-        self.shared().migrate().await
+        let shared = self.shared();
+        shared.db.create(&shared.table.schema).await
     }
 
     /// Deletes the rows past their retention now, returning how many: what the store's own
@@ -203,12 +198,12 @@ impl PostgresStore {
 
     /// The pool the store uses: its own, or the one given to [`from_pool`](Self::from_pool).
     pub fn pool(&self) -> &PgPool {
-        &self.shared().pool
+        &self.shared().db.pool
     }
 
     /// The table, as configured.
     pub fn table(&self) -> &str {
-        &self.shared().table.name
+        self.shared().table.name()
     }
 
     /// How long a claim lasts if its holder neither completes nor abandons it.
@@ -228,71 +223,15 @@ impl PostgresStore {
 }
 
 impl Shared {
-    /// Runs `operation` within the query timeout, mapping its errors.
-    async fn run<T>(
-        &self,
-        operation: &'static str,
-        work: impl Future<Output = std::result::Result<T, sqlx::Error>>,
-    ) -> Result<T> {
-        timeout_of(&self.context, operation, self.query_timeout, work).await
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        if self.table_exists("create table").await? {
-            return Ok(());
-        }
-        let [create_table, create_index] = self.table.schema();
-        self.run("create table", async {
-            let mut transaction = self.pool.begin().await?;
-            sqlx::query(Table::LOCK)
-                .bind(&self.table.name)
-                .execute(&mut *transaction)
-                .await?;
-            sqlx::query(&create_table)
-                .execute(&mut *transaction)
-                .await?;
-            sqlx::query(&create_index)
-                .execute(&mut *transaction)
-                .await?;
-            transaction.commit().await
-        })
-        .await?;
-        tracing::debug!(table = %self.table.name, "PostgreSQL idempotency store table ready");
-        Ok(())
-    }
-
-    /// Fails unless the table and its index exist.
-    async fn check_table(&self) -> Result<()> {
-        if self.table_exists("check table").await? {
-            return Ok(());
-        }
-        Err(Error::Config(format!(
-            "PostgreSQL store: table {} (or its index on forget_after) does not exist at {}, \
-             and create_table is off: create it with PostgresStore::migrate",
-            self.table.name, self.context.location
-        )))
-    }
-
-    async fn table_exists(&self, operation: &'static str) -> Result<bool> {
-        let (table, index) = self.table.regclass_names();
-        self.run(operation, async {
-            sqlx::query_scalar::<_, bool>(Table::EXISTS)
-                .bind(table)
-                .bind(index)
-                .fetch_one(&self.pool)
-                .await
-        })
-        .await
-    }
-
     async fn purge(&self) -> Result<u64> {
         let mut deleted = 0;
         loop {
             let batch = self
+                .db
                 .run("purge", async {
                     sqlx::query(&self.table.purge)
                         .bind(PURGE_BATCH)
-                        .execute(&self.pool)
+                        .execute(&self.db.pool)
                         .await
                 })
                 .await?
@@ -305,61 +244,64 @@ impl Shared {
     }
 
     async fn begin(&self, key: ClaimKey<'_>) -> Result<Claim> {
-        self.run("begin", async {
-            for _ in 0..CLAIM_ATTEMPTS {
-                let acquired = sqlx::query(&self.table.claim)
-                    .bind(key.scope)
-                    .bind(key.id)
-                    .bind(key.holder)
-                    .bind(self.lease)
-                    .bind(self.retention)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                if acquired.is_some() {
-                    return Ok(Claim::Acquired);
+        self.db
+            .run("begin", async {
+                for _ in 0..CLAIM_ATTEMPTS {
+                    let acquired = sqlx::query(&self.table.claim)
+                        .bind(key.scope)
+                        .bind(key.id)
+                        .bind(key.holder)
+                        .bind(self.lease)
+                        .bind(self.retention)
+                        .fetch_optional(&self.db.pool)
+                        .await?;
+                    if acquired.is_some() {
+                        return Ok(Claim::Acquired);
+                    }
+                    let row = sqlx::query(&self.table.look)
+                        .bind(key.scope)
+                        .bind(key.id)
+                        .fetch_optional(&self.db.pool)
+                        .await?;
+                    if let Some(claim) = row.map(|row| refusal(&row)).transpose()?.flatten() {
+                        return Ok(claim);
+                    }
+                    // Released, or its lease ran out, between the two statements: claim again.
                 }
-                let row = sqlx::query(&self.table.look)
-                    .bind(key.scope)
-                    .bind(key.id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                if let Some(claim) = row.map(|row| refusal(&row)).transpose()?.flatten() {
-                    return Ok(claim);
-                }
-                // Released, or its lease ran out, between the two statements: claim again.
-            }
-            Ok(Claim::HeldElsewhere {
-                retry_in: MIN_RETRY,
+                Ok(Claim::HeldElsewhere {
+                    retry_in: MIN_RETRY,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn complete(&self, key: ClaimKey<'_>) -> Result<()> {
-        self.run("complete", async {
-            sqlx::query(&self.table.complete)
-                .bind(key.scope)
-                .bind(key.id)
-                .bind(key.holder)
-                .bind(self.retention)
-                .execute(&self.pool)
-                .await
-                .map(drop)
-        })
-        .await
+        self.db
+            .run("complete", async {
+                sqlx::query(&self.table.complete)
+                    .bind(key.scope)
+                    .bind(key.id)
+                    .bind(key.holder)
+                    .bind(self.retention)
+                    .execute(&self.db.pool)
+                    .await
+                    .map(drop)
+            })
+            .await
     }
 
     async fn abandon(&self, key: ClaimKey<'_>) -> Result<()> {
-        self.run("abandon", async {
-            sqlx::query(&self.table.abandon)
-                .bind(key.scope)
-                .bind(key.id)
-                .bind(key.holder)
-                .execute(&self.pool)
-                .await
-                .map(drop)
-        })
-        .await
+        self.db
+            .run("abandon", async {
+                sqlx::query(&self.table.abandon)
+                    .bind(key.scope)
+                    .bind(key.id)
+                    .bind(key.holder)
+                    .execute(&self.db.pool)
+                    .await
+                    .map(drop)
+            })
+            .await
     }
 }
 
@@ -379,20 +321,6 @@ fn refusal(row: &PgRow) -> std::result::Result<Option<Claim>, sqlx::Error> {
     Ok(Some(Claim::HeldElsewhere { retry_in }))
 }
 
-/// `work` within `after`, its errors (and running out of time) as the store's errors.
-async fn timeout_of<T>(
-    context: &Context,
-    operation: &'static str,
-    after: Duration,
-    work: impl Future<Output = std::result::Result<T, sqlx::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(after, work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(context.sqlx(operation, &err)),
-        Err(_) => Err(context.timeout(operation, after)),
-    }
-}
-
 /// Deletes the rows past their retention every purge interval, for as long as the store
 /// lives (its handle aborts this task); failures are logged, and tried again next time.
 async fn purge_periodically(shared: Arc<Shared>) {
@@ -404,37 +332,13 @@ async fn purge_periodically(shared: Arc<Shared>) {
         match shared.purge().await {
             Ok(0) => {}
             Ok(deleted) => {
-                tracing::debug!(table = %shared.table.name, deleted, "purged handled ids past their retention")
+                tracing::debug!(table = %shared.table.name(), deleted, "purged handled ids past their retention")
             }
             Err(err) => {
-                tracing::warn!(table = %shared.table.name, error = %err, "purging handled ids past their retention failed; trying again in {every:?}")
+                tracing::warn!(table = %shared.table.name(), error = %err, "purging handled ids past their retention failed; trying again in {every:?}")
             }
         }
     }
-}
-
-/// `d` as a PostgreSQL interval, rounded up to the microsecond. Checked beforehand
-/// ([`PostgresConfig::check`]) to be at most a hundred years.
-fn interval(d: Duration) -> PgInterval {
-    let micros = d.as_nanos().div_ceil(1_000);
-    PgInterval {
-        months: 0,
-        days: 0,
-        microseconds: i64::try_from(micros).unwrap_or(i64::MAX),
-    }
-}
-
-/// `postgres://user@host:port/database`: where a store connects, without the password.
-fn location(options: &PgConnectOptions) -> String {
-    let host = match options.get_socket() {
-        Some(socket) => socket.display().to_string(),
-        None => format!("{}:{}", options.get_host(), options.get_port()),
-    };
-    format!(
-        "postgres://{}@{host}/{}",
-        options.get_username(),
-        options.get_database().unwrap_or_default()
-    )
 }
 
 impl fmt::Display for Shared {
@@ -442,7 +346,10 @@ impl fmt::Display for Shared {
         write!(
             f,
             "PostgreSQL idempotency store (table {} at {}, lease {:?}, retention {:?})",
-            self.table.name, self.context.location, self.lease_duration, self.retention_duration
+            self.table.name(),
+            self.db.context.location,
+            self.lease_duration,
+            self.retention_duration
         )
     }
 }
@@ -457,13 +364,13 @@ impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shared = self.shared();
         f.debug_struct("PostgresStore")
-            .field("table", &shared.table.name)
-            .field("database", &shared.context.location)
+            .field("table", &shared.table.name())
+            .field("database", &shared.db.context.location)
             .field("lease", &shared.lease_duration)
             .field("retention", &shared.retention_duration)
             .field("purge_interval", &shared.purge_interval)
-            .field("query_timeout", &shared.query_timeout)
-            .field("connections", &shared.pool.size())
+            .field("query_timeout", &shared.db.query_timeout)
+            .field("connections", &shared.db.pool.size())
             .finish()
     }
 }

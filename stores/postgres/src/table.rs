@@ -10,17 +10,10 @@ const MAX_SCHEMA_LEN: usize = 63;
 /// Rows the purge deletes per statement, so that no statement holds many locks for long.
 pub(crate) const PURGE_BATCH: i64 = 10_000;
 
-/// A validated table name, `table` or `schema.table`, and the SQL using it.
+/// The store's table: its name, schema and the SQL using it.
 #[derive(Debug)]
 pub(crate) struct Table {
-    /// The name as given.
-    pub(crate) name: String,
-    /// The table, quoted (and schema-qualified if given): for SQL.
-    quoted: String,
-    /// The index on `forget_after`, quoted and unqualified: created in the table's schema.
-    index: String,
-    /// The index, quoted and qualified as the table is: for `to_regclass`.
-    qualified_index: String,
+    pub(crate) schema: Schema,
     /// `begin`: claims the id, returning a row only when acquired.
     /// $1 scope, $2 id, $3 holder, $4 lease, $5 retention.
     pub(crate) claim: String,
@@ -29,6 +22,9 @@ pub(crate) struct Table {
     pub(crate) look: String,
     /// `complete`: $1 scope, $2 id, $3 holder, $4 retention.
     pub(crate) complete: String,
+    /// The inbox, in the handler's transaction: records the id as handled unless it is,
+    /// returning a row only when it was not. $1 scope, $2 id, $3 holder, $4 retention.
+    pub(crate) record: String,
     /// `abandon`: $1 scope, $2 id, $3 holder.
     pub(crate) abandon: String,
     /// Deletes up to [`PURGE_BATCH`] rows past `forget_after`: $1 the batch size.
@@ -39,21 +35,10 @@ impl Table {
     /// The table of this name: letters, digits and `_`, not starting with a digit, at most
     /// [`MAX_TABLE_LEN`] characters, optionally after a schema name and a dot.
     pub(crate) fn new(name: &str) -> Result<Self> {
-        let (schema, table) = match name.split_once('.') {
-            Some((schema, table)) => (Some(schema), table),
-            None => (None, name),
-        };
-        if let Some(schema) = schema {
-            check_part(name, "schema", schema, MAX_SCHEMA_LEN)?;
-        }
-        check_part(name, "table", table, MAX_TABLE_LEN)?;
-        let qualifier = schema.map(|s| format!("{}.", quote(s))).unwrap_or_default();
-        let quoted = format!("{qualifier}{}", quote(table));
-        let index = quote(&format!("{table}_forget_after"));
-        let qualified_index = format!("{qualifier}{index}");
-        let t = &quoted;
+        let name = TableName::new(name)?;
+        let (index, qualified_index) = name.index("forget_after");
+        let t = &name.quoted;
         Ok(Table {
-            name: name.to_owned(),
             claim: format!(
                 "INSERT INTO {t} AS row (scope, id, holder, lease_until, handled_at, forget_after) \
                  VALUES ($1, $2, $3, now() + $4::interval, NULL, now() + $4::interval + $5::interval) \
@@ -77,6 +62,15 @@ impl Table {
                      holder = EXCLUDED.holder, lease_until = NULL, \
                      handled_at = EXCLUDED.handled_at, forget_after = EXCLUDED.forget_after"
             ),
+            record: format!(
+                "INSERT INTO {t} AS row (scope, id, holder, lease_until, handled_at, forget_after) \
+                 VALUES ($1, $2, $3, NULL, now(), now() + $4::interval) \
+                 ON CONFLICT (scope, id) DO UPDATE SET \
+                     holder = EXCLUDED.holder, lease_until = NULL, \
+                     handled_at = EXCLUDED.handled_at, forget_after = EXCLUDED.forget_after \
+                 WHERE row.handled_at IS NULL OR row.forget_after <= now() \
+                 RETURNING true"
+            ),
             abandon: format!(
                 "DELETE FROM {t} \
                  WHERE scope = $1 AND id = $2 AND holder = $3 AND handled_at IS NULL"
@@ -87,43 +81,169 @@ impl Table {
                      LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  AND forget_after <= now()"
             ),
-            quoted,
-            index,
-            qualified_index,
+            schema: Schema {
+                statements: vec![
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {t} ( \
+                             scope text NOT NULL, \
+                             id text NOT NULL, \
+                             holder text NOT NULL, \
+                             lease_until timestamptz, \
+                             handled_at timestamptz, \
+                             forget_after timestamptz NOT NULL, \
+                             PRIMARY KEY (scope, id), \
+                             CHECK ((lease_until IS NULL) <> (handled_at IS NULL)))"
+                    ),
+                    format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (forget_after)"),
+                ],
+                qualified_index,
+                name,
+            },
         })
     }
 
-    /// The `CREATE TABLE` and `CREATE INDEX` statements, each idempotent.
-    pub(crate) fn schema(&self) -> [String; 2] {
-        let (t, index) = (&self.quoted, &self.index);
-        [
-            format!(
-                "CREATE TABLE IF NOT EXISTS {t} ( \
-                     scope text NOT NULL, \
-                     id text NOT NULL, \
-                     holder text NOT NULL, \
-                     lease_until timestamptz, \
-                     handled_at timestamptz, \
-                     forget_after timestamptz NOT NULL, \
-                     PRIMARY KEY (scope, id), \
-                     CHECK ((lease_until IS NULL) <> (handled_at IS NULL)))"
-            ),
-            format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (forget_after)"),
-        ]
+    /// The name as given.
+    pub(crate) fn name(&self) -> &str {
+        &self.schema.name.name
+    }
+}
+
+/// A validated table name, `table` or `schema.table`.
+#[derive(Debug)]
+pub(crate) struct TableName {
+    /// The name as given.
+    pub(crate) name: String,
+    /// The table, quoted (and schema-qualified if given): for SQL.
+    pub(crate) quoted: String,
+    /// The schema, quoted and followed by a dot, or nothing.
+    qualifier: String,
+    /// The table alone, unquoted and unqualified.
+    bare: String,
+}
+
+impl TableName {
+    /// The table of this name: letters, digits and `_`, not starting with a digit, at most
+    /// [`MAX_TABLE_LEN`] characters, optionally after a schema name and a dot.
+    pub(crate) fn new(name: &str) -> Result<Self> {
+        let (schema, table) = match name.split_once('.') {
+            Some((schema, table)) => (Some(schema), table),
+            None => (None, name),
+        };
+        if let Some(schema) = schema {
+            check_part(name, "schema", schema, MAX_SCHEMA_LEN)?;
+        }
+        check_part(name, "table", table, MAX_TABLE_LEN)?;
+        let qualifier = schema.map(|s| format!("{}.", quote(s))).unwrap_or_default();
+        Ok(TableName {
+            name: name.to_owned(),
+            quoted: format!("{qualifier}{}", quote(table)),
+            qualifier,
+            bare: table.to_owned(),
+        })
     }
 
+    /// The index `{table}_{suffix}`: quoted and unqualified (it is created in the table's
+    /// schema), and quoted and qualified as the table is (for `to_regclass`).
+    pub(crate) fn index(&self, suffix: &str) -> (String, String) {
+        let index = quote(&format!("{}_{suffix}", self.bare));
+        let qualified = format!("{}{index}", self.qualifier);
+        (index, qualified)
+    }
+}
+
+/// A table and index to create, and how to tell they exist.
+#[derive(Debug)]
+pub(crate) struct Schema {
+    pub(crate) name: TableName,
+    /// The index, quoted and qualified as the table is: for `to_regclass`.
+    qualified_index: String,
+    /// `CREATE … IF NOT EXISTS` statements, run in order in one transaction.
+    pub(crate) statements: Vec<String>,
+}
+
+impl Schema {
     /// Whether the table and its index exist: $1 the table, $2 the index.
     pub(crate) const EXISTS: &'static str =
         "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL";
 
-    /// The table and its index as [`EXISTS`](Self::EXISTS) takes them.
-    pub(crate) fn regclass_names(&self) -> (&str, &str) {
-        (&self.quoted, &self.qualified_index)
-    }
-
-    /// Serialises the creation of this table among instances: `CREATE TABLE IF NOT EXISTS`
+    /// Serialises the creation of a table among instances: `CREATE TABLE IF NOT EXISTS`
     /// run by two at once can fail on PostgreSQL's catalog. $1 the table name.
     pub(crate) const LOCK: &'static str = "SELECT pg_advisory_xact_lock(1162756353, hashtext($1))";
+
+    /// The table and its index as [`EXISTS`](Self::EXISTS) takes them.
+    pub(crate) fn regclass_names(&self) -> (&str, &str) {
+        (&self.name.quoted, &self.qualified_index)
+    }
+}
+
+/// The outbox's table: its name, schema and the SQL using it.
+#[derive(Debug)]
+pub(crate) struct OutboxTable {
+    pub(crate) schema: Schema,
+    /// Adds a message and wakes the relays (on commit): $1 destination, $2 id, $3 key,
+    /// $4 header names, $5 header values, $6 content type, $7 payload, $8 timestamp in
+    /// milliseconds, $9 the channel to notify.
+    pub(crate) insert: String,
+    /// Locks and reads the next rows to publish, in order: every keyless row, and of each
+    /// destination and key the first row only, so that a key's next message waits until
+    /// its previous one is published, whichever relay has it. $1 the most rows.
+    pub(crate) next: String,
+    /// Deletes published rows: $1 their sequence numbers.
+    pub(crate) delete: String,
+    /// Counts the rows not yet published.
+    pub(crate) count: String,
+}
+
+impl OutboxTable {
+    /// The outbox table of this name, validated as [`TableName::new`] does.
+    pub(crate) fn new(name: &str) -> Result<Self> {
+        let name = TableName::new(name)?;
+        let (index, qualified_index) = name.index("order");
+        let t = &name.quoted;
+        Ok(OutboxTable {
+            insert: format!(
+                "WITH added AS ( \
+                     INSERT INTO {t} (destination, id, msg_key, header_names, header_values, \
+                                      content_type, payload, timestamp_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq) \
+                 SELECT pg_notify($9, '') FROM added"
+            ),
+            next: format!(
+                "SELECT seq, destination, id, msg_key, header_names, header_values, \
+                        content_type, payload, timestamp_ms \
+                 FROM {t} AS row \
+                 WHERE row.msg_key IS NULL OR NOT EXISTS ( \
+                     SELECT 1 FROM {t} AS earlier \
+                     WHERE earlier.destination = row.destination \
+                       AND earlier.msg_key = row.msg_key AND earlier.seq < row.seq) \
+                 ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
+            ),
+            delete: format!("DELETE FROM {t} WHERE seq = ANY($1)"),
+            count: format!("SELECT count(*) FROM {t}"),
+            schema: Schema {
+                statements: vec![
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {t} ( \
+                             seq bigserial PRIMARY KEY, \
+                             destination text NOT NULL, \
+                             id text NOT NULL, \
+                             msg_key text, \
+                             header_names text[] NOT NULL, \
+                             header_values text[] NOT NULL, \
+                             content_type text, \
+                             payload bytea NOT NULL, \
+                             timestamp_ms bigint NOT NULL, \
+                             written_at timestamptz NOT NULL DEFAULT now())"
+                    ),
+                    format!(
+                        "CREATE INDEX IF NOT EXISTS {index} ON {t} (destination, msg_key, seq)"
+                    ),
+                ],
+                qualified_index,
+                name,
+            },
+        })
+    }
 }
 
 /// `part` as an identifier in double quotes. Validated names hold no quote; doubling them
@@ -169,14 +289,21 @@ mod tests {
     #[test]
     fn names_are_validated_and_quoted() {
         let table = Table::new("event_binder_handled").unwrap();
-        assert_eq!(table.quoted, "\"event_binder_handled\"");
         assert_eq!(
-            table.qualified_index,
-            "\"event_binder_handled_forget_after\""
+            table.schema.regclass_names(),
+            (
+                "\"event_binder_handled\"",
+                "\"event_binder_handled_forget_after\""
+            )
         );
         let table = Table::new("app.Handled_2").unwrap();
-        assert_eq!(table.quoted, "\"app\".\"Handled_2\"");
-        assert_eq!(table.qualified_index, "\"app\".\"Handled_2_forget_after\"");
+        assert_eq!(
+            table.schema.regclass_names(),
+            (
+                "\"app\".\"Handled_2\"",
+                "\"app\".\"Handled_2_forget_after\""
+            )
+        );
         assert!(Table::new(&"t".repeat(MAX_TABLE_LEN)).is_ok());
         for bad in [
             "",
