@@ -9,10 +9,11 @@
 //! cargo bench --bench stores --features postgres,redis
 //! ```
 //!
-//! Every claim and record is a round trip to the database: no group commit yet.
+//! `postgres-inbox` runs the same handler through the PostgreSQL transactional inbox (one
+//! transaction a message: record the id, commit) with the default in-memory store.
 
 use event_binder::memory::MemoryChannel;
-use event_binder::postgres::{PostgresConfig, PostgresStore};
+use event_binder::postgres::{Inbox, PostgresConfig, PostgresStore};
 use event_binder::redis::{RedisConfig, RedisStore};
 use event_binder::{App, Channel, Handler, HandlerSpec, IdempotencyStore, Message, Producer};
 use serde::Deserialize;
@@ -40,8 +41,9 @@ fn unique() -> String {
     format!("bench_{}", &id[id.len() - 12..])
 }
 
-/// Handles `COUNT` messages with `store`; the time it took.
-async fn run(store: impl IdempotencyStore + 'static) -> Duration {
+/// Handles `COUNT` messages with `store`, the handler wrapped in `inbox` if given; the time
+/// it took.
+async fn run(store: impl IdempotencyStore + 'static, inbox: Option<Inbox>) -> Duration {
     let channel = MemoryChannel::new();
     let producer = channel.producer("orders").await.expect("producer");
     channel
@@ -71,12 +73,12 @@ async fn run(store: impl IdempotencyStore + 'static) -> Duration {
         )
     };
     let start = Instant::now();
-    let running = App::new(channel)
-        .idempotency(store)
-        .handler(handler)
-        .start()
-        .await
-        .expect("start");
+    let app = App::new(channel).idempotency(store);
+    let running = match inbox {
+        Some(inbox) => app.handler(handler.layer(inbox)).start().await,
+        None => app.handler(handler).start().await,
+    }
+    .expect("start");
     done.notified().await;
     let elapsed = start.elapsed();
     running.shutdown().await.expect("shutdown");
@@ -99,14 +101,18 @@ async fn main() {
             .expect("Redis on 127.0.0.1:6379 (run scripts/redis.sh)"),
     );
     println!("{COUNT} messages a run, {ROUNDS} rounds, default concurrency, memory:// backend");
-    let names = ["memory", "postgres", "redis"];
+    let names = ["memory", "postgres", "redis", "postgres-inbox"];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 1..=ROUNDS {
         for (index, name) in names.iter().enumerate() {
             let took = match index {
-                0 => run(event_binder::MemoryIdempotencyStore::new()).await,
-                1 => run(postgres.clone()).await,
-                _ => run(redis.clone()).await,
+                0 => run(event_binder::MemoryIdempotencyStore::new(), None).await,
+                1 => run(postgres.clone(), None).await,
+                2 => run(redis.clone(), None).await,
+                _ => {
+                    let inbox = Some(postgres.inbox());
+                    run(event_binder::MemoryIdempotencyStore::new(), inbox).await
+                }
             };
             let rate = COUNT as f64 / took.as_secs_f64();
             println!("round {round}: {name:<9} {rate:>10.0} msgs/s");

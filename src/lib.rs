@@ -147,8 +147,8 @@ pub mod sns_sqs {
     pub use event_binder_sns_sqs::*;
 }
 
-/// The PostgreSQL idempotency store (sqlx): handled ids that survive restarts and are
-/// shared by every instance of a group.
+/// PostgreSQL (sqlx): the idempotency store (handled ids that survive restarts and are
+/// shared by every instance of a group), the transactional inbox and outbox.
 #[cfg(feature = "postgres")]
 pub mod postgres {
     #[doc(inline)]

@@ -1,14 +1,17 @@
-//! The PostgreSQL idempotency store of event-binder: which message ids each handler has
+//! event-binder on PostgreSQL: the idempotency store (which message ids each handler has
 //! handled, and who is handling one now, kept in a table that every instance of a service
-//! shares and that outlives restarts.
+//! shares and that outlives restarts), the transactional [`Inbox`] (a handler's writes and
+//! the record of its message committed together: exactly-once effects) and the
+//! transactional [`Outbox`] with its [`Relay`] (events written in the caller's transaction,
+//! published once it commits).
 //!
 //! [`PostgresStore`] implements [`IdempotencyStore`](event_binder_core::IdempotencyStore):
 //! give it to an [`App`](event_binder_core::App) with
 //! [`idempotency`](event_binder_core::App::idempotency), and a message delivered twice, to
 //! two instances at once or again after a crash, runs its handler once. It talks to
 //! PostgreSQL through [sqlx](https://docs.rs/sqlx), the driver most Rust services already
-//! use, so that a handler can later be handed a transaction of the same pool for its own
-//! writes (a transactional inbox).
+//! use, so that a handler is handed a transaction of the same pool for its own writes (the
+//! [`Inbox`]).
 //!
 //! ```no_run
 //! # async fn demo(channel: impl event_binder_core::Channel) -> event_binder_core::Result<()> {

@@ -9,99 +9,13 @@ use event_binder_core::{
     HandlerSpec, Message, MessageId, Producer, RetryPolicy, RunningApp, Subscription,
 };
 use event_binder_memory::MemoryChannel;
-use event_binder_postgres::{sqlx, InboxTransaction, Outbox, PostgresStore};
+use event_binder_postgres::{InboxTransaction, Outbox};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{connection, eventually, store, TempTable};
+use support::{eventually, store, Effects, TempTable};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// What handlers write: one row per message id (unique), and a counter beside it.
-struct Effects {
-    rows: TempTable,
-    counter: TempTable,
-}
-
-impl Effects {
-    async fn new() -> Self {
-        let effects = Effects {
-            rows: TempTable::new("inbox_effects"),
-            counter: TempTable::new("inbox_counter"),
-        };
-        let mut conn = connection().await;
-        for sql in [
-            format!(
-                "CREATE TABLE \"{}\" (id text PRIMARY KEY)",
-                effects.rows.name
-            ),
-            format!(
-                "CREATE TABLE \"{}\" (n bigint NOT NULL)",
-                effects.counter.name
-            ),
-            format!("INSERT INTO \"{}\" VALUES (0)", effects.counter.name),
-        ] {
-            sqlx::query(&sql).execute(&mut conn).await.expect(&sql);
-        }
-        effects
-    }
-
-    /// Applies the effect of message `id` in the inbox's transaction.
-    async fn apply(
-        rows: &str,
-        counter: &str,
-        id: &str,
-        tx: &InboxTransaction,
-    ) -> Result<(), BoxError> {
-        let mut db = tx.connection().await?;
-        sqlx::query(&format!("INSERT INTO \"{rows}\" (id) VALUES ($1)"))
-            .bind(id)
-            .execute(&mut *db)
-            .await?;
-        sqlx::query(&format!("UPDATE \"{counter}\" SET n = n + 1"))
-            .execute(&mut *db)
-            .await?;
-        Ok(())
-    }
-
-    /// A handler applying each message's effect, through `store`'s inbox.
-    fn handler(&self, store: &PostgresStore, concurrency: usize) -> Handler<impl HandlerService> {
-        let (rows, counter) = (self.rows.name.clone(), self.counter.name.clone());
-        Handler::from_fn(
-            HandlerSpec::new("apply", "orders")
-                .group("effects")
-                .concurrency(concurrency),
-            move |_event: serde_json::Value, id: MessageId, tx: InboxTransaction| {
-                let (rows, counter) = (rows.clone(), counter.clone());
-                async move { Effects::apply(&rows, &counter, &id, &tx).await }
-            },
-        )
-        .layer(store.inbox())
-    }
-
-    async fn ids(&self) -> Vec<String> {
-        let mut conn = connection().await;
-        sqlx::query_scalar(&format!(
-            "SELECT id FROM \"{}\" ORDER BY id",
-            self.rows.name
-        ))
-        .fetch_all(&mut conn)
-        .await
-        .expect("reading the effects")
-    }
-
-    async fn applied(&self, id: &str) -> bool {
-        self.ids().await.iter().any(|applied| applied == id)
-    }
-
-    async fn counter(&self) -> i64 {
-        let mut conn = connection().await;
-        sqlx::query_scalar(&format!("SELECT n FROM \"{}\"", self.counter.name))
-            .fetch_one(&mut conn)
-            .await
-            .expect("reading the counter")
-    }
-}
 
 async fn send(bus: &MemoryChannel, ids: &[&str]) {
     let producer = bus.producer("orders").await.unwrap();
