@@ -52,7 +52,9 @@ pub struct PostgresConfig {
     /// takes a quarter of the retention, at most an hour (see
     /// [`effective_purge_interval`](Self::effective_purge_interval)). At least a second.
     pub purge_interval: Option<Duration>,
-    /// The most connections the store's own pool opens. Default 10.
+    /// The most connections the store's own pool opens. Default 20: an [`Inbox`](crate::Inbox)
+    /// call holds one for its whole transaction, so handlers behind it wait for connections
+    /// when their concurrency together (16 each by default) is above this.
     pub max_connections: u32,
     /// The longest a call waits for a connection, connecting included: a database that is
     /// down makes calls fail after it, not hang. Default 5 seconds.
@@ -78,8 +80,8 @@ impl PostgresConfig {
     pub const MAX_DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
     /// The shortest purge interval: a second.
     pub const MIN_PURGE_INTERVAL: Duration = Duration::from_secs(1);
-    /// The default [`max_connections`](Self::max_connections): 10.
-    pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+    /// The default [`max_connections`](Self::max_connections): 20.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 20;
     /// The default [`connect_timeout`](Self::connect_timeout): 5 seconds.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// The default [`query_timeout`](Self::query_timeout): 10 seconds.
