@@ -302,6 +302,8 @@ async fn shutdown_past_its_timeout_hands_in_flight_messages_back() {
 struct FailingStore {
     inner: event_binder::MemoryIdempotencyStore,
     failures: AtomicUsize,
+    /// After the failures, how many claims are answered as held by another holder.
+    held: AtomicUsize,
     begun: std::sync::Mutex<Vec<tokio::time::Instant>>,
 }
 
@@ -321,6 +323,17 @@ impl event_binder::IdempotencyStore for FailingStore {
         if failing {
             return Err(Error::Idempotency("the database is down".into()));
         }
+        let held = self
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if held {
+            return Ok(event_binder::Claim::HeldElsewhere {
+                retry_in: Duration::from_millis(10),
+            });
+        }
         self.inner.begin(key).await
     }
 
@@ -334,10 +347,11 @@ impl event_binder::IdempotencyStore for FailingStore {
 }
 
 #[tokio::test]
-async fn a_failing_store_hands_messages_back_and_the_handler_backs_off() {
+async fn a_message_waits_for_a_failing_store_or_a_held_claim_without_using_up_deliveries() {
     let store = Arc::new(FailingStore {
         inner: event_binder::MemoryIdempotencyStore::new(),
         failures: AtomicUsize::new(3),
+        held: AtomicUsize::new(3),
         begun: Default::default(),
     });
     let calls = Arc::new(AtomicUsize::new(0));
@@ -353,8 +367,14 @@ async fn a_failing_store_hands_messages_back_and_the_handler_backs_off() {
             },
         )
     };
+    // Handed back to the broker, each wait would be a delivery: 2 of them would
+    // dead-letter the message before its handler ever ran.
+    let mut policy = RetryPolicy::default();
+    policy.max_deliveries = 2;
+    let bus = MemoryChannel::new();
     let running = start_with_one_order(
-        App::new(MemoryChannel::new())
+        App::new(bus.clone())
+            .retry(policy)
             .idempotency(store.clone())
             .handler(counting),
     )
@@ -367,20 +387,25 @@ async fn a_failing_store_hands_messages_back_and_the_handler_backs_off() {
         1,
         "handled once, once the store answered"
     );
+    assert_eq!(bus.dead_lettered("orders", Some("billing")), 0);
     let begun = store.begun.lock().unwrap().clone();
     assert_eq!(
         begun.len(),
-        4,
-        "three failed claims, then the one that succeeded"
+        7,
+        "three failed claims, three held elsewhere, then the one acquired"
     );
     // Each failure in a row doubles the wait before the message is claimed again.
-    for (failures, pair) in (1u32..).zip(begun.windows(2)) {
+    for (failures, pair) in (1u32..).zip(begun.windows(2).take(3)) {
         let waited = pair[1] - pair[0];
         let backoff = Duration::from_millis(100 * 2u64.pow(failures - 1));
         assert!(
             waited >= backoff,
             "after {failures} failures: waited {waited:?} < {backoff:?}"
         );
+    }
+    // A held claim is asked about again after the time the store said.
+    for pair in begun.windows(2).skip(3) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(10));
     }
 }
 

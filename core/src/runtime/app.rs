@@ -615,11 +615,65 @@ impl Settings {
 
     /// Waits out [`store_backoff`](Self::store_backoff), unless the app is aborted.
     pub(super) async fn pause_for_store(&self) {
+        self.waited(self.store_backoff()).await;
+    }
+
+    /// Waits `pause`, unless the app is aborted first; whether it waited it out.
+    async fn waited(&self, pause: Duration) -> bool {
         let mut abort = self.abort.clone();
         tokio::select! {
-            () = sleep(self.store_backoff()) => {}
-            () = aborted(&mut abort) => {}
+            () = sleep(pause) => true,
+            () = aborted(&mut abort) => false,
         }
+    }
+
+    /// Asks the store for the claim of `id` again until it is acquired or found handled,
+    /// waiting after each other answer (`first` is the first): after a failure, the store
+    /// backoff; while another holder has it, the time it said. The delivery stays here
+    /// meanwhile, holding its slot: handed back to the broker, each wait would count as a
+    /// delivery, and `max_deliveries` of them would dead-letter a message that no handler
+    /// ever saw (a store down for a minute, a crashed holder's lease). `Err` when the app
+    /// was aborted first.
+    async fn claim_when_answered(
+        &self,
+        store_id: StoreId<'_>,
+        id: &str,
+        first: Result<Claim>,
+    ) -> Result<Claim> {
+        let mut claimed = first;
+        loop {
+            let pause = match &claimed {
+                Ok(Claim::Acquired | Claim::AlreadyHandled) => return claimed,
+                Ok(Claim::HeldElsewhere { retry_in }) => {
+                    tracing::debug!(message_id = id, retry_in = ?retry_in, "claimed by another holder; asking again later");
+                    *retry_in
+                }
+                Err(err) => {
+                    let pause = self.store_backoff();
+                    self.store_waits(id, err, pause);
+                    pause
+                }
+            };
+            if !self.waited(pause).await {
+                return Err(Error::ShutDown(
+                    "the app was aborted while the message waited for its claim",
+                ));
+            }
+            claimed = self.idempotency.begin(store_id).await;
+            self.store_answered(claimed.is_ok());
+        }
+    }
+
+    /// Says in the log that the store failed, and how long the message waits for it.
+    fn store_waits(&self, id: &str, error: &(dyn std::error::Error + 'static), pause: Duration) {
+        tracing::warn!(
+            handler = self.spec.name(),
+            message_id = id,
+            error = %error_chain(error),
+            failures_in_a_row = self.store_failures.load(Ordering::Relaxed),
+            retry_in = ?pause,
+            "idempotency store failed; the message waits, unacknowledged, and the handler slows down"
+        );
     }
 
     /// Hands a delivery back to the broker for after the store backoff, saying why: the
@@ -1004,9 +1058,6 @@ enum Outcome {
     },
     /// Hand it back to the broker, to be delivered again after the delay.
     RetryLater(Duration),
-    /// An idempotency store the handler's layers recorded it in failed: hand it back as a
-    /// failed claim is, and slow down.
-    StoreFailed(BoxError),
     Aborted,
 }
 
@@ -1063,16 +1114,22 @@ impl<S: HandlerService> Worker<S> {
         let id = message.id();
         let store = &self.settings.idempotency;
         let store_id = store.id(&message);
-        let claimed = store.begin(store_id).await;
+        let mut claimed = store.begin(store_id).await;
         self.settings.store_answered(claimed.is_ok());
+        if !matches!(claimed, Ok(Claim::Acquired)) {
+            // Boxed: its timers would otherwise make every delivery's future larger.
+            claimed = Box::pin(self.settings.claim_when_answered(store_id, id, claimed)).await;
+        }
         match claimed {
             Ok(Claim::Acquired) => {}
-            Err(err) => {
-                self.settings.settle_unclaimed(delivery, Err(err)).await;
-                // Boxed: its timer would otherwise make every delivery's future larger.
-                return Box::pin(self.settings.pause_for_store()).await;
+            Ok(Claim::AlreadyHandled) => {
+                return self
+                    .settings
+                    .settle_unclaimed(delivery, Ok(Claim::AlreadyHandled))
+                    .await
             }
-            unclaimed => return self.settings.settle_unclaimed(delivery, unclaimed).await,
+            // Aborted while waiting: handed back untried.
+            _ => return self.settings.report(delivery.nack(None).await, id, "nack"),
         }
         let claim = ClaimGuard::new(store, store_id, id);
         if let Some(reason) = self.settings.delivered_too_often(&delivery) {
@@ -1096,11 +1153,6 @@ impl<S: HandlerService> Worker<S> {
                 self.settings
                     .report(delivery.nack(Some(delay)).await, id, "nack");
             }
-            Outcome::StoreFailed(error) => {
-                self.settings.store_answered(false);
-                self.settings.hand_back_for_store(delivery, &*error).await;
-                Box::pin(self.settings.pause_for_store()).await;
-            }
             Outcome::Aborted => self.settings.report(delivery.nack(None).await, id, "nack"),
         }
     }
@@ -1119,6 +1171,7 @@ impl<S: HandlerService> Worker<S> {
         } else {
             1
         };
+        let mut store_failures = 0;
         loop {
             let ctx = Context::new(
                 delivery.shared_message().clone(),
@@ -1142,7 +1195,18 @@ impl<S: HandlerService> Worker<S> {
             };
             let pause = match Disposition::of(&*error) {
                 Disposition::Undecodable => return Outcome::Failed { error, attempts: 0 },
-                Disposition::StoreFailed => return Outcome::StoreFailed(error),
+                Disposition::StoreFailed => {
+                    // Not the handler's failure: no attempt used up, and the message is
+                    // not handed back (that would count as a delivery).
+                    store_failures += 1;
+                    let pause = broker_backoff(store_failures);
+                    self.settings
+                        .store_waits(delivery.message().id(), &*error, pause);
+                    if !self.settings.waited(pause).await {
+                        return Outcome::Aborted;
+                    }
+                    continue;
+                }
                 Disposition::GiveUp => {
                     return Outcome::Failed {
                         error,

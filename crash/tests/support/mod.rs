@@ -1,5 +1,6 @@
 //! What the crash tests share: the services' URLs, unique names, randomness, the test
-//! database, tables dropped when a test ends, and child processes to start and kill.
+//! database, tables and Redis keys dropped when a test ends, and child processes to start
+//! and kill.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -20,6 +21,15 @@ use tokio::time::Instant;
 pub fn postgres_url() -> String {
     std::env::var("EVENT_BINDER_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The test Redis: `EVENT_BINDER_REDIS_URL`, or the local server's database 0 (as the Redis
+/// store's tests use).
+pub fn redis_url() -> String {
+    std::env::var("EVENT_BINDER_REDIS_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned())
 }
 
 /// The Kafka bootstrap brokers: `EVENT_BINDER_KAFKA_BOOTSTRAP`, by default 127.0.0.1:9092
@@ -164,13 +174,72 @@ impl Drop for Tables {
     }
 }
 
-/// What a `crash-consumer` last said about its calls (`stats` lines).
+/// The Redis keys of one test, those under a prefix, deleted when this is dropped (at the
+/// end of the test, or when it panics), best effort.
+#[derive(Debug)]
+pub struct RedisKeys {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl RedisKeys {
+    /// The keys under `prefix` in the Redis at `url`. The prefix must hold none of the
+    /// pattern characters of `SCAN … MATCH` (`*?[]\`).
+    pub fn new(url: String, prefix: String) -> RedisKeys {
+        assert!(
+            !prefix.contains(['*', '?', '[', ']', '\\']),
+            "a Redis key prefix with pattern characters: {prefix:?}"
+        );
+        RedisKeys { url, prefix }
+    }
+
+    /// Deletes the keys, and says how many there were.
+    fn delete(url: &str, prefix: &str) -> redis::RedisResult<usize> {
+        let mut conn =
+            redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(5))?;
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut conn)?;
+            if !keys.is_empty() {
+                deleted += keys.len();
+                redis::cmd("DEL").arg(&keys).query::<()>(&mut conn)?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        // A thread of its own: this may run inside the test's runtime, which cannot block.
+        match std::thread::spawn(move || RedisKeys::delete(&url, &prefix)).join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => eprintln!("deleting the test's Redis keys: {err}"),
+            Err(_) => eprintln!("deleting the test's Redis keys panicked"),
+        }
+    }
+}
+
+/// What a `crash-consumer` last said about its calls (`stats` lines): see its docs for
+/// what each count is with the inbox and with the Redis store (`held` only there).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     pub deliveries: u64,
     pub applied: u64,
     pub skipped: u64,
     pub failed: u64,
+    pub held: u64,
 }
 
 impl Stats {
@@ -184,6 +253,7 @@ impl Stats {
                 "applied" => stats.applied = value,
                 "skipped" => stats.skipped = value,
                 "failed" => stats.failed = value,
+                "held" => stats.held = value,
                 _ => return None,
             }
         }
@@ -196,6 +266,7 @@ impl Stats {
         self.applied += other.applied;
         self.skipped += other.skipped;
         self.failed += other.failed;
+        self.held += other.held;
     }
 }
 
@@ -217,8 +288,19 @@ impl Process {
     /// Starts `program` with `args`; it stops gracefully when its stdin closes
     /// (`CRASH_STDIN_SHUTDOWN=1`).
     pub fn spawn(name: &str, program: &str, args: &[&str]) -> Process {
+        Process::spawn_with_env(name, program, args, &[])
+    }
+
+    /// As [`spawn`](Self::spawn), with the environment variables `env` besides.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Process {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .env("CRASH_STDIN_SHUTDOWN", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
