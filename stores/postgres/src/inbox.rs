@@ -33,8 +33,8 @@ const HOLDER: &str = "inbox";
 ///   skipped.
 ///
 /// A database that fails (to begin, record or commit, or under the handler's feet) is not
-/// the handler's failure: the message goes back to the broker counting no attempt, and the
-/// binding slows down as for a failed idempotency store, saying why in the log.
+/// the handler's failure: counting no attempt, the message waits, unacknowledged, and is
+/// tried again after a backoff, as after a failed claim, saying why in the log.
 ///
 /// A processor's outputs are written to an [`Outbox`] in the same transaction (give one
 /// with [`with_outbox`](Self::with_outbox)), with the ids the runtime would give them;
