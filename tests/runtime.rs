@@ -369,8 +369,10 @@ async fn a_message_waits_for_a_failing_store_or_a_held_claim_without_using_up_de
     };
     // Handed back to the broker, each wait would be a delivery: 2 of them would
     // dead-letter the message before its handler ever ran.
-    let mut policy = RetryPolicy::default();
-    policy.max_deliveries = 2;
+    let policy = RetryPolicy {
+        max_deliveries: 2,
+        ..RetryPolicy::default()
+    };
     let bus = MemoryChannel::new();
     let running = start_with_one_order(
         App::new(bus.clone())
