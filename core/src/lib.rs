@@ -20,6 +20,7 @@ mod message;
 mod name;
 mod publisher;
 mod runtime;
+mod telemetry;
 mod url;
 
 #[cfg(feature = "conformance")]

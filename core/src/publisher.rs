@@ -5,9 +5,11 @@ use crate::codec::Encode;
 use crate::erased::{BoxChannel, BoxProducer};
 use crate::error::Result;
 use crate::message::Message;
+use crate::telemetry;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use tracing::{Instrument, Span};
 
 /// Publishes events to any destination of a channel, like Spring's `StreamBridge`.
 ///
@@ -69,12 +71,25 @@ impl Publisher {
 
     /// Sends a message as it is (set headers, key or id yourself).
     pub async fn send(&self, destination: &str, message: Message) -> Result<()> {
-        self.producer(destination).await?.send(message).await
+        let span = self.span(destination, Some(message.id()), 1);
+        let sent = async { self.producer(destination).await?.send(message).await }
+            .instrument(span.clone())
+            .await;
+        telemetry::sent(&span, sent)
     }
 
     /// Sends several messages to one destination.
     pub async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> Result<()> {
-        self.producer(destination).await?.send_batch(messages).await
+        let first = messages.first().map(Message::id);
+        let span = self.span(destination, first, messages.len());
+        let sent = async { self.producer(destination).await?.send_batch(messages).await }
+            .instrument(span.clone())
+            .await;
+        telemetry::sent(&span, sent)
+    }
+
+    fn span(&self, destination: &str, message_id: Option<&str>, count: usize) -> Span {
+        telemetry::send_span(self.channel.backend(), destination, message_id, count)
     }
 
     /// The producer for a destination, opened on first use.

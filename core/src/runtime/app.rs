@@ -17,6 +17,7 @@ use crate::idempotency::{
 };
 use crate::message::{header, Message};
 use crate::publisher::Publisher;
+use crate::telemetry;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout_at, Instant};
 use tower_layer::{Identity, Layer, Stack};
+use tracing::{Instrument, Span};
 
 /// Handlers running on one channel: the service a user writes.
 ///
@@ -311,6 +313,7 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
                 && retries_through_broker(&*self.channel, &subscription, spec.name());
             let settings = Settings {
                 spec: spec.clone(),
+                backend: self.channel.backend(),
                 retry,
                 retry_through_broker,
                 idempotency: self.idempotency.scoped(scope.clone()),
@@ -579,6 +582,8 @@ fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
 /// What a handler's binding needs besides the handler itself.
 pub(super) struct Settings {
     pub(super) spec: HandlerSpec,
+    /// The channel's backend, for the spans.
+    pub(super) backend: &'static str,
     pub(super) scope: Arc<str>,
     pub(super) retry: RetryPolicy,
     /// Whether the waits between attempts are taken by the broker (a nack with delay).
@@ -1061,6 +1066,18 @@ enum Outcome {
     Aborted,
 }
 
+impl Outcome {
+    /// What the delivery's span says of it.
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Handled => "handled",
+            Outcome::Failed { .. } => "dead_lettered",
+            Outcome::RetryLater(_) => "retried",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
 impl<C: Channel, S: BatchService> Registered<C> for BatchHandler<S> {
     fn spec(&self) -> &HandlerSpec {
         BatchHandler::spec(self)
@@ -1099,7 +1116,18 @@ impl<S: HandlerService> Worker<S> {
             return;
         }
         let message = delivery.shared_message().clone();
-        if let Err(panic) = CatchUnwind::new(self.process(delivery)).await {
+        let span = telemetry::process_span(
+            self.settings.backend,
+            delivery.destination(),
+            delivery.group(),
+            message.id(),
+            message.payload().len(),
+            self.settings.spec.name(),
+        );
+        // The span first: the future is then made where it stays, not moved once more.
+        let processed = CatchUnwind::in_span(span.clone(), self.process(delivery, &span));
+        if let Err(panic) = processed.await {
+            telemetry::record_outcome(&span, "aborted", Some("panic"));
             tracing::error!(
                 handler = self.settings.spec.name(),
                 message_id = message.id(),
@@ -1109,7 +1137,7 @@ impl<S: HandlerService> Worker<S> {
         }
     }
 
-    async fn process<A: Acknowledger>(&self, delivery: Delivery<A>) {
+    async fn process<A: Acknowledger>(&self, delivery: Delivery<A>, span: &Span) {
         let message = delivery.shared_message().clone();
         let id = message.id();
         let store = &self.settings.idempotency;
@@ -1123,21 +1151,35 @@ impl<S: HandlerService> Worker<S> {
         match claimed {
             Ok(Claim::Acquired) => {}
             Ok(Claim::AlreadyHandled) => {
+                telemetry::record_outcome(span, "duplicate", None);
                 return self
                     .settings
                     .settle_unclaimed(delivery, Ok(Claim::AlreadyHandled))
-                    .await
+                    .await;
             }
             // Aborted while waiting: handed back untried.
-            _ => return self.settings.report(delivery.nack(None).await, id, "nack"),
+            _ => {
+                telemetry::record_outcome(span, "aborted", None);
+                return self.settings.report(delivery.nack(None).await, id, "nack");
+            }
         }
         let claim = ClaimGuard::new(store, store_id, id);
         if let Some(reason) = self.settings.delivered_too_often(&delivery) {
+            telemetry::record_outcome(span, "dead_lettered", Some("max_deliveries"));
             claim.abandon().await;
             self.settings.dead_letter(delivery, &reason, 0).await;
             return;
         }
-        let outcome = self.call_with_retries(&delivery).await;
+        let outcome = self.call_with_retries(&delivery, span).await;
+        telemetry::record_outcome(
+            span,
+            outcome.label(),
+            match &outcome {
+                Outcome::Failed { attempts: 0, .. } => Some("undecodable"),
+                Outcome::Failed { .. } => Some("handler"),
+                _ => None,
+            },
+        );
         match outcome {
             Outcome::Handled => claim.complete().await,
             _ => claim.abandon().await,
@@ -1159,7 +1201,11 @@ impl<S: HandlerService> Worker<S> {
 
     /// Calls the handler until it succeeds, fails for good, or (with retries through the
     /// broker) fails once more with attempts left.
-    async fn call_with_retries<A: Acknowledger>(&self, delivery: &Delivery<A>) -> Outcome {
+    async fn call_with_retries<A: Acknowledger>(
+        &self,
+        delivery: &Delivery<A>,
+        span: &Span,
+    ) -> Outcome {
         let mut abort = self.settings.abort.clone();
         let max_attempts = self.settings.retry.max_attempts.max(1);
         // A message handed back would be overtaken by later ones of its key.
@@ -1173,6 +1219,7 @@ impl<S: HandlerService> Worker<S> {
         };
         let mut store_failures = 0;
         loop {
+            telemetry::record_attempt(span, attempt);
             let ctx = Context::new(
                 delivery.shared_message().clone(),
                 attempt,
@@ -1268,7 +1315,12 @@ impl<S: HandlerService> Worker<S> {
             if outputs.is_empty() {
                 return Ok(());
             }
-            producer.send_batch(outputs).await.map_err(BoxError::from)
+            let destination = self.settings.spec.output_destination().unwrap_or_default();
+            let first = outputs.first().map(Message::id);
+            let span =
+                telemetry::send_span(self.settings.backend, destination, first, outputs.len());
+            let sent = producer.send_batch(outputs).instrument(span.clone()).await;
+            telemetry::sent(&span, sent).map_err(BoxError::from)
         })
         .await
         .and_then(|published| published)
@@ -1357,16 +1409,22 @@ pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pin_project_lite::pin_project! {
-    /// Turns a panic while polling a future into an error.
+    /// Turns a panic while polling a future into an error; polls it inside a span (what
+    /// `tracing::Instrument` does, without moving the future once more into a wrapper).
     pub(super) struct CatchUnwind<F> {
         #[pin]
         inner: F,
+        span: Span,
     }
 }
 
 impl<F> CatchUnwind<F> {
     pub(super) fn new(inner: F) -> Self {
-        CatchUnwind { inner }
+        Self::in_span(Span::none(), inner)
+    }
+
+    pub(super) fn in_span(span: Span, inner: F) -> Self {
+        CatchUnwind { inner, span }
     }
 }
 
@@ -1374,7 +1432,9 @@ impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let inner = self.project().inner;
+        let this = self.project();
+        let _entered = this.span.enter();
+        let inner = this.inner;
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(poll) => poll.map(Ok),
             Err(panic) => Poll::Ready(Err(panic_error("handler panicked", &*panic))),
