@@ -655,7 +655,7 @@ impl Settings {
                 }
                 Err(err) => {
                     let pause = self.store_backoff();
-                    self.store_waits(id, err, pause);
+                    self.store_waits(id, err, pause, false);
                     pause
                 }
             };
@@ -669,14 +669,22 @@ impl Settings {
         }
     }
 
-    /// Says in the log that the store failed, and how long the message waits for it.
-    fn store_waits(&self, id: &str, error: &(dyn std::error::Error + 'static), pause: Duration) {
+    /// Says in the log that the store failed, and how long the message waits for it, here
+    /// or (`handed_back`) in the broker.
+    fn store_waits(
+        &self,
+        id: &str,
+        error: &(dyn std::error::Error + 'static),
+        pause: Duration,
+        handed_back: bool,
+    ) {
         tracing::warn!(
             handler = self.spec.name(),
             message_id = id,
             error = %error_chain(error),
             failures_in_a_row = self.store_failures.load(Ordering::Relaxed),
             retry_in = ?pause,
+            handed_back,
             "idempotency store failed; the message waits, unacknowledged, and the handler slows down"
         );
     }
@@ -690,14 +698,7 @@ impl Settings {
     ) {
         let pause = self.store_backoff();
         let id = delivery.message().shared_id().clone();
-        tracing::warn!(
-            handler = self.spec.name(),
-            message_id = %id,
-            error = %error_chain(error),
-            failures_in_a_row = self.store_failures.load(Ordering::Relaxed),
-            retry_in = ?pause,
-            "idempotency store failed; the message goes back to the broker and the handler slows down"
-        );
+        self.store_waits(&id, error, pause, true);
         self.report(delivery.nack(Some(pause)).await, &id, "nack");
     }
 
@@ -1248,7 +1249,7 @@ impl<S: HandlerService> Worker<S> {
                     store_failures += 1;
                     let pause = broker_backoff(store_failures);
                     self.settings
-                        .store_waits(delivery.message().id(), &*error, pause);
+                        .store_waits(delivery.message().id(), &*error, pause, false);
                     if !self.settings.waited(pause).await {
                         return Outcome::Aborted;
                     }
