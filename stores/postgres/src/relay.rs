@@ -91,7 +91,9 @@ impl Relay {
     }
 
     /// Publishes one round: locks the next rows, sends them in order (consecutive rows of
-    /// one destination as one batch), deletes what the broker took, commits.
+    /// one destination as one batch), deletes what the broker took, commits. A destination
+    /// the broker refuses keeps its rows for a later round, and the round's error says why;
+    /// the other destinations are published meanwhile.
     async fn publish_round(&self) -> Result<usize> {
         let db = self.outbox.db();
         let table = self.outbox.outbox_table();
@@ -109,6 +111,9 @@ impl Relay {
             .await?;
         let mut sent = Vec::with_capacity(rows.len());
         let mut failure = None;
+        // A destination that failed takes no more rows this round (they would overtake the
+        // failed ones); the others go on.
+        let mut failed: Vec<String> = Vec::new();
         let mut rows = rows.into_iter().peekable();
         while let Some((seq, destination, message)) = rows.next() {
             let mut seqs = vec![seq];
@@ -119,11 +124,14 @@ impl Relay {
                 seqs.push(seq);
                 messages.push(message);
             }
+            if failed.contains(&destination) {
+                continue;
+            }
             match self.send(&destination, messages).await {
                 Ok(()) => sent.extend(seqs),
                 Err(err) => {
-                    failure = Some(err);
-                    break;
+                    failure.get_or_insert(err);
+                    failed.push(destination);
                 }
             }
         }

@@ -203,3 +203,33 @@ async fn an_invalid_destination_is_refused_when_written() {
         Err(Error::Config(_))
     ));
 }
+
+#[tokio::test]
+async fn a_destination_the_broker_refuses_holds_its_rows_not_the_others() {
+    let table = TempTable::new("outbox");
+    let outbox = outbox(&table).await;
+    let bus = MemoryChannel::new();
+    let mut consumer = subscribe(&bus).await;
+    let mut conn = connection().await;
+    // A row no broker takes (written past the outbox's own check), before a good one.
+    sqlx::query(&format!(
+        "INSERT INTO \"{}\" (destination, id, header_names, header_values, payload, timestamp_ms) \
+         VALUES ('no such destination', 'refused', '{{}}', '{{}}', '\\x7b7d', 0)",
+        table.name
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let id = outbox
+        .publish(&mut conn, "orders", &serde_json::json!({ "order": 1 }))
+        .await
+        .unwrap();
+    let relay = outbox.relay(Publisher::new(bus.clone()));
+    let refused = relay.publish_pending().await;
+    assert!(
+        matches!(refused, Err(Error::InvalidName { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(receive(&mut consumer, 1).await[0].id(), id);
+    assert_eq!(outbox.pending().await.unwrap(), 1, "the refused row stays");
+}
