@@ -138,9 +138,14 @@ impl<K: std::hash::Hash + Eq + Clone + Debug> Recorder<K> {
             }
         };
         if tokio::time::timeout(limit, waiting).await.is_err() {
+            let counts = self.snapshot();
+            // The first few keys only: a full list of thousands would hide the message.
+            let some: Vec<_> = counts.iter().take(10).collect();
             panic!(
-                "timed out after {limit:?} waiting for {what}; recorded so far: {:?}",
-                self.snapshot()
+                "timed out after {limit:?} waiting for {what}; recorded so far {} keys, {} \
+                 deliveries; some of them: {some:?}",
+                counts.len(),
+                counts.values().sum::<usize>(),
             );
         }
     }
