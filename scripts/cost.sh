@@ -4,6 +4,7 @@
 # the difference between runs of 1,000 and 2,000 messages, divided by 1,000.
 # Built with the `cost` profile (root Cargo.toml: `lto = "fat"`, `codegen-units = 1`), the build
 # issue #11's targets are stated for; PROFILE=bench measures the plain bench build instead.
+# FEATURES=otel (say) measures a build with those cargo features on as well.
 # Usage: scripts/cost.sh [scenario ...]   (default: every scenario of benches/memory_cost.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ profile=${PROFILE:-cost}
 # from being measured.
 case $profile in bench | release) dir=release ;; *) dir=$profile ;; esac
 
-bench=$(cargo bench --profile "$profile" --bench memory_cost --no-run --message-format=json 2>/dev/null |
+bench=$(cargo bench --profile "$profile" --bench memory_cost ${FEATURES:+--features "$FEATURES"} --no-run --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*memory_cost[^"]*\)".*/\1/p' | tail -n 1)
 [ -x "$bench" ] || { echo "scripts/cost.sh: building benches/memory_cost.rs failed; run cargo bench --profile $profile --bench memory_cost" >&2; exit 1; }
 case $bench in
@@ -36,7 +37,7 @@ instructions() {
         sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
 
-echo "profile: $profile ($bench)"
+echo "profile: $profile${FEATURES:+, features: $FEATURES} ($bench)"
 "$bench"
 printf '\n%-14s %s\n' scenario 'instructions per message'
 for scenario in "${scenarios[@]}"; do

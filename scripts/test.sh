@@ -35,4 +35,8 @@ if [ "$#" -eq 0 ]; then
     out=$(cargo run -q --all-features --example monolith_outbox_inbox)
     echo "$out"
     grep -qx "stock book: 3 left" <<<"$out"
+    # The runtime's metrics in the Prometheus text format, labelled with their binding.
+    out=$(cargo run -q --all-features --example prometheus_metrics)
+    echo "$out"
+    grep -qx 'event_binder_handled_total{destination="orders",group="billing",handler="prometheus_metrics::bill"} 3' <<<"$out"
 fi

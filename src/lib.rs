@@ -45,6 +45,7 @@
 //! | `sns-sqs` | no | `sns-sqs://` URLs: Amazon SNS+SQS through the AWS SDK |
 //! | `postgres` | no | `postgres::PostgresStore`: handled ids in PostgreSQL |
 //! | `redis` | no | `redis::RedisStore`: handled ids in Redis |
+//! | `http` | no | `http::Endpoints`: health, metrics and the bindings' switch over HTTP (axum) |
 
 mod any;
 
@@ -161,4 +162,12 @@ pub mod postgres {
 pub mod redis {
     #[doc(inline)]
     pub use event_binder_redis::*;
+}
+
+/// HTTP endpoints (axum): the app's health, its Prometheus metrics, and the switch that
+/// pauses, resumes, stops and starts each binding.
+#[cfg(feature = "http")]
+pub mod http {
+    #[doc(inline)]
+    pub use event_binder_http::*;
 }

@@ -6,7 +6,12 @@
 //! - [`App`]: the handler runtime (bounded concurrency, idempotency, retry with backoff,
 //!   dead letters, graceful shutdown) over any [`Channel`].
 //! - [`Publisher`]: typed publishing to destinations named at compile or run time.
+//! - [`metrics`]: the runtime's metrics (through the `metrics` facade) and their names.
 //! - `conformance` (cargo feature `conformance`): the suite every backend must pass.
+//! - Tracing: a `process` span for every delivery and a `send` span for every publish
+//!   (target `event_binder`, OpenTelemetry messaging attributes); with the cargo feature
+//!   `otel`, the W3C trace context goes into each message's headers and becomes the parent
+//!   of the span that handles it, on every backend.
 //!
 //! Backend authors depend on this crate alone; applications use the `event-binder` facade.
 
@@ -17,6 +22,7 @@ mod erased;
 mod error;
 mod idempotency;
 mod message;
+pub mod metrics;
 mod name;
 mod publisher;
 mod runtime;
@@ -42,10 +48,10 @@ pub use name::{validate_destination, validate_group, validate_prefix, DottedName
 pub use publisher::Publisher;
 pub use runtime::{
     App, Attempt, Batch, BatchFailure, BatchFn, BatchHandler, BatchHandlerFn, BatchService,
-    BatchSink, CallFuture, Context, Events, FnService, FromContext, Handler, HandlerFn,
-    HandlerService, HandlerSpec, IntoBatchHandler, IntoHandler, Key, MessageId, NoState,
-    NonRetryable, OutputPolicy, Processor, ProvidedBy, RetryAfter, RetryPolicy, RunningApp, Sink,
-    State, StateOf,
+    BatchSink, BindingState, BindingStatus, Bindings, CallFuture, Context, Events, FnService,
+    FromContext, Handler, HandlerFn, HandlerService, HandlerSpec, Health, IntoBatchHandler,
+    IntoHandler, Key, MessageId, NoState, NonRetryable, OutputPolicy, Processor, ProvidedBy,
+    RetryAfter, RetryPolicy, RunningApp, Sink, State, StateOf,
 };
 pub use tower_layer::{layer_fn, Layer};
 pub use tower_service::Service;

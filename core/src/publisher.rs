@@ -70,8 +70,9 @@ impl Publisher {
     }
 
     /// Sends a message as it is (set headers, key or id yourself).
-    pub async fn send(&self, destination: &str, message: Message) -> Result<()> {
+    pub async fn send(&self, destination: &str, mut message: Message) -> Result<()> {
         let span = self.span(destination, Some(message.id()), 1);
+        telemetry::propagate(&span, [&mut message]);
         let sent = async { self.producer(destination).await?.send(message).await }
             .instrument(span.clone())
             .await;
@@ -79,9 +80,10 @@ impl Publisher {
     }
 
     /// Sends several messages to one destination.
-    pub async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> Result<()> {
+    pub async fn send_batch(&self, destination: &str, mut messages: Vec<Message>) -> Result<()> {
         let first = messages.first().map(Message::id);
         let span = self.span(destination, first, messages.len());
+        telemetry::propagate(&span, &mut messages);
         let sent = async { self.producer(destination).await?.send_batch(messages).await }
             .instrument(span.clone())
             .await;

@@ -4,7 +4,13 @@
 //!
 //! With no subscriber interested, a span is disabled: its fields are not computed, and
 //! recording into it does nothing.
+//!
+//! With the feature `otel`, the trace context crosses the broker: the W3C `traceparent` and
+//! `tracestate` of a send span go into the headers of the messages it sends (each backend
+//! carries headers in its broker's native place), and a delivery's process span takes the
+//! context found there as its parent, whoever published it.
 
+use crate::message::Message;
 use tracing::field::Empty;
 use tracing::Span;
 
@@ -44,6 +50,35 @@ pub(crate) fn process_span(
         event_binder.handler = handler,
         event_binder.attempt = Empty,
         event_binder.outcome = Empty,
+        error.type = Empty,
+    );
+    if !span.is_disabled() {
+        span.record("otel.name", format!("process {destination}"));
+    }
+    span
+}
+
+/// The span of one call of a batch handler with `count` deliveries.
+pub(crate) fn process_batch_span(
+    backend: &str,
+    destination: &str,
+    group: Option<&str>,
+    count: usize,
+    handler: &str,
+) -> Span {
+    let span = tracing::info_span!(
+        target: TARGET,
+        "process",
+        otel.name = Empty,
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        messaging.system = messaging_system(backend),
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = destination,
+        messaging.consumer.group.name = group,
+        messaging.batch.message_count = count,
+        event_binder.handler = handler,
         error.type = Empty,
     );
     if !span.is_disabled() {
@@ -115,4 +150,122 @@ pub(crate) fn sent<T, E>(span: &Span, sent: Result<T, E>) -> Result<T, E> {
         record_error(span, "publish");
     }
     sent
+}
+
+/// Writes the trace context of the send `span` into the headers of `messages`, replacing
+/// any they had: the send is their parent now. Nothing without the feature `otel`, or when
+/// no OpenTelemetry layer records the span.
+pub(crate) fn propagate<'a>(span: &Span, messages: impl IntoIterator<Item = &'a mut Message>) {
+    #[cfg(feature = "otel")]
+    otel::propagate(span, messages);
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, messages);
+}
+
+/// Links a batch's process `span` to the trace context of each message that has one (a
+/// batch has many parents: the semantic conventions link them). Nothing without the
+/// feature `otel`.
+pub(crate) fn link_each<'a>(span: &Span, messages: impl IntoIterator<Item = &'a Message>) {
+    #[cfg(feature = "otel")]
+    otel::link_each(span, messages);
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, messages);
+}
+
+/// Makes the trace context in `message`'s headers, when it has a valid one, the parent of
+/// its process `span`. Nothing without the feature `otel`.
+pub(crate) fn adopt_parent(span: &Span, message: &Message) {
+    #[cfg(feature = "otel")]
+    otel::adopt_parent(span, message);
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, message);
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use crate::message::{header, Headers, Message};
+    use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry::Context;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing::Span;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    pub(super) fn propagate<'a>(span: &Span, messages: impl IntoIterator<Item = &'a mut Message>) {
+        if span.is_disabled() {
+            return;
+        }
+        let context = span.context();
+        let mut fields = Fields::default();
+        TraceContextPropagator::new().inject_context(&context, &mut fields);
+        if fields.0.is_empty() {
+            return;
+        }
+        for message in messages {
+            let headers = message.headers_mut();
+            for (name, value) in &fields.0 {
+                headers.insert(*name, value.clone());
+            }
+        }
+    }
+
+    pub(super) fn adopt_parent(span: &Span, message: &Message) {
+        if span.is_disabled() {
+            return;
+        }
+        if let Some(parent) = sender_of(message) {
+            // Fails only when no OpenTelemetry layer records the span: nothing to parent.
+            let _ = span.set_parent(parent);
+        }
+    }
+
+    pub(super) fn link_each<'a>(span: &Span, messages: impl IntoIterator<Item = &'a Message>) {
+        if span.is_disabled() {
+            return;
+        }
+        for sender in messages.into_iter().filter_map(sender_of) {
+            span.add_link(sender.span().span_context().clone());
+        }
+    }
+
+    /// The context of the span that sent `message`, when its headers carry a valid one. A
+    /// malformed `traceparent` from a foreign producer reads as none.
+    fn sender_of(message: &Message) -> Option<Context> {
+        let headers = message.headers();
+        if !headers.contains(header::TRACEPARENT) {
+            return None;
+        }
+        let context = TraceContextPropagator::new().extract(&Read(headers));
+        context.span().span_context().is_valid().then_some(context)
+    }
+
+    /// The trace context's headers, written once for all the messages of a send.
+    #[derive(Default)]
+    struct Fields(Vec<(&'static str, String)>);
+
+    impl Injector for Fields {
+        fn set(&mut self, key: &str, value: String) {
+            // An empty `tracestate` says nothing, and SNS refuses empty attributes.
+            let name = match key {
+                header::TRACEPARENT => header::TRACEPARENT,
+                header::TRACESTATE => header::TRACESTATE,
+                _ => return,
+            };
+            if !value.is_empty() {
+                self.0.push((name, value));
+            }
+        }
+    }
+
+    struct Read<'a>(&'a Headers);
+
+    impl Extractor for Read<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key)
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|(name, _)| name).collect()
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! messages; messages from foreign clients; a lost connection replaced under a consumer;
 //! `amqps://` through the broker's TLS listener (127.0.0.1:5671, its certificate signed by
 //! the test CA that `scripts/rabbitmq.sh` makes); `try_receive` alone serves what `receive`
-//! would, and skips what a lost connection left in the buffer.
+//! would, and skips what a lost connection left in the buffer; a foreign `traceparent` is
+//! the parent of the handler's span.
 
 use event_binder_core::{
     header, App, Channel, Consumer, Context, Delivery, Error, Handler, HandlerSpec, Message,
@@ -582,4 +583,45 @@ fn connecting_outside_a_tokio_runtime_is_an_error_not_a_panic() {
         matches!(outcome, std::task::Poll::Ready(Err(Error::Config(_)))),
         "{outcome:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_traceparent_is_the_parent_of_the_handlers_span() {
+    use event_binder_core::conformance::traces::{ForeignContext, Traces};
+    use lapin::types::{AMQPValue, FieldTable};
+    let traces = Traces::install();
+    let channel = channel().await;
+    let destination = "traced";
+    let exchange = channel.exchange_name(destination).expect("name");
+    let running = App::new(channel)
+        .handler(Handler::from_fn(
+            HandlerSpec::new("traced", destination).group("g"),
+            |_: serde_json::Value| async { Ok::<_, Error>(()) },
+        ))
+        .start()
+        .await
+        .expect("the app");
+    let foreign = ForeignContext::new();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(foreign.traceparent.as_str().into()),
+    );
+    foreign_client()
+        .await
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            br#"{"order":1}"#,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .expect("a raw publish");
+    traces
+        .wait_for(LIMIT, "the handler's span under the foreign one", |span| {
+            foreign.is_parent_of_processing(destination, span)
+        })
+        .await;
+    running.shutdown().await.expect("shutdown");
 }

@@ -38,6 +38,10 @@ const RESERVED: [&str; 6] = [
     PAYLOAD_ENCODING,
 ];
 
+/// The headers that travel as attributes of their own even when the others are packed (at
+/// most 5 attributes of the backend's own, plus these 2 and the packed ones: 8 of 10).
+const TRACE_CONTEXT: [&str; 2] = [header::TRACEPARENT, header::TRACESTATE];
+
 /// A message as SNS or SQS takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Encoded {
@@ -75,7 +79,16 @@ impl Encoded {
         if one_by_one {
             attributes.extend(headers.iter().map(|(n, v)| (n.to_owned(), v.to_owned())));
         } else {
-            attributes.push((PACKED_HEADERS.to_owned(), pack(headers)?));
+            // The trace context keeps attributes of its own, where tracing tools look for it.
+            let mut packed = Headers::new();
+            for (name, value) in headers.iter() {
+                if TRACE_CONTEXT.contains(&name) && is_valid_value(value) {
+                    attributes.push((name.to_owned(), value.to_owned()));
+                } else {
+                    packed.insert(name, value);
+                }
+            }
+            attributes.push((PACKED_HEADERS.to_owned(), pack(&packed)?));
         }
         if let Some((name, _)) = attributes.iter().find(|(_, value)| !is_valid_value(value)) {
             return Err(Error::Encode(
@@ -343,6 +356,31 @@ mod tests {
         assert!(encoded.attributes.iter().any(|(n, _)| n == PACKED_HEADERS));
         assert_eq!(decoded.headers(), message.headers());
         assert_eq!(decoded.key(), None);
+    }
+
+    #[test]
+    fn the_trace_context_keeps_its_own_attributes_when_the_headers_are_packed() {
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut message = Message::new("x")
+            .with_key("k")
+            .with_header(header::TRACEPARENT, traceparent)
+            .with_header(header::TRACESTATE, "vendor=a");
+        for i in 0..12 {
+            message = message.with_header(format!("h{i}"), i.to_string());
+        }
+        let (encoded, decoded) = round_trip(&message);
+        assert!(encoded.attributes.len() <= MAX_ATTRIBUTES);
+        let attribute = |name: &str| {
+            encoded
+                .attributes
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(attribute(header::TRACEPARENT), Some(traceparent));
+        assert_eq!(attribute(header::TRACESTATE), Some("vendor=a"));
+        assert!(!attribute(PACKED_HEADERS).unwrap().contains(traceparent));
+        assert_eq!(decoded.headers(), message.headers());
     }
 
     #[test]

@@ -932,3 +932,44 @@ async fn try_receive_serves_what_receive_would_without_waiting() {
     assert_eq!(count(A::ApproximateNumberOfMessagesNotVisible), "0");
     assert_eq!(count(A::ApproximateNumberOfMessages), "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_traceparent_is_the_parent_of_the_handlers_span() {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    use event_binder_core::conformance::traces::{ForeignContext, Traces};
+    let traces = Traces::install();
+    let channel = connect(config()).await;
+    let destination = "traced";
+    let queue = channel.queue_name(destination, "g").unwrap();
+    let running = App::new(channel)
+        .handler(Handler::from_fn(
+            HandlerSpec::new("traced", destination).group("g"),
+            |_: serde_json::Value| async { Ok::<_, Error>(()) },
+        ))
+        .start()
+        .await
+        .expect("the app");
+    let foreign = ForeignContext::new();
+    let sqs = raw_sqs().await;
+    let queue_url = queue_url(&sqs, &queue).await;
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body(r#"{"n":7}"#)
+        .message_attributes(
+            "traceparent",
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(&foreign.traceparent)
+                .build()
+                .expect("an attribute"),
+        )
+        .send()
+        .await
+        .expect("a raw send");
+    traces
+        .wait_for(LIMIT, "the handler's span under the foreign one", |span| {
+            foreign.is_parent_of_processing(destination, span)
+        })
+        .await;
+    running.shutdown().await.expect("shutdown");
+}

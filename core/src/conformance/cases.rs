@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use crate::idempotency::{Claim, ClaimKey, IdempotencyStore, MemoryIdempotencyStore};
 use crate::message::{header, Message};
 use crate::runtime::{
-    App, Batch, BatchFailure, BatchHandler, Context, Handler, HandlerSpec, NonRetryable,
-    RetryPolicy,
+    App, Batch, BatchFailure, BatchHandler, BindingState, Context, Handler, HandlerSpec,
+    NonRetryable, RetryPolicy,
 };
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -84,11 +84,16 @@ pub enum Case {
     InvalidNamesAreRefused,
     /// Two deliveries of one message id run the handler once.
     DuplicateMessageIdIsHandledOnce,
+    /// A paused binding takes nothing and holds nothing: what is published meanwhile
+    /// stays with the broker for its group (another consumer of the group gets all of it),
+    /// and once resumed the binding handles it; stopped and started, likewise. Its health
+    /// says what it does throughout.
+    PausedBindingHoldsNothingAndResumes,
 }
 
 impl Case {
     /// Every case, in the order the suite lists them.
-    pub const ALL: [Case; 22] = [
+    pub const ALL: [Case; 23] = [
         Case::PublishSubscribeKeepsEverythingIntact,
         Case::ConcurrentPublishersAndConsumersLoseNothing,
         Case::DestinationsAreIsolated,
@@ -111,6 +116,7 @@ impl Case {
         Case::OversizedMessageIsRefused,
         Case::InvalidNamesAreRefused,
         Case::DuplicateMessageIdIsHandledOnce,
+        Case::PausedBindingHoldsNothingAndResumes,
     ];
 }
 
@@ -139,6 +145,7 @@ pub(super) async fn run<C: Channel>(case: Case, channel: Arc<C>, config: SuiteCo
         Case::OversizedMessageIsRefused => suite.oversized().await,
         Case::InvalidNamesAreRefused => suite.invalid_names().await,
         Case::DuplicateMessageIdIsHandledOnce => suite.duplicate_id().await,
+        Case::PausedBindingHoldsNothingAndResumes => suite.pause_and_resume().await,
     }
 }
 
@@ -1211,6 +1218,131 @@ impl<C: Channel> Suite<C> {
             let tries = calls.iter().filter(|call| call.contains(&n)).count();
             assert_eq!(tries, 3, "probe {n} is tried 3 times: {calls:?}");
         }
+    }
+
+    async fn pause_and_resume(&self) {
+        let (destination, group) = (unique("pause"), unique("g"));
+        let handled = Recorder::<u64>::new();
+        let handler = {
+            let handled = handled.clone();
+            Handler::from_fn(
+                HandlerSpec::new("pausable", destination.as_str()).group(group.as_str()),
+                move |event: Probe| {
+                    handled.record(event.n);
+                    async { Ok::<(), String>(()) }
+                },
+            )
+        };
+        let running = expect(
+            App::new(self.channel.clone())
+                .concurrency(4)
+                .handler(handler)
+                .start()
+                .await,
+            "starting the app",
+        );
+        let bindings = running.bindings().clone();
+        let publish = |range: std::ops::Range<u64>| {
+            let publisher = running.publisher().clone();
+            let destination = destination.clone();
+            async move {
+                for n in range {
+                    expect(publisher.send(&destination, probe(n)).await, "send");
+                }
+            }
+        };
+        let handled_all =
+            |upto: u64| move |seen: &HashMap<u64, usize>| (0..upto).all(|n| seen.contains_key(&n));
+        publish(0..5).await;
+        handled
+            .wait_for(self.config.timeout, "5 messages", handled_all(5))
+            .await;
+
+        let paused = within(self.config.timeout, "the pause", bindings.pause("pausable")).await;
+        let paused = expect(paused, "pausing the binding");
+        assert_eq!(
+            (paused.state, paused.actual),
+            (BindingState::Paused, BindingState::Paused)
+        );
+        assert!(bindings.health().healthy, "{:?}", bindings.health());
+        publish(5..15).await;
+        // Another consumer of the group gets every message published during the pause:
+        // the paused binding took none, and holds none.
+        let mut other = self.consumer(&destination, Some(&group)).await;
+        let taken = Recorder::<u64>::new();
+        let mut deliveries = Vec::new();
+        while !(5..15).all(|n| taken.count(&n) > 0) {
+            let delivery = receive(
+                &mut other,
+                self.config.timeout,
+                "the messages published during the pause",
+            )
+            .await;
+            let n = serde_json::from_slice::<Probe>(delivery.message().payload())
+                .expect("a probe")
+                .n;
+            taken.record(n);
+            deliveries.push(delivery);
+        }
+        assert!(
+            (5..15).all(|n| handled.count(&n) == 0),
+            "the paused binding handled messages: {:?}",
+            handled.snapshot()
+        );
+        // Unsettled, they go back to the group with the consumer.
+        drop(deliveries);
+        drop(other);
+
+        let resumed = within(
+            self.config.timeout,
+            "the resume",
+            bindings.resume("pausable"),
+        )
+        .await;
+        assert_eq!(
+            expect(resumed, "resuming the binding").actual,
+            BindingState::Running
+        );
+        handled
+            .wait_for(
+                self.config.timeout,
+                "the messages of the pause, after it",
+                handled_all(15),
+            )
+            .await;
+
+        let stopped = within(self.config.timeout, "the stop", bindings.stop("pausable")).await;
+        assert_eq!(
+            expect(stopped, "stopping the binding").actual,
+            BindingState::Stopped
+        );
+        publish(15..20).await;
+        let started = within(self.config.timeout, "the start", bindings.start("pausable")).await;
+        assert_eq!(
+            expect(started, "starting the binding").actual,
+            BindingState::Running
+        );
+        handled
+            .wait_for(
+                self.config.timeout,
+                "the messages of the stop, after it",
+                handled_all(20),
+            )
+            .await;
+        let status = expect(bindings.status("pausable"), "the binding's status");
+        assert!(status.loop_alive && status.connected, "{status:?}");
+        assert!(status.last_received_ms.is_some(), "{status:?}");
+        assert!(bindings.health().healthy, "{:?}", bindings.health());
+        assert!(
+            matches!(bindings.status("no-such-binding"), Err(Error::Config(_))),
+            "an unknown binding is a configuration error"
+        );
+        expect(running.shutdown().await, "shutdown");
+        let status = expect(bindings.status("pausable"), "the binding's status");
+        assert!(
+            !status.loop_alive,
+            "after shutdown the loop has ended: {status:?}"
+        );
     }
 
     async fn graceful_shutdown(&self) {

@@ -26,6 +26,8 @@
 mod cases;
 pub mod stores;
 mod support;
+#[cfg(feature = "otel")]
+pub mod traces;
 
 pub use cases::Case;
 pub use support::SuiteConfig;
@@ -95,6 +97,7 @@ macro_rules! conformance_tests {
             oversized_message_is_refused => OversizedMessageIsRefused,
             invalid_names_are_refused => InvalidNamesAreRefused,
             duplicate_message_id_is_handled_once => DuplicateMessageIdIsHandledOnce,
+            paused_binding_holds_nothing_and_resumes => PausedBindingHoldsNothingAndResumes,
         );
     };
 }

@@ -1,6 +1,7 @@
 //! The app: registered handlers running on one channel.
 
 use super::batch::{limits_of, BatchHandler, BatchService, BatchWorker, IntoBatchHandler};
+use super::bindings::{BindingCell, BindingState, Bindings, EndsBinding, Health};
 use super::context::{Context, Extensions, Shared};
 use super::extract::ProvidedBy;
 use super::failure::Disposition;
@@ -16,6 +17,7 @@ use crate::idempotency::{
     AppStore, Claim, IdempotencyStore, MemoryIdempotencyStore, ScopedStore, StoreId,
 };
 use crate::message::{header, Message};
+use crate::metrics::{BindingMetrics, Taken};
 use crate::publisher::Publisher;
 use crate::telemetry;
 use std::collections::HashMap;
@@ -328,21 +330,32 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
                 subscription,
                 concurrency,
                 store_failures: AtomicU32::new(0),
+                metrics: BindingMetrics::new(spec.destination(), spec.group_name(), spec.name()),
             };
             pending.push((handler, settings, consumer));
         }
+        let mut cells = Vec::with_capacity(pending.len());
         let workers = pending
             .into_iter()
             .map(|(handler, settings, consumer)| {
+                let spec = &settings.spec;
+                let cell = Arc::new(BindingCell::new(
+                    spec.name(),
+                    spec.destination(),
+                    spec.group_name(),
+                ));
+                cells.push(cell.clone());
                 tokio::spawn(handler.bind(
                     settings,
                     self.channel.clone(),
                     consumer,
                     stop_rx.clone(),
+                    cell,
                 ))
             })
             .collect();
         Ok(RunningApp {
+            bindings: Bindings::new(cells),
             workers,
             stop,
             abort: Some(abort),
@@ -459,6 +472,7 @@ impl<C: Channel, L, St> fmt::Debug for App<C, L, St> {
 /// finish with no timeout.
 #[must_use = "dropping a RunningApp stops its handlers; keep it, and call shutdown to stop"]
 pub struct RunningApp {
+    bindings: Bindings,
     workers: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     /// `None` once [`shutdown`](Self::shutdown) or `Drop` took it.
@@ -471,6 +485,17 @@ impl RunningApp {
     /// The app's publisher.
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
+    }
+
+    /// Its bindings, one a handler: their health, and the switch that pauses, resumes,
+    /// stops and starts each. The handle stays valid while the app runs; clone it freely.
+    pub fn bindings(&self) -> &Bindings {
+        &self.bindings
+    }
+
+    /// Whether every binding that should run does: [`Bindings::health`].
+    pub fn health(&self) -> Health {
+        self.bindings.health()
     }
 
     /// Stops taking new deliveries, lets in-flight ones finish and be acknowledged within the
@@ -599,6 +624,8 @@ pub(super) struct Settings {
     pub(super) concurrency: usize,
     /// How many times in a row the idempotency store failed to answer a claim.
     pub(super) store_failures: AtomicU32,
+    /// Taken here, once, so that a delivery only updates them.
+    pub(super) metrics: BindingMetrics,
 }
 
 impl Settings {
@@ -714,6 +741,7 @@ impl Settings {
         match claim {
             Ok(Claim::AlreadyHandled) => {
                 tracing::debug!(message_id = %id, "already handled; acknowledging");
+                self.metrics.duplicate();
                 self.report(delivery.ack().await, &id, "ack");
             }
             Ok(Claim::HeldElsewhere { retry_in }) => {
@@ -758,11 +786,12 @@ impl Settings {
             reason,
             "dead-lettering message"
         );
-        self.report(
-            delivery.dead_letter(reason, attempts).await,
-            &id,
-            "dead-letter",
-        );
+        let sent = delivery.dead_letter(reason, attempts).await;
+        // One that failed comes back, and is counted when it is dead-lettered at last.
+        if sent.is_ok() {
+            self.metrics.dead_lettered();
+        }
+        self.report(sent, &id, "dead-letter");
     }
 
     /// Logs a failed settlement (the broker delivers the message again).
@@ -796,6 +825,7 @@ trait Registered<C: Channel>: Send {
         channel: Arc<C>,
         consumer: C::Consumer,
         stop: watch::Receiver<bool>,
+        cell: Arc<BindingCell>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
@@ -818,12 +848,13 @@ impl<C: Channel, S: HandlerService, R: 'static> Registered<C> for Handler<S, R> 
         channel: Arc<C>,
         consumer: C::Consumer,
         stop: watch::Receiver<bool>,
+        cell: Arc<BindingCell>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let worker = Worker {
             service: self.into_service(),
             settings,
         };
-        Box::pin(run(worker, channel, consumer, stop))
+        Box::pin(run(worker, channel, consumer, stop, cell))
     }
 }
 
@@ -831,12 +862,15 @@ impl<C: Channel, S: HandlerService, R: 'static> Registered<C> for Handler<S, R> 
 pub(super) trait Consume: Send + Sync {
     fn settings(&self) -> &Settings;
 
-    /// Receives and handles until the app stops; finishes what it took before returning.
+    /// Receives and handles until `halt` changes (the app stops, the binding pauses) or
+    /// the backend shuts the consumer down; finishes what it took, then hands the consumer
+    /// back.
     fn consume<Co: Consumer>(
         &self,
         consumer: Co,
-        stop: watch::Receiver<bool>,
-    ) -> impl Future<Output = ()> + Send;
+        halt: watch::Receiver<bool>,
+        cell: &BindingCell,
+    ) -> impl Future<Output = Co> + Send;
 }
 
 impl<S: HandlerService> Consume for Worker<S> {
@@ -847,47 +881,114 @@ impl<S: HandlerService> Consume for Worker<S> {
     fn consume<Co: Consumer>(
         &self,
         consumer: Co,
-        stop: watch::Receiver<bool>,
-    ) -> impl Future<Output = ()> + Send {
-        consume(self, consumer, stop)
+        halt: watch::Receiver<bool>,
+        cell: &BindingCell,
+    ) -> impl Future<Output = Co> + Send {
+        consume(self, consumer, halt, cell)
     }
 }
 
-/// Runs a binding's consume loop until the app stops. A loop that dies (a panic in the
-/// backend's consumer, say) is logged and started again on a new consumer: a binding
-/// never stops silently.
+/// Runs a binding until the app stops: its consume loop while it is wanted running; when
+/// paused or stopped, no loop (a group's consumer closed, an anonymous one kept while
+/// paused), until it is wanted again. A loop that dies (a panic in the backend's consumer,
+/// say) is logged and started again on a new consumer: a binding never stops silently.
 pub(super) async fn run<W: Consume, C: Channel>(
     worker: W,
     channel: Arc<C>,
-    mut consumer: C::Consumer,
-    mut stop: watch::Receiver<bool>,
+    consumer: C::Consumer,
+    stop: watch::Receiver<bool>,
+    cell: Arc<BindingCell>,
 ) {
+    let _ends = EndsBinding(&cell);
     let settings = worker.settings();
     let name = settings.spec.name();
+    let mut wanted = cell.wanted.subscribe();
+    let mut consumer = Some(consumer);
     loop {
-        let looping = CatchUnwind::new(worker.consume(consumer, stop.clone()));
-        let Err(panic) = looping.await else {
-            return;
-        };
-        tracing::error!(handler = name, error = %panic, "the consume loop died; starting it again");
-        let mut failures = 0u32;
-        consumer = loop {
-            if stop_requested(&stop) {
-                return;
+        let state = *wanted.borrow_and_update();
+        if state != BindingState::Running {
+            cell.reached(state);
+            tokio::select! {
+                () = stopped(stop.clone()) => return,
+                changed = wanted.changed() => if changed.is_err() { return },
             }
-            match channel.consumer(&settings.subscription).await {
-                Ok(consumer) => break consumer,
-                Err(err) => {
-                    failures = failures.saturating_add(1);
-                    let pause = broker_backoff(failures);
-                    tracing::warn!(handler = name, error = %err, retry_in = ?pause, "reopening the consumer failed");
-                    tokio::select! {
-                        _ = stop.wait_for(|stopped| *stopped) => return,
-                        () = sleep(pause) => {}
-                    }
+            continue;
+        }
+        let current = match consumer.take() {
+            Some(current) => current,
+            None => match reopen(&*channel, settings, &stop).await {
+                Some(reopened) => reopened,
+                None => return,
+            },
+        };
+        cell.set_connected(true);
+        cell.reached(BindingState::Running);
+        // The loop halts when the app stops or the binding is wanted otherwise; watched by
+        // a task of its own, so that the loop's every wake-up polls nothing more.
+        let (halt, halted) = watch::channel(false);
+        let watcher = tokio::spawn({
+            let (stop, mut wanted) = (stop.clone(), cell.wanted.subscribe());
+            async move {
+                tokio::select! {
+                    () = stopped(stop) => {}
+                    _ = wanted.wait_for(|state| *state != BindingState::Running) => {}
+                }
+                halt.send_replace(true);
+            }
+        });
+        let was_halted = halted.clone();
+        let looping = CatchUnwind::new(worker.consume(current, halted, &cell));
+        let ended = looping.await;
+        watcher.abort();
+        let returned = match ended {
+            Ok(returned) => returned,
+            Err(panic) => {
+                tracing::error!(handler = name, error = %panic, "the consume loop died; starting it again");
+                continue;
+            }
+        };
+        // Not halted, the loop ended by itself: the backend shut the consumer down.
+        if stop_requested(&stop) || !*was_halted.borrow() {
+            return;
+        }
+        match cell.wanted() {
+            // Paused and resumed before the loop had halted: it goes on with its consumer.
+            BindingState::Running => consumer = Some(returned),
+            // Closing an anonymous subscription's consumer would delete its queue.
+            BindingState::Paused if cell.is_anonymous() => consumer = Some(returned),
+            _ => {
+                // Closed: what it had taken but not handled goes back to the group.
+                drop(returned);
+                cell.set_connected(false);
+            }
+        }
+    }
+}
+
+/// Opens the binding's consumer again, backing off while that fails; `None` once the app
+/// stops.
+async fn reopen<C: Channel>(
+    channel: &C,
+    settings: &Settings,
+    stop: &watch::Receiver<bool>,
+) -> Option<C::Consumer> {
+    let mut failures = 0u32;
+    loop {
+        if stop_requested(stop) {
+            return None;
+        }
+        match channel.consumer(&settings.subscription).await {
+            Ok(consumer) => return Some(consumer),
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                let pause = broker_backoff(failures);
+                tracing::warn!(handler = settings.spec.name(), error = %err, retry_in = ?pause, "reopening the consumer failed");
+                tokio::select! {
+                    () = stopped(stop.clone()) => return None,
+                    () = sleep(pause) => {}
                 }
             }
-        };
+        }
     }
 }
 
@@ -897,7 +998,8 @@ async fn consume<S: HandlerService, Co: Consumer>(
     worker: &Worker<S>,
     mut consumer: Co,
     stop: watch::Receiver<bool>,
-) {
+    cell: &BindingCell,
+) -> Co {
     let settings = &worker.settings;
     let mut start = |delivery, waited| worker.process_guarded(delivery, waited);
     let mut slots = Slots::new(settings.concurrency, settings.ordered);
@@ -912,6 +1014,7 @@ async fn consume<S: HandlerService, Co: Consumer>(
         // First what is there now, taken with no future to make (while a slot is free);
         // then, once nothing is, wait for the next delivery.
         let mut taken = 0;
+        let mut took_any = false;
         let ready = poll_fn(|cx| loop {
             while slots.poll_progress(cx, &mut start).is_ready() {}
             if taken == FAST_PATH_BUDGET {
@@ -933,7 +1036,11 @@ async fn consume<S: HandlerService, Co: Consumer>(
             match consumer.try_receive() {
                 Some(Ok(delivery)) => {
                     taken += 1;
-                    failures = 0;
+                    took_any = true;
+                    if failures > 0 {
+                        failures = 0;
+                        cell.set_connected(true);
+                    }
                     let slot = slots.slot_for(delivery.message().key());
                     slots.place(slot, delivery, &mut start);
                 }
@@ -942,6 +1049,10 @@ async fn consume<S: HandlerService, Co: Consumer>(
             }
         })
         .await;
+        if took_any {
+            // Once a burst, not once a delivery: the clock costs more than the rest.
+            cell.received();
+        }
         let next = match ready {
             Next::Nothing => {
                 let mut receiving = pin!(consumer.receive());
@@ -965,7 +1076,11 @@ async fn consume<S: HandlerService, Co: Consumer>(
             Next::Stop => break,
             Next::Nothing => {}
             Next::Received(Ok(delivery)) => {
-                failures = 0;
+                cell.received();
+                if failures > 0 {
+                    failures = 0;
+                    cell.set_connected(true);
+                }
                 let slot = slots.slot_for(delivery.message().key());
                 slots.place(slot, delivery, &mut start);
             }
@@ -980,6 +1095,7 @@ async fn consume<S: HandlerService, Co: Consumer>(
             }
             Next::Received(Err(err)) => {
                 failures = failures.saturating_add(1);
+                cell.set_connected(false);
                 let pause = broker_backoff(failures);
                 tracing::warn!(
                     handler = settings.spec.name(),
@@ -1007,7 +1123,7 @@ async fn consume<S: HandlerService, Co: Consumer>(
     while !slots.is_idle() {
         poll_fn(|cx| slots.poll_progress(cx, &mut start)).await;
     }
-    drop(consumer);
+    consumer
 }
 
 /// Whether a handler that asked to retry through the broker can: the broker must count
@@ -1098,10 +1214,11 @@ impl<C: Channel, S: BatchService> Registered<C> for BatchHandler<S> {
         channel: Arc<C>,
         consumer: C::Consumer,
         stop: watch::Receiver<bool>,
+        cell: Arc<BindingCell>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let (_, service) = self.into_parts();
         let worker = BatchWorker { service, settings };
-        Box::pin(run(worker, channel, consumer, stop))
+        Box::pin(run(worker, channel, consumer, stop, cell))
     }
 }
 
@@ -1109,6 +1226,7 @@ impl<S: HandlerService> Worker<S> {
     /// Processes one delivery. A panic anywhere in it is logged; the delivery goes back to
     /// the broker and its claim is released.
     async fn process_guarded<A: Acknowledger>(&self, delivery: Delivery<A>, waited: bool) {
+        let taken = self.settings.metrics.taken(1);
         if waited && *self.settings.abort.borrow() {
             // Its turn came after the shutdown timeout: hand it back untried, so that it
             // keeps its place before the later ones of its key.
@@ -1125,8 +1243,9 @@ impl<S: HandlerService> Worker<S> {
             message.payload().len(),
             self.settings.spec.name(),
         );
+        telemetry::adopt_parent(&span, &message);
         // The span first: the future is then made where it stays, not moved once more.
-        let processed = CatchUnwind::in_span(span.clone(), self.process(delivery, &span));
+        let processed = CatchUnwind::in_span(span.clone(), self.process(delivery, &span, &taken));
         if let Err(panic) = processed.await {
             telemetry::record_outcome(&span, "aborted", Some("panic"));
             tracing::error!(
@@ -1138,7 +1257,12 @@ impl<S: HandlerService> Worker<S> {
         }
     }
 
-    async fn process<A: Acknowledger>(&self, delivery: Delivery<A>, span: &Span) {
+    async fn process<A: Acknowledger>(
+        &self,
+        delivery: Delivery<A>,
+        span: &Span,
+        taken: &Taken<'_>,
+    ) {
         let message = delivery.shared_message().clone();
         let id = message.id();
         let store = &self.settings.idempotency;
@@ -1186,7 +1310,10 @@ impl<S: HandlerService> Worker<S> {
             _ => claim.abandon().await,
         }
         match outcome {
-            Outcome::Handled => self.settings.report(delivery.ack().await, id, "ack"),
+            Outcome::Handled => {
+                self.settings.report(delivery.ack().await, id, "ack");
+                taken.handled(&message);
+            }
             Outcome::Failed { error, attempts } => {
                 self.settings
                     .dead_letter(delivery, &error_chain(&*error), attempts)
@@ -1241,7 +1368,11 @@ impl<S: HandlerService> Worker<S> {
                 Ok(()) => return Outcome::Handled,
                 Err(error) => error,
             };
-            let pause = match Disposition::of(&*error) {
+            let disposition = Disposition::of(&*error);
+            if disposition != Disposition::StoreFailed {
+                self.settings.metrics.failed();
+            }
+            let pause = match disposition {
                 Disposition::Undecodable => return Outcome::Failed { error, attempts: 0 },
                 Disposition::StoreFailed => {
                     // Not the handler's failure: no attempt used up, and the message is
@@ -1279,6 +1410,7 @@ impl<S: HandlerService> Worker<S> {
                 through_broker,
                 "handler failed; retrying"
             );
+            self.settings.metrics.retried();
             if through_broker {
                 return Outcome::RetryLater(pause);
             }
@@ -1308,7 +1440,7 @@ impl<S: HandlerService> Worker<S> {
             let Some(producer) = &self.settings.output else {
                 return Ok(());
             };
-            let outputs = outputs
+            let mut outputs = outputs
                 .into_iter()
                 .enumerate()
                 .map(|(index, output)| self.derive_output(input, index, output))
@@ -1320,6 +1452,7 @@ impl<S: HandlerService> Worker<S> {
             let first = outputs.first().map(Message::id);
             let span =
                 telemetry::send_span(self.settings.backend, destination, first, outputs.len());
+            telemetry::propagate(&span, &mut outputs);
             let sent = producer.send_batch(outputs).instrument(span.clone()).await;
             telemetry::sent(&span, sent).map_err(BoxError::from)
         })

@@ -1,6 +1,7 @@
 //! Batch handlers: one call for many messages, each message still settled on its own.
 
 use super::app::{aborted, broker_backoff, error_chain, stopped, CatchUnwind, Consume, Settings};
+use super::bindings::BindingCell;
 use super::context::Context;
 use super::failure::Disposition;
 use super::handler::{panic_error, HandlerSpec, Route, Routed, Undecodable};
@@ -10,6 +11,8 @@ use crate::delivery::{Acknowledger, Delivery};
 use crate::error::{BoxError, Error};
 use crate::idempotency::Claim;
 use crate::message::Message;
+use crate::metrics::Taken;
+use crate::telemetry;
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
@@ -24,6 +27,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::{Instrument, Span};
 
 /// What a batch handler's service takes: the [`Context`] of each message of the batch, in
 /// the order received.
@@ -480,7 +484,12 @@ impl<S: BatchService> Consume for BatchWorker<S> {
         &self.settings
     }
 
-    async fn consume<Co: Consumer>(&self, mut consumer: Co, stop: watch::Receiver<bool>) {
+    async fn consume<Co: Consumer>(
+        &self,
+        mut consumer: Co,
+        stop: watch::Receiver<bool>,
+        cell: &BindingCell,
+    ) -> Co {
         let (size, wait) = self.limits();
         let stop_seen = |stop: &watch::Receiver<bool>| stop.has_changed().unwrap_or(true);
         let mut stopping = pin!(stopped(stop.clone()));
@@ -504,7 +513,10 @@ impl<S: BatchService> Consume for BatchWorker<S> {
                 };
                 match received {
                     Ok(delivery) => {
-                        failures = 0;
+                        if failures > 0 {
+                            failures = 0;
+                            cell.set_connected(true);
+                        }
                         if !open {
                             open = true;
                             closing.as_mut().reset(Instant::now() + wait);
@@ -523,6 +535,7 @@ impl<S: BatchService> Consume for BatchWorker<S> {
                     }
                     Err(err) => {
                         failures = failures.saturating_add(1);
+                        cell.set_connected(false);
                         let pause = broker_backoff(failures);
                         tracing::warn!(handler = self.settings.spec.name(), error = %err, retry_in = ?pause, "receive failed");
                         tokio::select! {
@@ -534,13 +547,14 @@ impl<S: BatchService> Consume for BatchWorker<S> {
             }
             // Deliveries taken are in flight: they are handled even when the app stops.
             if !batch.is_empty() {
+                cell.received();
                 self.process_guarded(std::mem::take(&mut batch)).await;
             }
             if stop_seen(&stop) {
                 break;
             }
         }
-        drop(consumer);
+        consumer
     }
 }
 
@@ -548,7 +562,21 @@ impl<S: BatchService> BatchWorker<S> {
     /// Processes one batch; a panic is logged, and what was not settled goes back to the
     /// broker (its claims released).
     async fn process_guarded<A: Acknowledger>(&self, batch: Vec<Delivery<A>>) {
-        if let Err(panic) = CatchUnwind::new(self.process(batch)).await {
+        let in_flight = self.settings.metrics.taken(batch.len());
+        let span = match batch.first() {
+            Some(first) => telemetry::process_batch_span(
+                self.settings.backend,
+                first.destination(),
+                first.group(),
+                batch.len(),
+                self.settings.spec.name(),
+            ),
+            None => Span::none(),
+        };
+        telemetry::link_each(&span, batch.iter().map(Delivery::message));
+        let processed = CatchUnwind::new(self.process(batch, &in_flight)).instrument(span.clone());
+        if let Err(panic) = processed.await {
+            telemetry::record_error(&span, "panic");
             tracing::error!(
                 handler = self.settings.spec.name(),
                 error = %panic,
@@ -557,7 +585,7 @@ impl<S: BatchService> BatchWorker<S> {
         }
     }
 
-    async fn process<A: Acknowledger>(&self, batch: Vec<Delivery<A>>) {
+    async fn process<A: Acknowledger>(&self, batch: Vec<Delivery<A>>, in_flight: &Taken<'_>) {
         let settings = &self.settings;
         let store = &settings.idempotency;
         // Every delivery in `claimed.pending` holds a claim on its id.
@@ -642,7 +670,11 @@ impl<S: BatchService> BatchWorker<S> {
                 .into_iter()
                 .map(|error| {
                     let error = error?;
-                    let attempts = match Disposition::of(&*error) {
+                    let disposition = Disposition::of(&*error);
+                    if disposition != Disposition::StoreFailed {
+                        settings.metrics.failed();
+                    }
+                    let attempts = match disposition {
                         Disposition::Undecodable => Some(0),
                         Disposition::GiveUp => Some(attempt),
                         // The store, not the handler, failed: no attempt is used up.
@@ -652,10 +684,12 @@ impl<S: BatchService> BatchWorker<S> {
                         }
                         _ if attempt >= settings.retry.max_attempts.max(1) => Some(attempt),
                         Disposition::RetryAfter(wait) => {
+                            settings.metrics.retried();
                             pause = pause.max(wait);
                             None
                         }
                         Disposition::Retry => {
+                            settings.metrics.retried();
                             pause = pause.max(settings.retry.delay_after(attempt));
                             None
                         }
@@ -665,6 +699,8 @@ impl<S: BatchService> BatchWorker<S> {
                 .collect();
             // Each delivery leaves `claimed` only as its claim is released; the ones to
             // retry go back behind the others.
+            // One clock reading for the round's handled deliveries, at the first.
+            let mut acked_at = None;
             for verdict in verdicts {
                 let Some(delivery) = claimed.pending.pop_front() else {
                     break;
@@ -674,6 +710,7 @@ impl<S: BatchService> BatchWorker<S> {
                     None => {
                         release(settings, &message, true).await;
                         settings.report(delivery.ack().await, message.id(), "ack");
+                        in_flight.handled_at(&message, &mut acked_at);
                     }
                     Some((error, Some(attempts))) => {
                         release(settings, &message, false).await;
@@ -710,6 +747,7 @@ impl<S: BatchService> BatchWorker<S> {
         // The original of each copy is settled now, handled or dead-lettered: one of
         // either is enough.
         for copy in copies {
+            settings.metrics.duplicate();
             let id = copy.message().id().to_owned();
             settings.report(copy.ack().await, &id, "ack");
         }

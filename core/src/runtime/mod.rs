@@ -2,6 +2,7 @@
 
 mod app;
 mod batch;
+mod bindings;
 mod context;
 mod extract;
 mod failure;
@@ -14,6 +15,7 @@ pub use batch::{
     Batch, BatchFailure, BatchFn, BatchHandler, BatchHandlerFn, BatchService, BatchSink,
     IntoBatchHandler,
 };
+pub use bindings::{BindingState, BindingStatus, Bindings, Health};
 pub use context::Context;
 pub use extract::{
     Attempt, Extractors, FromContext, Key, Merge, MessageId, NoState, ProvidedBy, State, StateOf,
