@@ -53,6 +53,7 @@ pub use runtime::{
     IntoHandler, Key, MessageId, NoState, NonRetryable, OutputPolicy, Processor, ProvidedBy,
     RetryAfter, RetryPolicy, RunningApp, Sink, State, StateOf,
 };
+pub use telemetry::write_trace_context;
 pub use tower_layer::{layer_fn, Layer};
 pub use tower_service::Service;
 pub use url::{hide_secrets, is_secret_param, redact_url, ChannelUrl};

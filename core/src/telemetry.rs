@@ -25,15 +25,32 @@ pub(crate) fn messaging_system(backend: &str) -> &str {
     }
 }
 
-/// The span of one delivery handled by `handler`, from its claim to its settlement.
+/// What a process span is about: one delivery, or one call of a batch handler.
+pub(crate) enum Processing<'a> {
+    /// One delivery: its message's id and payload size.
+    One {
+        message_id: &'a str,
+        body_size: usize,
+    },
+    /// A batch of `count` deliveries.
+    Batch { count: usize },
+}
+
+/// The span of processing by `handler`, from the claim to the settlement.
 pub(crate) fn process_span(
     backend: &str,
     destination: &str,
     group: Option<&str>,
-    message_id: &str,
-    body_size: usize,
     handler: &str,
+    processing: Processing<'_>,
 ) -> Span {
+    let (message_id, body_size, count) = match processing {
+        Processing::One {
+            message_id,
+            body_size,
+        } => (Some(message_id), Some(body_size), None),
+        Processing::Batch { count } => (None, None, Some(count)),
+    };
     let span = tracing::info_span!(
         target: TARGET,
         "process",
@@ -47,38 +64,10 @@ pub(crate) fn process_span(
         messaging.consumer.group.name = group,
         messaging.message.id = message_id,
         messaging.message.body.size = body_size,
+        messaging.batch.message_count = count,
         event_binder.handler = handler,
         event_binder.attempt = Empty,
         event_binder.outcome = Empty,
-        error.type = Empty,
-    );
-    if !span.is_disabled() {
-        span.record("otel.name", format!("process {destination}"));
-    }
-    span
-}
-
-/// The span of one call of a batch handler with `count` deliveries.
-pub(crate) fn process_batch_span(
-    backend: &str,
-    destination: &str,
-    group: Option<&str>,
-    count: usize,
-    handler: &str,
-) -> Span {
-    let span = tracing::info_span!(
-        target: TARGET,
-        "process",
-        otel.name = Empty,
-        otel.kind = "consumer",
-        otel.status_code = Empty,
-        messaging.system = messaging_system(backend),
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = destination,
-        messaging.consumer.group.name = group,
-        messaging.batch.message_count = count,
-        event_binder.handler = handler,
         error.type = Empty,
     );
     if !span.is_disabled() {
@@ -153,8 +142,10 @@ pub(crate) fn sent<T, E>(span: &Span, sent: Result<T, E>) -> Result<T, E> {
 }
 
 /// Writes the trace context of the send `span` into the headers of `messages`, replacing
-/// any they had: the send is their parent now. Nothing without the feature `otel`, or when
-/// no OpenTelemetry layer records the span.
+/// any they had: the send is their parent now. Sent from outside any span (an outbox's
+/// relay, say), a message that carries its writer's context keeps it, and the send links
+/// to it. Nothing without the feature `otel`, or when no OpenTelemetry layer records the
+/// span.
 pub(crate) fn propagate<'a>(span: &Span, messages: impl IntoIterator<Item = &'a mut Message>) {
     #[cfg(feature = "otel")]
     otel::propagate(span, messages);
@@ -170,6 +161,26 @@ pub(crate) fn link_each<'a>(span: &Span, messages: impl IntoIterator<Item = &'a 
     otel::link_each(span, messages);
     #[cfg(not(feature = "otel"))]
     let _ = (span, messages);
+}
+
+/// Writes the W3C trace context of the current span (`traceparent`, `tracestate`) into
+/// `message`'s headers, for a message sent later from outside that span: an outbox writes
+/// it with the event, and its relay's send keeps it, so that the handler's span continues
+/// the writer's trace. Nothing without the cargo feature `otel`, or when no OpenTelemetry
+/// layer records the current span.
+///
+/// ```
+/// use event_binder_core::{write_trace_context, Message};
+///
+/// let mut message = Message::new("{}");
+/// write_trace_context(&mut message); // no span here: nothing written
+/// assert!(message.headers().is_empty());
+/// ```
+pub fn write_trace_context(message: &mut Message) {
+    #[cfg(feature = "otel")]
+    otel::write_current(message);
+    #[cfg(not(feature = "otel"))]
+    let _ = message;
 }
 
 /// Makes the trace context in `message`'s headers, when it has a valid one, the parent of
@@ -195,6 +206,8 @@ mod otel {
         if span.is_disabled() {
             return;
         }
+        // Read before the span is entered: the caller's span, if it has one.
+        let detached = Span::current().is_none();
         let context = span.context();
         let mut fields = Fields::default();
         TraceContextPropagator::new().inject_context(&context, &mut fields);
@@ -202,10 +215,29 @@ mod otel {
             return;
         }
         for message in messages {
+            if detached {
+                if let Some(writer) = sender_of(message) {
+                    span.add_link(writer.span().span_context().clone());
+                    continue;
+                }
+            }
             let headers = message.headers_mut();
             for (name, value) in &fields.0 {
                 headers.insert(*name, value.clone());
             }
+        }
+    }
+
+    pub(super) fn write_current(message: &mut Message) {
+        let current = Span::current();
+        if current.is_disabled() {
+            return;
+        }
+        let mut fields = Fields::default();
+        TraceContextPropagator::new().inject_context(&current.context(), &mut fields);
+        let headers = message.headers_mut();
+        for (name, value) in fields.0 {
+            headers.insert(name, value);
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod support;
 
+use event_binder_core::conformance::traces::check_foreign_parent;
 use event_binder_core::{Channel, Consumer, Delivery, Error, Message, Producer, Subscription};
 use event_binder_kafka::{KafkaAcknowledger, KafkaChannel, KafkaConfig, KafkaConsumer};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -449,42 +450,26 @@ async fn try_receive_serves_what_receive_would_without_waiting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_traceparent_is_the_parent_of_the_handlers_span() {
-    use event_binder_core::conformance::traces::{ForeignContext, Traces};
-    use event_binder_core::{App, Handler, HandlerSpec};
     use rdkafka::message::{Header, OwnedHeaders};
-    let traces = Traces::install();
     let channel = channel(&format!("trace-{}-", unique())).await;
-    let destination = "traced";
-    let topic = channel.topic_name(destination).expect("topic");
-    let running = App::new(channel)
-        .handler(Handler::from_fn(
-            HandlerSpec::new("traced", destination).group("g"),
-            |_: serde_json::Value| async { Ok::<_, Error>(()) },
-        ))
-        .start()
-        .await
-        .expect("the app");
-    let foreign = ForeignContext::new();
-    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .expect("a raw producer");
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::<str, [u8]>::to(&topic)
-                .payload(br#"{"n":1}"#.as_slice())
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "traceparent",
-                    value: Some(foreign.traceparent.as_str()),
-                })),
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("a raw send");
-    traces
-        .wait_for(LIMIT, "the handler's span under the foreign one", |span| {
-            foreign.is_parent_of_processing(destination, span)
-        })
-        .await;
-    running.shutdown().await.expect("shutdown");
+    let topic = channel.topic_name("traced").expect("topic");
+    check_foreign_parent(channel, "traced", LIMIT, |foreign| async move {
+        let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker())
+            .create()
+            .expect("a raw producer");
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<str, [u8]>::to(&topic)
+                    .payload(br#"{"order":1}"#.as_slice())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "traceparent",
+                        value: Some(foreign.traceparent.as_str()),
+                    })),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("a raw send");
+    })
+    .await;
 }

@@ -7,6 +7,7 @@
 //! would, and skips what a lost connection left in the buffer; a foreign `traceparent` is
 //! the parent of the handler's span.
 
+use event_binder_core::conformance::traces::check_foreign_parent;
 use event_binder_core::{
     header, App, Channel, Consumer, Context, Delivery, Error, Handler, HandlerSpec, Message,
     Producer, Subscription,
@@ -587,41 +588,26 @@ fn connecting_outside_a_tokio_runtime_is_an_error_not_a_panic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_traceparent_is_the_parent_of_the_handlers_span() {
-    use event_binder_core::conformance::traces::{ForeignContext, Traces};
     use lapin::types::{AMQPValue, FieldTable};
-    let traces = Traces::install();
     let channel = channel().await;
-    let destination = "traced";
-    let exchange = channel.exchange_name(destination).expect("name");
-    let running = App::new(channel)
-        .handler(Handler::from_fn(
-            HandlerSpec::new("traced", destination).group("g"),
-            |_: serde_json::Value| async { Ok::<_, Error>(()) },
-        ))
-        .start()
-        .await
-        .expect("the app");
-    let foreign = ForeignContext::new();
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "traceparent".into(),
-        AMQPValue::LongString(foreign.traceparent.as_str().into()),
-    );
-    foreign_client()
-        .await
-        .basic_publish(
-            exchange.into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            br#"{"order":1}"#,
-            BasicProperties::default().with_headers(headers),
-        )
-        .await
-        .expect("a raw publish");
-    traces
-        .wait_for(LIMIT, "the handler's span under the foreign one", |span| {
-            foreign.is_parent_of_processing(destination, span)
-        })
-        .await;
-    running.shutdown().await.expect("shutdown");
+    let exchange = channel.exchange_name("traced").expect("name");
+    check_foreign_parent(channel, "traced", LIMIT, |foreign| async move {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(foreign.traceparent.as_str().into()),
+        );
+        foreign_client()
+            .await
+            .basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                br#"{"order":1}"#,
+                BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .expect("a raw publish");
+    })
+    .await;
 }

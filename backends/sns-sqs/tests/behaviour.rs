@@ -5,6 +5,7 @@
 //! messages, clear errors, and `try_receive` alone serving what `receive` would.
 
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use event_binder_core::conformance::traces::check_foreign_parent;
 use event_binder_core::Delivery;
 use event_binder_core::{
     header, App, Channel, Consumer, Context, Error, Handler, HandlerSpec, Message, Producer, Raw,
@@ -936,40 +937,25 @@ async fn try_receive_serves_what_receive_would_without_waiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_traceparent_is_the_parent_of_the_handlers_span() {
     use aws_sdk_sqs::types::MessageAttributeValue;
-    use event_binder_core::conformance::traces::{ForeignContext, Traces};
-    let traces = Traces::install();
     let channel = connect(config()).await;
-    let destination = "traced";
-    let queue = channel.queue_name(destination, "g").unwrap();
-    let running = App::new(channel)
-        .handler(Handler::from_fn(
-            HandlerSpec::new("traced", destination).group("g"),
-            |_: serde_json::Value| async { Ok::<_, Error>(()) },
-        ))
-        .start()
-        .await
-        .expect("the app");
-    let foreign = ForeignContext::new();
-    let sqs = raw_sqs().await;
-    let queue_url = queue_url(&sqs, &queue).await;
-    sqs.send_message()
-        .queue_url(&queue_url)
-        .message_body(r#"{"n":7}"#)
-        .message_attributes(
-            "traceparent",
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(&foreign.traceparent)
-                .build()
-                .expect("an attribute"),
-        )
-        .send()
-        .await
-        .expect("a raw send");
-    traces
-        .wait_for(LIMIT, "the handler's span under the foreign one", |span| {
-            foreign.is_parent_of_processing(destination, span)
-        })
-        .await;
-    running.shutdown().await.expect("shutdown");
+    let queue = channel.queue_name("traced", "g").unwrap();
+    check_foreign_parent(channel, "traced", LIMIT, |foreign| async move {
+        let sqs = raw_sqs().await;
+        let queue_url = queue_url(&sqs, &queue).await;
+        sqs.send_message()
+            .queue_url(&queue_url)
+            .message_body(r#"{"order":1}"#)
+            .message_attributes(
+                "traceparent",
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(&foreign.traceparent)
+                    .build()
+                    .expect("an attribute"),
+            )
+            .send()
+            .await
+            .expect("a raw send");
+    })
+    .await;
 }

@@ -24,8 +24,12 @@
 //! # }
 //! ```
 
+use crate::channel::Channel;
+use crate::error::Error;
+use crate::runtime::{App, Handler, HandlerSpec};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -156,6 +160,41 @@ impl ForeignContext {
             && span.parent_span_id == self.span_id
             && span.parent_is_remote
     }
+}
+
+/// Checks that a broker's own client, publishing with a `traceparent` header, is the parent
+/// of the span that handles its message: runs an app with a handler of JSON events on
+/// `destination` (group `g`) of `channel`, calls `publish` with a new [`ForeignContext`]
+/// (it sends `{"order":1}` to `destination` with the broker's client, the context's
+/// `traceparent` in the broker's header place), and waits up to `limit` for the
+/// handler's span under it. Fails the test otherwise.
+pub async fn check_foreign_parent<C, F, Fut>(
+    channel: C,
+    destination: &str,
+    limit: Duration,
+    publish: F,
+) where
+    C: Channel,
+    F: FnOnce(ForeignContext) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let traces = Traces::install();
+    let running = App::new(channel)
+        .handler(Handler::from_fn(
+            HandlerSpec::new("traced", destination).group("g"),
+            |_: serde_json::Value| async { Ok::<_, Error>(()) },
+        ))
+        .start()
+        .await
+        .expect("starting the app");
+    let foreign = ForeignContext::new();
+    publish(foreign.clone()).await;
+    traces
+        .wait_for(limit, "the handler's span under the foreign one", |span| {
+            foreign.is_parent_of_processing(destination, span)
+        })
+        .await;
+    running.shutdown().await.expect("shutdown");
 }
 
 impl Default for ForeignContext {

@@ -19,7 +19,7 @@ use crate::idempotency::{
 use crate::message::{header, Message};
 use crate::metrics::{BindingMetrics, Taken};
 use crate::publisher::Publisher;
-use crate::telemetry;
+use crate::telemetry::{self, Processing};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -1239,9 +1239,11 @@ impl<S: HandlerService> Worker<S> {
             self.settings.backend,
             delivery.destination(),
             delivery.group(),
-            message.id(),
-            message.payload().len(),
             self.settings.spec.name(),
+            Processing::One {
+                message_id: message.id(),
+                body_size: message.payload().len(),
+            },
         );
         telemetry::adopt_parent(&span, &message);
         // The span first: the future is then made where it stays, not moved once more.

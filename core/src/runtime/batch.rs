@@ -12,7 +12,7 @@ use crate::error::{BoxError, Error};
 use crate::idempotency::Claim;
 use crate::message::Message;
 use crate::metrics::Taken;
-use crate::telemetry;
+use crate::telemetry::{self, Processing};
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
@@ -564,12 +564,12 @@ impl<S: BatchService> BatchWorker<S> {
     async fn process_guarded<A: Acknowledger>(&self, batch: Vec<Delivery<A>>) {
         let in_flight = self.settings.metrics.taken(batch.len());
         let span = match batch.first() {
-            Some(first) => telemetry::process_batch_span(
+            Some(first) => telemetry::process_span(
                 self.settings.backend,
                 first.destination(),
                 first.group(),
-                batch.len(),
                 self.settings.spec.name(),
+                Processing::Batch { count: batch.len() },
             ),
             None => Span::none(),
         };

@@ -5,7 +5,8 @@ use crate::db::Db;
 use crate::error::Context;
 use crate::table::OutboxTable;
 use event_binder_core::{
-    millis_since_epoch, time_from_millis, validate_destination, Encode, Headers, Message, Result,
+    header, millis_since_epoch, time_from_millis, validate_destination, write_trace_context,
+    Encode, Headers, Message, Result,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
@@ -122,14 +123,19 @@ impl Outbox {
     }
 
     /// Writes a message as it is (its id, key and headers kept) in the transaction `tx`.
-    /// An invalid destination is refused here, not found by the relay later.
+    /// An invalid destination is refused here, not found by the relay later. With the
+    /// feature `otel`, the trace context of the current span goes with it (unless the
+    /// message has one), so that its handler's span continues the writer's trace.
     pub async fn send(
         &self,
         tx: &mut PgConnection,
         destination: &str,
-        message: Message,
+        mut message: Message,
     ) -> Result<()> {
         validate_destination(destination)?;
+        if !message.headers().contains(header::TRACEPARENT) {
+            write_trace_context(&mut message);
+        }
         let (names, values): (Vec<&str>, Vec<&str>) = message.headers().iter().unzip();
         let timestamp = i64::try_from(millis_since_epoch(message.timestamp())).unwrap_or(0);
         let table = &self.inner.table;

@@ -233,3 +233,56 @@ async fn a_destination_the_broker_refuses_holds_its_rows_not_the_others() {
     assert_eq!(receive(&mut consumer, 1).await[0].id(), id);
     assert_eq!(outbox.pending().await.unwrap(), 1, "the refused row stays");
 }
+
+/// The outbox keeps the writer's trace context with the event, and its relay, sending from
+/// no trace of its own, keeps it on the message: the handler's span continues the trace of
+/// the transaction that wrote the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_of_a_relayed_event_continues_the_writers_trace() {
+    use event_binder_core::conformance::traces::Traces;
+    use event_binder_core::{App, Handler, HandlerSpec};
+    use tracing::Instrument;
+    let traces = Traces::install();
+    let table = TempTable::new("outbox_trace");
+    let outbox = outbox(&table).await;
+    let bus = MemoryChannel::new();
+    let running = App::new(bus.clone())
+        .handler(Handler::from_fn(
+            HandlerSpec::new("audit", "orders").group("audit"),
+            |_: serde_json::Value| async { Ok::<_, Error>(()) },
+        ))
+        .start()
+        .await
+        .unwrap();
+    let request = tracing::info_span!("place order");
+    let (trace_id, request_id) = Traces::ids_of(&request);
+    let mut conn = connection().await;
+    async {
+        let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+        outbox
+            .publish(&mut tx, "orders", &serde_json::json!({ "order": 1 }))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    .instrument(request)
+    .await;
+    let relay = outbox.relay(Publisher::new(bus.clone()));
+    assert_eq!(relay.publish_pending().await.unwrap(), 1);
+    let process = traces
+        .wait_for(LIMIT, "the handler's span in the writer's trace", |span| {
+            span.name == "process orders" && span.trace_id == trace_id
+        })
+        .await;
+    assert_eq!(process.parent_span_id, request_id);
+    let send = traces
+        .finished()
+        .into_iter()
+        .find(|span| span.name == "send orders" && span.links.iter().any(|(t, _)| *t == trace_id))
+        .expect("the relay's send span, linked to the writer");
+    assert_ne!(
+        send.trace_id, trace_id,
+        "the relay's send is a trace of its own"
+    );
+    running.shutdown().await.unwrap();
+}
