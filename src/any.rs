@@ -253,6 +253,31 @@ impl Channel for AnyChannel {
         )
     }
 
+    async fn dead_letters_holding(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+        prefetch: u16,
+    ) -> Result<AnyConsumer> {
+        dispatch!(
+            Backend, &*self.backend,
+            channel => channel.dead_letters_holding(destination, group, prefetch).await,
+            into AnyConsumer
+        )
+    }
+
+    async fn send_to_group(
+        &self,
+        destination: &str,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> Result<()> {
+        dispatch!(
+            Backend, &*self.backend,
+            channel => channel.send_to_group(destination, group, messages).await
+        )
+    }
+
     async fn close(&self) -> Result<()> {
         dispatch!(Backend, &*self.backend, channel => channel.close().await)
     }

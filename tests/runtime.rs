@@ -710,6 +710,15 @@ impl Channel for FlakyChannel {
         Ok(self.flaky(self.inner.dead_letters(destination, group).await?))
     }
 
+    async fn send_to_group(
+        &self,
+        destination: &str,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> event_binder::Result<()> {
+        self.inner.send_to_group(destination, group, messages).await
+    }
+
     async fn close(&self) -> event_binder::Result<()> {
         self.inner.close().await
     }

@@ -3,6 +3,7 @@
 use crate::delivery::{Acknowledger, Delivery};
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::redrive::{RedriveOptions, Take};
 use std::fmt::Debug;
 use std::future::Future;
 
@@ -247,6 +248,69 @@ pub trait Channel: Send + Sync + Debug + 'static {
         group: Option<&str>,
     ) -> impl Future<Output = Result<Self::Consumer>> + Send;
 
+    /// Like [`dead_letters`](Self::dead_letters), a consumer that may hold up to `prefetch`
+    /// deliveries unsettled: a redrive lists what it does not take before it settles any.
+    /// Backends whose consumers hold any number use `dead_letters`.
+    fn dead_letters_holding(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+        prefetch: u16,
+    ) -> impl Future<Output = Result<Self::Consumer>> + Send {
+        let _ = prefetch;
+        self.dead_letters(destination, group)
+    }
+
+    /// Sends `messages` to one `group` of `destination` only: its other groups and its
+    /// anonymous subscriptions never see them. They keep their ids, keys and headers. This
+    /// is how a [`redrive`](Self::redrive) takes a dead letter back to the group that
+    /// failed it, and to no other.
+    fn send_to_group(
+        &self,
+        destination: &str,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Moves the dead letters of `destination` and `group` back to that group (only), as
+    /// [`RedriveOptions`] select them, each with its id, key and headers, less the
+    /// dead-letter headers, plus [`header::REDRIVE_COUNT`](crate::header::REDRIVE_COUNT);
+    /// or, as a dry run, lists them and moves nothing. Returns what it moved (or listed).
+    /// Each dead letter is removed once its copy is sent: a crash between the two sends it
+    /// again, and the handler's idempotency sees the same id. A dead letter that comes
+    /// back to the dead letters during the redrive (its handler failed again) ends it:
+    /// nothing goes around twice in one call.
+    ///
+    /// ```
+    /// # async fn demo(channel: impl event_binder_core::Channel) -> event_binder_core::Result<()> {
+    /// use event_binder_core::{Channel, RedriveOptions};
+    ///
+    /// let waiting = channel.redrive("orders", "billing", &RedriveOptions::new().dry_run()).await?;
+    /// println!("{} dead letters wait", waiting.len());
+    /// let moved = channel.redrive("orders", "billing", &RedriveOptions::new().limit(100)).await?;
+    /// # Ok(()) }
+    /// ```
+    fn redrive(
+        &self,
+        destination: &str,
+        group: &str,
+        options: &RedriveOptions,
+    ) -> impl Future<Output = Result<Vec<Message>>> + Send {
+        crate::redrive::take_dead_letters(self, destination, Some(group), options, Take::Redrive)
+    }
+
+    /// Deletes the dead letters of `destination` and `group` (`None`: the anonymous
+    /// subscriptions') that [`RedriveOptions`] select; a dry run lists them instead.
+    /// Returns what it deleted (or listed).
+    fn purge_dead_letters(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+        options: &RedriveOptions,
+    ) -> impl Future<Output = Result<Vec<Message>>> + Send {
+        crate::redrive::take_dead_letters(self, destination, group, options, Take::Purge)
+    }
+
     /// Closes the connection; producers and consumers opened from it stop working.
     fn close(&self) -> impl Future<Output = Result<()>> + Send;
 }
@@ -285,6 +349,26 @@ impl<C: Channel> Channel for std::sync::Arc<C> {
 
     async fn dead_letters(&self, destination: &str, group: Option<&str>) -> Result<Self::Consumer> {
         (**self).dead_letters(destination, group).await
+    }
+
+    async fn dead_letters_holding(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+        prefetch: u16,
+    ) -> Result<Self::Consumer> {
+        (**self)
+            .dead_letters_holding(destination, group, prefetch)
+            .await
+    }
+
+    async fn send_to_group(
+        &self,
+        destination: &str,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> Result<()> {
+        (**self).send_to_group(destination, group, messages).await
     }
 
     async fn close(&self) -> Result<()> {

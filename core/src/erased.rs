@@ -77,6 +77,26 @@ impl Channel for BoxChannel {
         self.0.dead_letters(destination, group).await
     }
 
+    async fn dead_letters_holding(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+        prefetch: u16,
+    ) -> Result<BoxConsumer> {
+        self.0
+            .dead_letters_holding(destination, group, prefetch)
+            .await
+    }
+
+    async fn send_to_group(
+        &self,
+        destination: &str,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> Result<()> {
+        self.0.send_to_group(destination, group, messages).await
+    }
+
     async fn close(&self) -> Result<()> {
         self.0.close().await
     }
@@ -101,6 +121,18 @@ trait ErasedChannel: Send + Sync + fmt::Debug {
         destination: &'a str,
         group: Option<&'a str>,
     ) -> BoxFuture<'a, Result<BoxConsumer>>;
+    fn dead_letters_holding<'a>(
+        &'a self,
+        destination: &'a str,
+        group: Option<&'a str>,
+        prefetch: u16,
+    ) -> BoxFuture<'a, Result<BoxConsumer>>;
+    fn send_to_group<'a>(
+        &'a self,
+        destination: &'a str,
+        group: &'a str,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'a, Result<()>>;
     fn close(&self) -> BoxFuture<'_, Result<()>>;
 }
 
@@ -158,6 +190,28 @@ impl<C: Channel> ErasedChannel for C {
                 .await
                 .map(BoxConsumer::new)
         })
+    }
+
+    fn dead_letters_holding<'a>(
+        &'a self,
+        destination: &'a str,
+        group: Option<&'a str>,
+        prefetch: u16,
+    ) -> BoxFuture<'a, Result<BoxConsumer>> {
+        Box::pin(async move {
+            Channel::dead_letters_holding(self, destination, group, prefetch)
+                .await
+                .map(BoxConsumer::new)
+        })
+    }
+
+    fn send_to_group<'a>(
+        &'a self,
+        destination: &'a str,
+        group: &'a str,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Channel::send_to_group(self, destination, group, messages))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -6,6 +6,8 @@
 //! - [`App`]: the handler runtime (bounded concurrency, idempotency, retry with backoff,
 //!   dead letters, graceful shutdown) over any [`Channel`].
 //! - [`Publisher`]: typed publishing to destinations named at compile or run time.
+//! - [`Channel::redrive`] and [`Channel::purge_dead_letters`]: dead letters sent back to the
+//!   group that failed them, listed, or deleted, on every backend ([`RedriveOptions`]).
 //! - [`metrics`]: the runtime's metrics (through the `metrics` facade) and their names.
 //! - `conformance` (cargo feature `conformance`): the suite every backend must pass.
 //! - Tracing: a `process` span for every delivery and a `send` span for every publish
@@ -25,6 +27,7 @@ mod message;
 pub mod metrics;
 mod name;
 mod publisher;
+mod redrive;
 mod runtime;
 mod telemetry;
 mod url;
@@ -46,6 +49,7 @@ pub use message::{
 };
 pub use name::{validate_destination, validate_group, validate_prefix, DottedNames, MAX_NAME_LEN};
 pub use publisher::Publisher;
+pub use redrive::RedriveOptions;
 pub use runtime::{
     App, Attempt, Batch, BatchFailure, BatchFn, BatchHandler, BatchHandlerFn, BatchService,
     BatchSink, BindingState, BindingStatus, Bindings, CallFuture, Context, Events, FnService,

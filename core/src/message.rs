@@ -31,6 +31,8 @@ pub mod header {
     pub const DEAD_LETTER_GROUP: &str = "dead-letter-group";
     /// On a dead letter: when it was dead-lettered, in milliseconds since the Unix epoch.
     pub const DEAD_LETTER_TIME: &str = "dead-letter-time";
+    /// On a message a redrive took back from the dead letters: how many times it was.
+    pub const REDRIVE_COUNT: &str = "redrive-count";
     /// The W3C trace context of the span that sent the message (feature `otel`), read by
     /// any tracing tool that speaks W3C Trace Context.
     pub const TRACEPARENT: &str = "traceparent";

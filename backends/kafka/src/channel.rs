@@ -5,7 +5,7 @@ use crate::consumer::{KafkaConsumer, Role};
 use crate::error::{self, BACKEND};
 use crate::names::Names;
 use crate::producer::KafkaProducer;
-use event_binder_core::{Capabilities, Channel, ChannelUrl, Error, Result, Subscription};
+use event_binder_core::{Capabilities, Channel, ChannelUrl, Error, Message, Result, Subscription};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, Producer as _};
@@ -268,13 +268,38 @@ impl Channel for KafkaChannel {
     }
 
     /// Reads the dead-letter topic as the consumer group of the same name. Dead-lettering
-    /// one of its deliveries puts it back at the end of the same topic.
+    /// one of its deliveries puts it back at the end of the same topic. Returns once the
+    /// group has assigned the consumer its partitions (seconds, for a group's rebalance),
+    /// so that a reader that stops at the first quiet receive, as a redrive does, stops
+    /// after the dead letters, not before the reading began; fails with
+    /// [`Error::Timeout`] when that takes longer than the connect and drain timeouts
+    /// together.
     async fn dead_letters(&self, destination: &str, group: Option<&str>) -> Result<KafkaConsumer> {
         let names = self.names(destination, group)?;
         let subscription = Subscription::new(destination).optional_group(group.map(str::to_owned));
         let consumer =
             KafkaConsumer::open(self.inner.clone(), subscription, names, Role::DeadLetters).await?;
         Ok(consumer)
+    }
+
+    /// Sends the messages to the destination's topic as its producer does (a key's
+    /// messages to the key's partition, sizes checked first, every delivery report
+    /// awaited), each record carrying [`GROUP_HEADER`](crate::GROUP_HEADER) with `group`'s
+    /// name. A group's records share the topic with every other group's, so every consumer
+    /// of the destination reads them: those of other groups and anonymous ones skip them,
+    /// committing past them in offset order as if handled; `group`'s consumers receive the
+    /// messages, without the header.
+    async fn send_to_group(
+        &self,
+        destination: &str,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> Result<()> {
+        event_binder_core::validate_group(group)?;
+        self.producer(destination)
+            .await?
+            .send_all(messages, Some(group))
+            .await
     }
 
     /// Closes the channel: what was sent is flushed (up to the send timeout), and sends

@@ -151,6 +151,7 @@ impl KafkaConsumer {
             closed: inner.closed(),
             secrets: secrets.iter().map(|s| (*s).to_owned()).collect(),
             group_id: group_id.clone(),
+            group: subscription.group_name().map(str::to_owned),
             read_ahead: read_ahead.clone(),
             limit: inner.config.read_ahead.max(1),
             paused: false,
@@ -168,7 +169,7 @@ impl KafkaConsumer {
             topic: names.dead_letters.clone(),
             inner: inner.clone(),
         });
-        Ok(KafkaConsumer {
+        let consumer = KafkaConsumer {
             origin: Origin::new(subscription.destination(), subscription.group_name()),
             subscription,
             topic: topic.into(),
@@ -181,6 +182,37 @@ impl KafkaConsumer {
             taken: VecDeque::new(),
             read_ahead,
             poller: Some(poller),
+        };
+        if role == Role::DeadLetters {
+            // Time to reach the coordinator, plus time for a member already in the group to
+            // settle its deliveries before it gives its partitions up.
+            consumer
+                .joined(inner.config.connect_timeout + inner.config.drain_timeout)
+                .await?;
+        }
+        Ok(consumer)
+    }
+
+    /// Waits (up to `limit`) until the group has assigned this consumer its partitions.
+    /// A dead-letter queue is read until a receive brings nothing for a while (a redrive
+    /// stops there): before the join, which takes seconds (a new group's rebalance
+    /// delay), it would look empty.
+    async fn joined(&self, limit: Duration) -> Result<()> {
+        let mut joined = self.tracker.joined.subscribe();
+        // The sender lives in the tracker this consumer holds: the wait ends by the join or
+        // by the limit, never by a closed channel.
+        let in_time = tokio::time::timeout(limit, joined.wait_for(|joined| *joined))
+            .await
+            .is_ok();
+        if in_time {
+            return Ok(());
+        }
+        Err(Error::Timeout {
+            what: format!(
+                "joining consumer group {} to read topic {}",
+                self.group_id, self.topic
+            ),
+            after: limit,
         })
     }
 
@@ -376,6 +408,9 @@ struct Poller {
     closed: watch::Receiver<bool>,
     secrets: Vec<String>,
     group_id: String,
+    /// The logical group of the subscription (`None`: anonymous): the records addressed to
+    /// another group (see [`GROUP_HEADER`](crate::GROUP_HEADER)) are skipped.
+    group: Option<String>,
     /// What the channel holds.
     read_ahead: Arc<ReadAhead>,
     /// The most records read ahead before the partitions are paused.
@@ -391,7 +426,7 @@ impl Poller {
     /// (whose revocation waits for the deliveries out and commits, as in a rebalance).
     fn run(mut self) {
         let idle = self.tracker.commit_interval.clamp(MIN_POLL, IDLE_POLL);
-        let mut batch: Vec<(i32, i64, Message)> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<(i32, i64, Option<Message>)> = Vec::with_capacity(BATCH);
         while !self.records.is_closed() && !*self.closed.borrow() {
             if self.paused && !self.read_ahead.over(self.limit, 2) {
                 self.pause_or_resume(false);
@@ -403,7 +438,8 @@ impl Poller {
                 match self.client.poll(wait) {
                     None => break,
                     Some(Ok(record)) => {
-                        batch.push((record.partition(), record.offset(), message_from(&record)));
+                        let message = message_from(&record, self.group.as_deref());
+                        batch.push((record.partition(), record.offset(), message));
                     }
                     Some(Err(err)) => {
                         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
@@ -422,6 +458,10 @@ impl Poller {
                 continue;
             }
             let reads = self.tracker.read(batch.drain(..));
+            if reads.is_empty() {
+                // Every record was for another group: nothing to hand over.
+                continue;
+            }
             self.read_ahead.count(&reads, true);
             if self.records.send(reads).is_err() {
                 break;
@@ -596,6 +636,9 @@ struct Tracker {
     settled: Condvar,
     /// Woken whenever a redelivery is queued.
     wake: Notify,
+    /// `true` once the group has assigned this member its partitions: what the consumer
+    /// of dead letters waits for before it opens.
+    joined: watch::Sender<bool>,
 }
 
 impl Tracker {
@@ -613,6 +656,7 @@ impl Tracker {
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
             wake: Notify::new(),
+            joined: watch::Sender::new(false),
         }
     }
 
@@ -622,12 +666,14 @@ impl Tracker {
     }
 
     /// Records the records read from librdkafka (not handed out yet): each one's offset
-    /// holds back its partition's commit until it is acked.
-    fn read(&self, records: impl Iterator<Item = (i32, i64, Message)>) -> Vec<Read> {
+    /// holds back its partition's commit until it is acked. A record without a message
+    /// (addressed to another group) counts as read and acked at once, so the commit moves
+    /// past it as soon as everything before it is handled, and it holds back nothing after.
+    fn read(&self, records: impl Iterator<Item = (i32, i64, Option<Message>)>) -> Vec<Read> {
         let mut state = self.lock();
         let generation = state.generation;
         records
-            .map(|(partition, offset, message)| {
+            .filter_map(|(partition, offset, message)| {
                 let entry = state
                     .partitions
                     .entry(partition)
@@ -639,16 +685,20 @@ impl Tracker {
                         committed: offset,
                         handed_out: 0,
                     });
-                entry.pending.insert(offset);
                 entry.next = entry.next.max(offset + 1);
-                Read {
+                let Some(message) = message else {
+                    entry.stored = entry.stored.max(entry.position());
+                    return None;
+                };
+                entry.pending.insert(offset);
+                Some(Read {
                     message: Arc::new(message),
                     at: Position {
                         partition,
                         offset,
                         generation: entry.generation,
                     },
-                }
+                })
             })
             .collect()
     }
@@ -908,8 +958,13 @@ impl ConsumerContext for Context {
                         }
                     }
                 }
-                if let Err(err) = consumer.assign(partitions) {
-                    tracing::warn!(topic = %tracker.topic, error = %err, "assignment failed");
+                match consumer.assign(partitions) {
+                    Ok(()) => {
+                        tracker.joined.send_replace(true);
+                    }
+                    Err(err) => {
+                        tracing::warn!(topic = %tracker.topic, error = %err, "assignment failed");
+                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -1029,7 +1084,7 @@ mod tests {
 
     /// Reads `offset` of partition 0 (not handed out yet).
     fn read(tracker: &Tracker, offset: i64) -> Read {
-        let mut reads = tracker.read([(0, offset, Message::new("{}"))].into_iter());
+        let mut reads = tracker.read([(0, offset, Some(Message::new("{}")))].into_iter());
         reads.pop().expect("one read")
     }
 
@@ -1112,6 +1167,29 @@ mod tests {
             "revoked: not handed out"
         );
         assert!(taken.is_empty(), "and dropped");
+    }
+
+    #[test]
+    fn a_record_for_another_group_is_committed_past_in_order() {
+        let tracker = tracker(Duration::ZERO);
+        let first = handed_out(&tracker, 0);
+        let reads = tracker.read([(0, 1, None)].into_iter());
+        assert!(reads.is_empty(), "a skipped record is not handed out");
+        assert!(
+            tracker.due_commit(Instant::now()).is_none(),
+            "not past the unsettled record before it"
+        );
+        settle(&tracker, first);
+        let sent = tracker.due_commit(Instant::now()).expect("a commit");
+        assert_eq!(
+            offset_of(&sent),
+            Some(2),
+            "past both once the first is acked"
+        );
+        tracker.committed(&Ok(()), &sent);
+        tracker.read([(0, 2, None)].into_iter());
+        let sent = tracker.due_commit(Instant::now()).expect("a commit");
+        assert_eq!(offset_of(&sent), Some(3), "a skip alone moves the commit");
     }
 
     #[test]

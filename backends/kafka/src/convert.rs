@@ -1,14 +1,24 @@
 //! Messages to Kafka records and back.
 
+use crate::GROUP_HEADER;
 use bytes::Bytes;
 use event_binder_core::{header, time_from_millis, Headers, Message};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
 
-/// The record headers of a message: its headers, plus `message-id` and `content-type`.
-pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new_with_capacity(message.headers().len() + 2);
+/// The record headers of a message: its headers, plus `message-id` and `content-type`, and
+/// [`GROUP_HEADER`] when it is addressed to one `group` only. A [`GROUP_HEADER`] among the
+/// message's own headers is left out: addressing is the backend's, never the sender's.
+pub(crate) fn record_headers(message: &Message, group: Option<&str>) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers().len() + 3);
+    // First, so that a consumer of another group skips the record at its first header.
+    if let Some(group) = group {
+        headers = headers.insert(Header {
+            key: GROUP_HEADER,
+            value: Some(group.as_bytes()),
+        });
+    }
     for (name, value) in message.headers().iter() {
-        if name != header::MESSAGE_ID && name != header::CONTENT_TYPE {
+        if name != header::MESSAGE_ID && name != header::CONTENT_TYPE && name != GROUP_HEADER {
             headers = headers.insert(Header {
                 key: name,
                 value: Some(value.as_bytes()),
@@ -37,12 +47,24 @@ pub(crate) fn record_timestamp(message: &Message) -> i64 {
 /// event-binder (no `message-id` header) gets the id `{topic}/{partition}/{offset}`, the
 /// same on every read; one without a `content-type` header has none (JSON is assumed).
 /// Header values that are not UTF-8 are read lossily; a header without a value is empty.
-pub(crate) fn message_from(record: &BorrowedMessage<'_>) -> Message {
+///
+/// `None` when the record is not for the reader, a consumer of `group` (`None`:
+/// anonymous): it is addressed (by [`GROUP_HEADER`]) to another group. A record addressed
+/// to `group` is its message, without that header. The check rides on the one pass over
+/// the headers the conversion makes anyway, and returns before the payload is copied.
+pub(crate) fn message_from(record: &BorrowedMessage<'_>, group: Option<&str>) -> Option<Message> {
     let mut id = None;
     let mut content_type = None;
     let mut headers = Headers::new();
     if let Some(record_headers) = record.headers() {
         for Header { key, value } in record_headers.iter() {
+            if key == GROUP_HEADER {
+                if !matches!((group, value), (Some(group), Some(value)) if group.as_bytes() == value)
+                {
+                    return None;
+                }
+                continue;
+            }
             let value = value
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
@@ -82,5 +104,5 @@ pub(crate) fn message_from(record: &BorrowedMessage<'_>) -> Message {
     if let Some(content_type) = content_type {
         message = message.with_content_type(content_type);
     }
-    message
+    Some(message)
 }

@@ -39,6 +39,7 @@
 //! | ack | the record counts as handled; its partition's offset is committed once everything before it is handled too |
 //! | nack | the record waits in the consumer's redelivery queue and comes back from the same consumer |
 //! | dead letter | a produce to the dead-letter topic, awaited, then an ack |
+//! | `send_to_group` (and so a redrive) | a produce to the destination's topic, as `send_batch` does, each record with the header [`GROUP_HEADER`] naming the group; every other group's consumers and the anonymous ones skip it (committed past, in order, as if acked), the group named receives it without the header |
 //! | attempt | 1 on the first read, one more on each redelivery from the queue |
 //!
 //! Logical names hold only letters, digits, `-` and `_`, so the dots keep every physical
@@ -134,3 +135,10 @@ pub use producer::KafkaProducer;
 
 /// The URL scheme this backend serves: `kafka`.
 pub const SCHEME: &str = "kafka";
+
+/// The record header that addresses a record on a destination's topic to one group only:
+/// its value is the group's (logical) name. [`Channel::send_to_group`](event_binder_core::Channel::send_to_group)
+/// (and so a redrive) sets it; a consumer of any other group, or an anonymous one, skips
+/// the record (commits past it as if it had handled it), and the group named receives the
+/// message without it. The producer never sends it from a message's own headers.
+pub const GROUP_HEADER: &str = "event-binder-group";

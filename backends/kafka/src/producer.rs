@@ -33,12 +33,18 @@ impl KafkaProducer {
     }
 }
 
-/// Hands one message to librdkafka for `topic`; the future resolves on its delivery report.
-pub(crate) fn enqueue(inner: &Inner, topic: &str, message: &Message) -> Result<DeliveryFuture> {
+/// Hands one message to librdkafka for `topic`, addressed to `group` only if given (see
+/// [`GROUP_HEADER`](crate::GROUP_HEADER)); the future resolves on its delivery report.
+fn enqueue(
+    inner: &Inner,
+    topic: &str,
+    message: &Message,
+    group: Option<&str>,
+) -> Result<DeliveryFuture> {
     inner.check_open()?;
     let mut record = FutureRecord::<str, [u8]>::to(topic)
         .payload(message.payload().as_ref())
-        .headers(record_headers(message))
+        .headers(record_headers(message, group))
         .timestamp(record_timestamp(message));
     if let Some(key) = message.key() {
         record = record.key(key);
@@ -49,7 +55,7 @@ pub(crate) fn enqueue(inner: &Inner, topic: &str, message: &Message) -> Result<D
 }
 
 /// Waits for the delivery report of an enqueued message.
-pub(crate) async fn delivered(inner: &Inner, topic: &str, future: DeliveryFuture) -> Result<()> {
+async fn delivered(inner: &Inner, topic: &str, future: DeliveryFuture) -> Result<()> {
     match future.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((err, _))) => Err(error::delivery(
@@ -67,8 +73,39 @@ pub(crate) async fn delivered(inner: &Inner, topic: &str, future: DeliveryFuture
 
 /// Sends one message and waits for its delivery report.
 pub(crate) async fn send_to(inner: &Inner, topic: &str, message: &Message) -> Result<()> {
-    let future = enqueue(inner, topic, message)?;
+    let future = enqueue(inner, topic, message, None)?;
     delivered(inner, topic, future).await
+}
+
+impl KafkaProducer {
+    /// Sends a batch, each message addressed to `group` only if given: checks every
+    /// message's size first (an oversized one refuses the whole batch, and nothing is
+    /// sent), then hands them all to librdkafka and waits for every report. The size
+    /// checked is the message's own: the address is the backend's, within the room
+    /// librdkafka's `message.max.bytes` keeps above the limit for framing.
+    pub(crate) async fn send_all(&self, messages: Vec<Message>, group: Option<&str>) -> Result<()> {
+        for message in &messages {
+            self.capabilities.check_size(message)?;
+        }
+        let mut pending = Vec::with_capacity(messages.len());
+        let mut first_error = None;
+        for message in &messages {
+            match enqueue(&self.inner, &self.topic, message, group) {
+                Ok(future) => pending.push(future),
+                Err(err) => {
+                    first_error = Some(err);
+                    break;
+                }
+            }
+        }
+        for future in pending {
+            let result = delivered(&self.inner, &self.topic, future).await;
+            if let (Err(err), None) = (result, &first_error) {
+                first_error = Some(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
 }
 
 impl fmt::Debug for KafkaProducer {
@@ -93,26 +130,6 @@ impl Producer for KafkaProducer {
     /// Checks every message's size first (an oversized one refuses the whole batch, and
     /// nothing is sent), then hands them all to librdkafka and waits for every report.
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        for message in &messages {
-            self.capabilities.check_size(message)?;
-        }
-        let mut pending = Vec::with_capacity(messages.len());
-        let mut first_error = None;
-        for message in &messages {
-            match enqueue(&self.inner, &self.topic, message) {
-                Ok(future) => pending.push(future),
-                Err(err) => {
-                    first_error = Some(err);
-                    break;
-                }
-            }
-        }
-        for future in pending {
-            let result = delivered(&self.inner, &self.topic, future).await;
-            if let (Err(err), None) = (result, &first_error) {
-                first_error = Some(err);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        self.send_all(messages, None).await
     }
 }

@@ -4,13 +4,16 @@
 //! a clear error that never shows the password; settings are checked before connecting;
 //! several bootstrap hosts; a handler slower than `max.poll.interval.ms` keeps its
 //! membership; handled offsets are committed when acks stop; the longest nack delay;
-//! `try_receive` alone serves what `receive` would.
+//! `try_receive` alone serves what `receive` would; a record sent to one group reaches it
+//! only and holds back no other group's commits.
 
 mod support;
 
 use event_binder_core::conformance::traces::check_foreign_parent;
 use event_binder_core::{Channel, Consumer, Delivery, Error, Message, Producer, Subscription};
-use event_binder_kafka::{KafkaAcknowledger, KafkaChannel, KafkaConfig, KafkaConsumer};
+use event_binder_kafka::{
+    KafkaAcknowledger, KafkaChannel, KafkaConfig, KafkaConsumer, GROUP_HEADER,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -306,6 +309,70 @@ async fn a_handler_slower_than_the_poll_interval_keeps_its_membership() {
     let group_id = channel.group_id(destination, group).expect("group");
     expect_committed(&group_id, &topic, 4).await;
     drop(consumer);
+    channel.close().await.expect("close");
+}
+
+/// A record sent to one group of a destination reaches that group only, as it was sent
+/// (id, key, headers, content type; the routing header gone), and is skipped by the other
+/// group and by an anonymous subscription, the other group committing past it at once, so
+/// it blocks none of its later records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_sent_to_one_group_reaches_it_only_and_blocks_no_other() {
+    let prefix = format!("to-group-{}-", unique());
+    let channel = channel_with(&prefix, 1, "").await;
+    let destination = "redriven";
+    let open = |group: Option<&str>| {
+        let subscription = Subscription::new(destination).optional_group(group.map(str::to_owned));
+        let channel = channel.clone();
+        async move { channel.consumer(&subscription).await.expect("consumer") }
+    };
+    let (mut a, mut b, mut anonymous) = (
+        open(Some("a")).await,
+        open(Some("b")).await,
+        open(None).await,
+    );
+    let sent = Message::new(r#"{"n":1}"#)
+        .with_key("k")
+        .with_header("tenant", "acme")
+        .with_content_type("application/json");
+    channel
+        .send_to_group(destination, "a", vec![sent.clone()])
+        .await
+        .expect("send to group a");
+
+    let delivery = next(&mut a).await;
+    let message = delivery.message();
+    assert_eq!(message.id(), sent.id());
+    assert_eq!(message.key(), Some("k"));
+    assert_eq!(message.payload(), sent.payload());
+    assert_eq!(message.content_type(), Some("application/json"));
+    assert_eq!(
+        message.headers(),
+        sent.headers(),
+        "the routing header is gone"
+    );
+    assert_eq!(message.headers().get(GROUP_HEADER), None);
+    delivery.ack().await.expect("ack");
+
+    // B read the record (it is offset 0 of the only partition) and committed past it,
+    // with nothing to handle.
+    let topic = channel.topic_name(destination).expect("topic");
+    let b_group = channel.group_id(destination, "b").expect("group");
+    expect_committed(&b_group, &topic, 1).await;
+
+    let later = Message::new(r#"{"n":2}"#);
+    send_ids(&channel, destination, &[later.id().to_owned()]).await;
+    for consumer in [&mut b, &mut anonymous, &mut a] {
+        let delivery = next(consumer).await;
+        assert_eq!(
+            delivery.message().id(),
+            later.id(),
+            "{consumer:?}: the later record, only"
+        );
+        delivery.ack().await.expect("ack");
+    }
+    expect_committed(&b_group, &topic, 2).await;
+    drop((a, b, anonymous));
     channel.close().await.expect("close");
 }
 

@@ -448,6 +448,30 @@ impl Destination {
         Ok(())
     }
 
+    /// Enqueues into one group's queue only (made if missing), if it has room.
+    pub(crate) fn try_send_to_group(&self, group: &str, message: Message) -> Result<(), Box<Full>> {
+        let capacity = self.capacity();
+        {
+            let mut state = lock(&self.state);
+            let index = state.group(group);
+            let Some(Some(queue)) = state.slots.get_mut(index) else {
+                return Err(Box::new(Full {
+                    message,
+                    queue: QueueKind::Group(group.into()),
+                }));
+            };
+            if queue.len() >= capacity {
+                return Err(Box::new(Full {
+                    message,
+                    queue: queue.kind.clone(),
+                }));
+            }
+            queue.push(Body::Owned(message));
+        }
+        self.shared.announce();
+        Ok(())
+    }
+
     /// Hands out the next message of a queue, now in flight, in a recycled `Arc` if it
     /// can (see [`Entry::into_in_flight`](crate::queue::Entry::into_in_flight)). Fails once
     /// the bus is closed.

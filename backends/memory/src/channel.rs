@@ -264,6 +264,23 @@ impl Channel for MemoryChannel {
         ))
     }
 
+    /// Enqueues into the group's queue only (made if missing, as `provision` makes it).
+    async fn send_to_group(
+        &self,
+        destination: &str,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> Result<()> {
+        validate_destination(destination)?;
+        validate_group(group)?;
+        for message in &messages {
+            self.bus.capabilities.check_size(message)?;
+        }
+        self.bus.shared.check_open()?;
+        let destination = self.bus.destination(destination);
+        crate::client::send_to_group(&destination, group, messages).await
+    }
+
     /// Closes the bus for every clone of this channel: sends and receives fail with
     /// [`Error::ShutDown`] from now on, and those waiting are woken with it. Settling
     /// deliveries still works. A closed named bus is replaced by a fresh one on the next

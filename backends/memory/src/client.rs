@@ -82,6 +82,25 @@ fn send_now(destination: &Destination, message: Message) -> Result<Result<(), Bo
     Ok(destination.try_send(message))
 }
 
+/// Enqueues `messages` into one group's queue of `destination`, in order, waiting for room
+/// as a send does.
+pub(crate) async fn send_to_group(
+    destination: &Destination,
+    group: &str,
+    messages: Vec<Message>,
+) -> Result<()> {
+    for message in messages {
+        destination.shared.check_open()?;
+        if let Err(full) = destination.try_send_to_group(group, message) {
+            Box::pin(wait_for_room(destination, full, |m| {
+                destination.try_send_to_group(group, m)
+            }))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Waits for room in the full queue, then enqueues.
 ///
 /// Boxed: the waiting state (a timer among it) would otherwise make every send's future

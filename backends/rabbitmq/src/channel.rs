@@ -7,9 +7,9 @@ use crate::error::BACKEND;
 use crate::link::{Link, State};
 use crate::names::{self, Names};
 use crate::pool::{ConfirmPool, Target};
-use crate::producer::RabbitProducer;
+use crate::producer::{self, RabbitProducer};
 use crate::topology::{short, Declaration, Role};
-use event_binder_core::{Capabilities, Channel, ChannelUrl, Origin, Result, Subscription};
+use event_binder_core::{Capabilities, Channel, ChannelUrl, Message, Origin, Result, Subscription};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,6 +120,27 @@ impl RabbitChannel {
             queue: names.dead_letters.clone(),
             link: self.link.clone(),
         })
+    }
+
+    /// A consumer of the dead-letter queue of `subscription`'s destination and group,
+    /// holding up to `prefetch` deliveries.
+    async fn dead_letter_consumer(
+        &self,
+        subscription: Subscription,
+        prefetch: u16,
+    ) -> Result<RabbitConsumer> {
+        let (destination, group) = (subscription.destination(), subscription.group_name());
+        let names = self.names(destination, group)?;
+        let dead_letters = self.dead_letters(&names);
+        let source = Source {
+            role: Role::DeadLetters,
+            prefetch,
+            origin: Origin::new(destination, group),
+            delays: Some(self.delays(names.dead_letters.clone())),
+            names,
+            counts_deliveries: self.queue_counts_deliveries(Role::DeadLetters),
+        };
+        RabbitConsumer::open(self.link.clone(), subscription, source, dead_letters).await
     }
 
     /// The delay queues of `queue`, for the deliveries of one consumer.
@@ -257,20 +278,54 @@ impl Channel for RabbitChannel {
     /// Reads the dead-letter queue like a group. Dead-lettering one of its deliveries puts
     /// it back at the end of the same queue.
     async fn dead_letters(&self, destination: &str, group: Option<&str>) -> Result<RabbitConsumer> {
-        let names = self.names(destination, group)?;
-        let dead_letters = self.dead_letters(&names);
         let subscription = Subscription::new(destination).optional_group(group.map(str::to_owned));
-        let source = Source {
-            role: Role::DeadLetters,
-            prefetch: self.prefetch(&subscription),
-            origin: Origin::new(destination, group),
-            delays: Some(self.delays(names.dead_letters.clone())),
-            names,
-            counts_deliveries: self.queue_counts_deliveries(Role::DeadLetters),
-        };
-        let consumer =
-            RabbitConsumer::open(self.link.clone(), subscription, source, dead_letters).await?;
-        Ok(consumer)
+        let prefetch = self.prefetch(&subscription);
+        self.dead_letter_consumer(subscription, prefetch).await
+    }
+
+    /// Like [`dead_letters`](Channel::dead_letters), with `prefetch` as the AMQP prefetch,
+    /// whatever the URL's `prefetch` says: a redrive holds every dead letter it leaves
+    /// until it ends, and with fewer slots it would stop seeing the rest.
+    async fn dead_letters_holding(
+        &self,
+        destination: &str,
+        group: Option<&str>,
+        prefetch: u16,
+    ) -> Result<RabbitConsumer> {
+        let subscription = Subscription::new(destination)
+            .optional_group(group.map(str::to_owned))
+            .prefetch(prefetch);
+        let prefetch = subscription.prefetch_count();
+        self.dead_letter_consumer(subscription, prefetch).await
+    }
+
+    /// Publishes `messages` to the group's queue, `{prefix}{destination}.{group}`, through
+    /// the default exchange, so that no other queue bound to the destination's exchange
+    /// gets them; persistent and mandatory, returning after the publisher confirms, as a
+    /// [`RabbitProducer`] sends. The key travels in the `message-key` header only (the
+    /// routing key names the queue). The group is provisioned first, as
+    /// [`provision`](Self::provision) does, so that a redrive to a group whose queue is
+    /// gone (expired, deleted) still lands. Messages over the size limit are refused
+    /// before any is sent.
+    async fn send_to_group(
+        &self,
+        destination: &str,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> Result<()> {
+        let names = self.names(destination, Some(group))?;
+        let queue = names.queue.clone().unwrap_or_default();
+        let outgoing = producer::encode_all(&self.capabilities(), &messages, Some(&queue))?;
+        if outgoing.is_empty() {
+            return Ok(());
+        }
+        let what = format!("provisioning {destination} / {group} to send to it");
+        self.admin
+            .declare(Declaration::Topology(&names, Role::Group), &what)
+            .await?;
+        self.admin
+            .publish(&Target::Queue { name: queue }, outgoing)
+            .await
     }
 
     /// Closes the connection: unacknowledged deliveries go back to their queues, and

@@ -35,6 +35,7 @@
 //! | key | the routing key and the `message-key` header |
 //! | headers | the header table, as long strings |
 //! | `send` | `basic.publish` (mandatory, persistent) on a confirm-mode channel, returning after the publisher confirm |
+//! | redrive ([`send_to_group`](event_binder_core::Channel::send_to_group)) | the group's topology declared (as `provision` does), then `basic.publish` (mandatory, persistent, confirmed, as `send`) through the default exchange with the group's queue as routing key, so no other queue gets it; the key travels in the `message-key` header alone. The dead letters are read with the redrive's prefetch, whatever [`RabbitConfig::prefetch`] says |
 //! | prefetch | `basic.qos` on each consumer's own channel: [`RabbitConfig::prefetch`], else the subscription's (the handler's concurrency) |
 //! | ack / nack / dead letter | `basic.ack` (handed to the connection; the broker does not answer it) / `basic.reject` with requeue / a confirmed publish to the dead-letter queue, then `basic.ack` |
 //! | nack with a delay | groups and dead letters: a confirmed publish of a copy to a delay queue `{queue}.delay.{k}` (a quorum queue) with the delay as its TTL, then `basic.ack`; RabbitMQ moves the copy back once expired (see [Delayed redelivery](#delayed-redelivery)). Anonymous subscriptions: `basic.reject` with requeue after the delay |

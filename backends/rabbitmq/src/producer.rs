@@ -1,6 +1,6 @@
 //! Producers: publish to a destination's exchange and wait for the publisher confirm.
 
-use crate::convert;
+use crate::convert::{self, Outgoing};
 use crate::pool::{ConfirmPool, Target};
 use event_binder_core::{Capabilities, Message, Producer, Result};
 
@@ -44,21 +44,31 @@ impl Producer for RabbitProducer {
     }
 
     async fn send(&self, message: Message) -> Result<()> {
-        self.capabilities.check_size(&message)?;
-        let outgoing = convert::encode(&message, None)?;
-        self.pool.publish(&self.target, vec![outgoing]).await
+        let outgoing = encode_all(&self.capabilities, std::slice::from_ref(&message), None)?;
+        self.pool.publish(&self.target, outgoing).await
     }
 
     /// Checks every message, publishes them all on one AMQP channel, then waits for every
     /// confirm: one round trip for the batch instead of one per message.
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        for message in &messages {
-            self.capabilities.check_size(message)?;
-        }
-        let outgoing = messages
-            .iter()
-            .map(|message| convert::encode(message, None))
-            .collect::<Result<Vec<_>>>()?;
+        let outgoing = encode_all(&self.capabilities, &messages, None)?;
         self.pool.publish(&self.target, outgoing).await
     }
+}
+
+/// What every send publishes: the messages encoded for `basic.publish`, routed by their
+/// keys (`queue`: `None`) or to one queue through the default exchange. Checks every size
+/// before encoding any, so that a batch with one oversized message sends none.
+pub(crate) fn encode_all(
+    capabilities: &Capabilities,
+    messages: &[Message],
+    queue: Option<&str>,
+) -> Result<Vec<Outgoing>> {
+    for message in messages {
+        capabilities.check_size(message)?;
+    }
+    messages
+        .iter()
+        .map(|message| convert::encode(message, queue))
+        .collect()
 }

@@ -5,12 +5,13 @@
 //! `amqps://` through the broker's TLS listener (127.0.0.1:5671, its certificate signed by
 //! the test CA that `scripts/rabbitmq.sh` makes); `try_receive` alone serves what `receive`
 //! would, and skips what a lost connection left in the buffer; a foreign `traceparent` is
-//! the parent of the handler's span.
+//! the parent of the handler's span; a redrive's dry run sees past the prefetch, and a send
+//! to one group makes its queue and reaches no other.
 
 use event_binder_core::conformance::traces::check_foreign_parent;
 use event_binder_core::{
     header, App, Channel, Consumer, Context, Delivery, Error, Handler, HandlerSpec, Message,
-    Producer, Subscription,
+    Producer, RedriveOptions, Subscription,
 };
 use event_binder_rabbitmq::{RabbitAcknowledger, RabbitChannel, RabbitConfig, RabbitConsumer};
 use lapin::options::BasicPublishOptions;
@@ -610,4 +611,109 @@ async fn a_foreign_traceparent_is_the_parent_of_the_handlers_span() {
             .expect("a raw publish");
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_dry_run_lists_more_dead_letters_than_the_prefetch() {
+    // The configured prefetch applies to every consumer but a redrive's: with it, the dry
+    // run would hold 16 dead letters, receive no more, and list only those.
+    let config = RabbitConfig::new(URL)
+        .expect("the URL")
+        .prefix(format!("behaviour-{}-", unique()))
+        .queue_expires(Duration::from_secs(600))
+        .prefetch(Subscription::DEFAULT_PREFETCH);
+    let channel = RabbitChannel::with_config(config)
+        .await
+        .expect("connecting to RabbitMQ on 127.0.0.1:5672 (run scripts/rabbitmq.sh)");
+    let (destination, group) = ("many-dead", "billing");
+    let count = 40;
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group(group))
+        .await
+        .expect("a consumer");
+    let sent: Vec<Message> = (0..count).map(|n| Message::new(format!("{n}"))).collect();
+    channel
+        .producer(destination)
+        .await
+        .expect("a producer")
+        .send_batch(sent.clone())
+        .await
+        .expect("send");
+    for _ in 0..count {
+        let delivery = timeout(LIMIT, consumer.receive())
+            .await
+            .expect("a message to fail")
+            .expect("receive");
+        delivery
+            .dead_letter("failed", 1)
+            .await
+            .expect("dead-lettering");
+    }
+    drop(consumer);
+    let ids = |messages: &[Message]| {
+        let mut ids: Vec<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    let listed = timeout(
+        LIMIT,
+        channel.redrive(destination, group, &RedriveOptions::new().dry_run()),
+    )
+    .await
+    .expect("the dry run in time")
+    .expect("the dry run");
+    assert_eq!(ids(&listed), ids(&sent), "every dead letter is listed");
+    let purged = timeout(
+        LIMIT,
+        channel.purge_dead_letters(destination, Some(group), &RedriveOptions::new()),
+    )
+    .await
+    .expect("the purge in time")
+    .expect("the purge");
+    assert_eq!(ids(&purged), ids(&sent), "the dry run left them all");
+    channel.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn sending_to_a_group_makes_its_queue_and_reaches_no_other() {
+    let channel = channel().await;
+    let destination = "to-one-group";
+    channel
+        .provision(destination, Some("other"))
+        .await
+        .expect("provisioning the other group");
+    let message = Message::new("{}")
+        .with_key("customer-7")
+        .with_header("tenant", "acme");
+    channel
+        .send_to_group(destination, "never-made", vec![message.clone()])
+        .await
+        .expect("sending to a group whose queue does not exist yet");
+    let mut target = channel
+        .consumer(&Subscription::new(destination).group("never-made"))
+        .await
+        .expect("a consumer of the group");
+    let delivery = timeout(LIMIT, target.receive())
+        .await
+        .expect("the message")
+        .expect("receive");
+    assert_eq!(delivery.message().id(), message.id());
+    assert_eq!(
+        delivery.message().key(),
+        Some("customer-7"),
+        "the key, not the queue name"
+    );
+    assert_eq!(delivery.message().headers().get("tenant"), Some("acme"));
+    delivery.ack().await.expect("ack");
+    let mut other = channel
+        .consumer(&Subscription::new(destination).group("other"))
+        .await
+        .expect("a consumer of the other group");
+    assert!(
+        timeout(Duration::from_millis(500), other.receive())
+            .await
+            .is_err(),
+        "the other group got the message"
+    );
+    channel.close().await.expect("close");
 }

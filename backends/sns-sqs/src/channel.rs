@@ -4,13 +4,13 @@ use crate::config::{whole_seconds, SnsSqsConfig, MAX_MESSAGE_SIZE};
 use crate::consumer::{flush, QueueKind, Settle, SqsConsumer};
 use crate::error::{self, BACKEND};
 use crate::names::Names;
-use crate::producer::{PublishQueue, SnsProducer};
+use crate::producer::{send_to_queue, Outgoing, PublishQueue, SnsProducer};
 use crate::requests::{RequestCounter, RequestCounts};
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use event_binder_core::{Capabilities, Channel, ChannelUrl, Error, Result, Subscription};
+use event_binder_core::{Capabilities, Channel, ChannelUrl, Error, Message, Result, Subscription};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -593,6 +593,38 @@ impl Channel for SnsSqsChannel {
         )
         .await?;
         Ok(consumer)
+    }
+
+    /// Sends straight to the group's SQS queue (SendMessageBatch, up to 10 messages and
+    /// 256 KiB a request), bypassing the topic, so the other groups and the anonymous
+    /// subscriptions never see the messages. They are encoded as a publish encodes them,
+    /// and the queue gets publishes with raw message delivery: its consumers cannot tell
+    /// the two apart. The group's queue is provisioned first, as
+    /// [`provision`](Channel::provision) does, so a group never consumed still gets them.
+    /// On a FIFO destination the key is the message group id, as for a publish, and the
+    /// deduplication id is the message id plus its redrive count, if any (SQS would take a
+    /// redrive soon after the publish for a repeat, and drop it). Every message is checked
+    /// before any is sent; a request that fails or has an entry refused ends the send with
+    /// an error, the messages after it unsent.
+    async fn send_to_group(
+        &self,
+        destination: &str,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> Result<()> {
+        self.inner.check_open()?;
+        let names = self.inner.names(destination, Some(group))?;
+        let fifo = self.inner.config.is_fifo(destination);
+        let outgoing = messages
+            .iter()
+            .map(|message| Outgoing::direct(message, fifo))
+            .collect::<Result<Vec<_>>>()?;
+        if outgoing.is_empty() {
+            return Ok(());
+        }
+        let queue_name = names.queue.clone().unwrap_or_default();
+        let queue = self.inner.ensure_group(&names, &queue_name).await?;
+        send_to_queue(&self.inner, &queue.url, outgoing).await
     }
 
     /// Closes the channel: queued publishes are sent and pending acknowledgements

@@ -185,6 +185,19 @@ pub(crate) fn fifo_deduplication_id(message: &Message) -> String {
     fifo_id(message.id())
 }
 
+/// The deduplication id of a FIFO message sent straight to a group's queue: its id, plus
+/// its redrive count when it has one. SNS hands a publish's deduplication id on to the
+/// queue, and for 5 minutes SQS drops a message with an id it has seen while answering
+/// that it was sent: a dead letter redriven soon after its publish would be lost. With
+/// its count each redrive is new to the queue, while a redrive sent again (a crash before
+/// its dead letter was removed) is still dropped as the repeat it is.
+pub(crate) fn direct_deduplication_id(message: &Message) -> String {
+    match message.headers().get(header::REDRIVE_COUNT) {
+        Some(count) => fifo_id(&format!("{}.redrive-{count}", message.id())),
+        None => fifo_deduplication_id(message),
+    }
+}
+
 fn fifo_id(text: &str) -> String {
     let fits =
         !text.is_empty() && text.len() <= MAX_FIFO_ID && text.chars().all(|c| c.is_ascii_graphic());
@@ -422,6 +435,9 @@ mod tests {
         let plain = Message::new_with_id("abc", "x").with_key("k-1");
         assert_eq!(fifo_group_id(&plain), "k-1");
         assert_eq!(fifo_deduplication_id(&plain), "abc");
+        assert_eq!(direct_deduplication_id(&plain), "abc");
+        let redriven = plain.with_header(header::REDRIVE_COUNT, "2");
+        assert_eq!(direct_deduplication_id(&redriven), "abc.redrive-2");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 
 use crate::channel::{until_closed, Inner};
 use crate::config::MAX_MESSAGE_SIZE;
-use crate::convert::{fifo_deduplication_id, fifo_group_id, Encoded};
+use crate::convert::{direct_deduplication_id, fifo_deduplication_id, fifo_group_id, Encoded};
 use crate::error::{self, BACKEND};
 use aws_sdk_sns::types::PublishBatchRequestEntry;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use event_binder_core::{Error, Message, Producer, Result};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-/// The most entries of one PublishBatch request.
+/// The most entries of one PublishBatch or SendMessageBatch request.
 const MAX_BATCH: usize = 10;
 /// The most PublishBatch requests in flight for one standard topic (a FIFO topic has one,
 /// so a key's messages reach it in order).
@@ -250,20 +251,9 @@ impl SnsProducer {
     }
 
     /// Encodes a message and checks its size, before anything is sent.
-    fn prepare(&self, message: &Message) -> Result<(Encoded, Option<(String, String)>)> {
+    fn prepare(&self, message: &Message) -> Result<Outgoing> {
         self.inner.check_open()?;
-        let encoded = Encoded::new(message)?;
-        let size = encoded.size.max(message.encoded_len());
-        if size > MAX_MESSAGE_SIZE {
-            return Err(Error::PayloadTooLarge {
-                actual: size,
-                limit: MAX_MESSAGE_SIZE,
-            });
-        }
-        let fifo = self
-            .fifo
-            .then(|| (fifo_group_id(message), fifo_deduplication_id(message)));
-        Ok((encoded, fifo))
+        Outgoing::new(message, self.fifo)
     }
 }
 
@@ -283,8 +273,8 @@ impl Producer for SnsProducer {
 
     /// Returns once SNS has accepted the message (the PublishBatch answer).
     async fn send(&self, message: Message) -> Result<()> {
-        let (encoded, fifo) = self.prepare(&message)?;
-        answer(self.queue.enqueue(encoded, fifo)?).await
+        let outgoing = self.prepare(&message)?;
+        answer(self.queue.enqueue(outgoing.encoded, outgoing.fifo)?).await
     }
 
     /// Checks every message first (nothing is sent if one is refused), then queues all of
@@ -296,7 +286,7 @@ impl Producer for SnsProducer {
             .collect::<Result<Vec<_>>>()?;
         let answers = prepared
             .into_iter()
-            .map(|(encoded, fifo)| self.queue.enqueue(encoded, fifo))
+            .map(|outgoing| self.queue.enqueue(outgoing.encoded, outgoing.fifo))
             .collect::<Result<Vec<_>>>()?;
         let mut first_error = None;
         for receiver in answers {
@@ -306,4 +296,142 @@ impl Producer for SnsProducer {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A message ready to go, checked before anything is sent: encoded, within the size
+/// limit, with its FIFO ids on a FIFO destination.
+pub(crate) struct Outgoing {
+    id: String,
+    encoded: Encoded,
+    /// The message group and deduplication ids, for a FIFO destination.
+    fifo: Option<(String, String)>,
+}
+
+impl Outgoing {
+    /// Encodes a message for a topic.
+    pub(crate) fn new(message: &Message, fifo: bool) -> Result<Self> {
+        let ids = fifo.then(|| (fifo_group_id(message), fifo_deduplication_id(message)));
+        Self::with_fifo_ids(message, ids)
+    }
+
+    /// Encodes a message for one group's queue of a topic, sent there directly: see
+    /// [`direct_deduplication_id`] for why its deduplication id differs.
+    pub(crate) fn direct(message: &Message, fifo: bool) -> Result<Self> {
+        let ids = fifo.then(|| (fifo_group_id(message), direct_deduplication_id(message)));
+        Self::with_fifo_ids(message, ids)
+    }
+
+    fn with_fifo_ids(message: &Message, fifo: Option<(String, String)>) -> Result<Self> {
+        let encoded = Encoded::new(message)?;
+        let size = encoded.size.max(message.encoded_len());
+        if size > MAX_MESSAGE_SIZE {
+            return Err(Error::PayloadTooLarge {
+                actual: size,
+                limit: MAX_MESSAGE_SIZE,
+            });
+        }
+        Ok(Outgoing {
+            id: message.id().to_owned(),
+            encoded,
+            fifo,
+        })
+    }
+}
+
+/// Sends messages straight to one SQS queue, bypassing its topic, in SendMessageBatch
+/// requests of up to 10 entries and 256 KiB. The queue is subscribed with raw message
+/// delivery, so a body and attributes sent here are what a publish would have put there,
+/// and its consumers decode both alike. Requests go one after the other, so that a FIFO
+/// queue gets a key's messages in order; the first that fails, or has an entry refused,
+/// ends the send with an error naming every message of it not accepted; later ones are
+/// not sent, and the error tells the caller to send them again.
+pub(crate) async fn send_to_queue(
+    inner: &Inner,
+    queue_url: &str,
+    outgoing: Vec<Outgoing>,
+) -> Result<()> {
+    let what = format!("sending to SQS queue {queue_url}");
+    let mut outgoing = outgoing.into_iter().peekable();
+    while let Some(first) = outgoing.next() {
+        // SQS counts the whole batch against the 256 KiB limit, as SNS does.
+        let mut size = first.encoded.size;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match outgoing.next_if(|next| size + next.encoded.size <= MAX_MESSAGE_SIZE) {
+                Some(next) => {
+                    size += next.encoded.size;
+                    batch.push(next);
+                }
+                None => break,
+            }
+        }
+        inner.check_open()?;
+        send_message_batch(inner, queue_url, &what, batch).await?;
+    }
+    Ok(())
+}
+
+/// Sends one SendMessageBatch request; an error unless SQS accepted every entry.
+async fn send_message_batch(
+    inner: &Inner,
+    queue_url: &str,
+    what: &str,
+    batch: Vec<Outgoing>,
+) -> Result<()> {
+    let mut entries = Vec::with_capacity(batch.len());
+    let mut ids = Vec::with_capacity(batch.len());
+    for (index, outgoing) in batch.into_iter().enumerate() {
+        let Outgoing { id, encoded, fifo } = outgoing;
+        let attributes = encoded.sqs_attributes();
+        let (group_id, deduplication_id) = fifo.unzip();
+        let entry = SendMessageBatchRequestEntry::builder()
+            .id(index.to_string())
+            .message_body(encoded.body)
+            .set_message_attributes(Some(attributes))
+            .set_message_group_id(group_id)
+            .set_message_deduplication_id(deduplication_id)
+            .build()
+            .map_err(|err| Error::Encode(err.into()))?;
+        entries.push(entry);
+        ids.push(id);
+    }
+    let output = inner
+        .sqs
+        .send_message_batch()
+        .queue_url(queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(|err| inner.request_error(what, err))?;
+    let refused: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(index, id)| {
+            let index = index.to_string();
+            if output.successful().iter().any(|ok| ok.id() == index) {
+                return None;
+            }
+            Some(match output.failed().iter().find(|f| f.id() == index) {
+                Some(failed) => format!(
+                    "message {id:?}: {} ({})",
+                    failed.code(),
+                    failed.message().unwrap_or("no message")
+                ),
+                None => format!("message {id:?}: the answer does not mention it"),
+            })
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::broker(
+        BACKEND,
+        format!(
+            "{what}: {} of the {} messages of a request not accepted (the messages after \
+             them were not sent): {}",
+            refused.len(),
+            ids.len(),
+            refused.join("; ")
+        ),
+    ))
 }

@@ -9,7 +9,7 @@ use event_binder_core::conformance::traces::check_foreign_parent;
 use event_binder_core::Delivery;
 use event_binder_core::{
     header, App, Channel, Consumer, Context, Error, Handler, HandlerSpec, Message, Producer, Raw,
-    Subscription,
+    RedriveOptions, Subscription,
 };
 use event_binder_sns_sqs::{
     SnsSqsChannel, SnsSqsConfig, SqsAcknowledger, SqsConsumer, MAX_MESSAGE_SIZE,
@@ -958,4 +958,255 @@ async fn a_foreign_traceparent_is_the_parent_of_the_handlers_span() {
             .expect("a raw send");
     })
     .await;
+}
+
+/// Nothing more arrives at `consumer` within a few seconds.
+async fn assert_nothing_for(consumer: &mut SqsConsumer, who: &str) {
+    let extra = tokio::time::timeout(Duration::from_secs(3), consumer.receive()).await;
+    assert!(extra.is_err(), "{who} got a message: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_group_reaches_that_group_only_intact() {
+    let channel = connect(config()).await;
+    let destination = "to-group";
+    let mut a = channel
+        .consumer(&Subscription::new(destination).group("a"))
+        .await
+        .expect("consumer a");
+    let mut b = channel
+        .consumer(&Subscription::new(destination).group("b"))
+        .await
+        .expect("consumer b");
+    let mut anonymous = channel
+        .consumer(&Subscription::new(destination))
+        .await
+        .expect("anonymous consumer");
+    // 23 messages: three SendMessageBatch requests of up to 10; one packs its headers and
+    // one has a binary payload, as a dead letter may.
+    let mut sent: Vec<Message> = (0..21)
+        .map(|n| {
+            Message::new(format!(r#"{{"n":{n}}}"#))
+                .with_key(format!("k{n}"))
+                .with_header("tenant", "acme")
+                .with_content_type("application/json")
+        })
+        .collect();
+    let mut packed = Message::new("packed").with_key("many");
+    for i in 0..12 {
+        packed = packed.with_header(format!("h{i}"), i.to_string());
+    }
+    sent.push(packed);
+    sent.push(Message::new(vec![0u8, 255, 1]).with_header("one", "1"));
+    let before = channel.requests();
+    channel
+        .send_to_group(destination, "a", sent.clone())
+        .await
+        .expect("send_to_group");
+    let used = channel.requests().since(&before);
+    assert_eq!(used.get("SendMessageBatch"), 3, "{used:?}");
+    assert_eq!(
+        used.get("PublishBatch") + used.get("Publish"),
+        0,
+        "{used:?}"
+    );
+
+    let mut received = HashMap::new();
+    for _ in 0..sent.len() {
+        let delivery = receive(&mut a).await;
+        let message = delivery.message().clone();
+        received.insert(message.id().to_owned(), message);
+        delivery.ack().await.expect("ack");
+    }
+    for message in &sent {
+        let got = received
+            .get(message.id())
+            .unwrap_or_else(|| panic!("message {} did not reach group a", message.id()));
+        assert_eq!(
+            got.payload(),
+            message.payload(),
+            "payload of {}",
+            message.id()
+        );
+        assert_eq!(got.key(), message.key(), "key of {}", message.id());
+        assert_eq!(
+            got.headers(),
+            message.headers(),
+            "headers of {}",
+            message.id()
+        );
+        assert_eq!(got.content_type(), message.content_type());
+        assert_eq!(got.timestamp_millis(), message.timestamp_millis());
+    }
+    assert_nothing_for(&mut b, "group b").await;
+    assert_nothing_for(&mut anonymous, "the anonymous subscription").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_group_provisions_a_group_never_consumed() {
+    let channel = connect(config()).await;
+    let sent = Message::new("{}").with_key("k");
+    channel
+        .send_to_group("unseen", "late", vec![sent.clone()])
+        .await
+        .expect("send_to_group");
+    let mut late = channel
+        .consumer(&Subscription::new("unseen").group("late"))
+        .await
+        .expect("consumer");
+    let delivery = receive(&mut late).await;
+    assert_eq!(delivery.message().id(), sent.id());
+    assert_eq!(delivery.message().key(), Some("k"));
+    delivery.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_group_refuses_what_cannot_be_sent_before_any_request() {
+    let channel = connect(config()).await;
+    let before = channel.requests();
+    let fits = Message::new("{}");
+    let too_large = Message::new(vec![0xffu8; 200 * 1024]);
+    match channel
+        .send_to_group("limits", "g", vec![fits, too_large])
+        .await
+    {
+        Err(Error::PayloadTooLarge { limit, .. }) => assert_eq!(limit, MAX_MESSAGE_SIZE),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    assert!(matches!(
+        channel
+            .send_to_group("limits", "", vec![Message::new("{}")])
+            .await,
+        Err(Error::InvalidName { .. })
+    ));
+    assert_eq!(channel.requests().since(&before).total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_group_on_a_fifo_destination_keeps_order_per_key_for_that_group_only() {
+    let destination = "fifo-to-group";
+    let channel = connect(fifo_config()).await;
+    assert!(channel
+        .queue_name(destination, "a")
+        .unwrap()
+        .ends_with(".fifo"));
+    let mut a = channel
+        .consumer(&Subscription::new(destination).group("a"))
+        .await
+        .expect("consumer a");
+    let mut b = channel
+        .consumer(&Subscription::new(destination).group("b"))
+        .await
+        .expect("consumer b");
+    let keys = ["alpha", "beta"];
+    let per_key = 8u64;
+    let sent: Vec<Message> = (0..per_key)
+        .flat_map(|n| {
+            keys.iter().map(move |key| {
+                Message::new(format!(r#"{{"n":{n}}}"#))
+                    .with_key(*key)
+                    .with_header("tenant", "acme")
+            })
+        })
+        .collect();
+    channel
+        .send_to_group(destination, "a", sent.clone())
+        .await
+        .expect("send_to_group");
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for _ in 0..sent.len() {
+        let delivery = receive(&mut a).await;
+        let message = delivery.message();
+        let original = sent
+            .iter()
+            .find(|m| m.id() == message.id())
+            .expect("a message sent");
+        assert_eq!(message.key(), original.key());
+        assert_eq!(message.headers(), original.headers());
+        let key = message.key().expect("a key").to_owned();
+        let job: Job = serde_json::from_slice(message.payload()).expect("json");
+        if let Some(previous) = last.get(&key) {
+            assert!(job.n > *previous, "key {key}: {} after {previous}", job.n);
+        }
+        last.insert(key, job.n);
+        delivery.ack().await.expect("ack");
+    }
+    assert!(last.values().all(|n| *n == per_key - 1), "{last:?}");
+    assert_nothing_for(&mut b, "group b").await;
+}
+
+fn fifo_config() -> SnsSqsConfig {
+    SnsSqsConfig::new(&format!("{URL}&fifo=*"))
+        .expect("the URL")
+        .prefix(format!("beh-{}-", unique()))
+        .credentials("test", "test")
+}
+
+/// SNS hands a publish's deduplication id (the message id) on to the FIFO queue, and SQS
+/// drops a later message with the same one while answering that it was sent: for 5
+/// minutes on AWS, while the first is still queued on moto (which is how this shows it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_redriven_copy_is_not_taken_for_a_repeat_of_its_publish() {
+    let destination = "fifo-dedup";
+    let channel = connect(fifo_config()).await;
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group("a"))
+        .await
+        .expect("consumer");
+    let sent = Message::new("{}").with_key("k");
+    let producer = channel.producer(destination).await.expect("producer");
+    producer.send(sent.clone()).await.expect("send");
+    let copy = sent.clone().with_header(header::REDRIVE_COUNT, "1");
+    for _ in 0..2 {
+        // The second is a redrive sent again: a repeat, dropped.
+        channel
+            .send_to_group(destination, "a", vec![copy.clone()])
+            .await
+            .expect("send_to_group");
+    }
+    let mut redrive_counts = Vec::new();
+    for _ in 0..2 {
+        let delivery = receive(&mut consumer).await;
+        assert_eq!(delivery.message().id(), sent.id());
+        let count = delivery.message().headers().get(header::REDRIVE_COUNT);
+        redrive_counts.push(count.map(str::to_owned));
+        delivery.ack().await.expect("ack");
+    }
+    assert_eq!(redrive_counts, [None, Some("1".to_owned())]);
+    assert_nothing_for(&mut consumer, "the group, with a repeated redrive,").await;
+}
+
+/// Dead letters wait in a standard queue; a redrive takes them back to the group's FIFO
+/// queue, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_dead_letter_is_redriven_to_its_group_every_time() {
+    let destination = "fifo-redrive";
+    let channel = connect(fifo_config()).await;
+    let mut consumer = channel
+        .consumer(&Subscription::new(destination).group("a"))
+        .await
+        .expect("consumer");
+    let sent = Message::new("{}").with_key("k");
+    let producer = channel.producer(destination).await.expect("producer");
+    producer.send(sent.clone()).await.expect("send");
+    for redrives in 1..=2 {
+        let delivery = receive(&mut consumer).await;
+        assert_eq!(delivery.message().id(), sent.id());
+        delivery
+            .dead_letter("a bug", 1)
+            .await
+            .expect("dead-lettering");
+        let moved = channel
+            .redrive(destination, "a", &RedriveOptions::new())
+            .await
+            .expect("redrive");
+        assert_eq!(moved.len(), 1, "redrive {redrives}");
+        let back = receive(&mut consumer).await;
+        assert_eq!(back.message().id(), sent.id());
+        assert_eq!(
+            back.message().headers().get(header::REDRIVE_COUNT),
+            Some(redrives.to_string().as_str())
+        );
+        back.nack(None).await.expect("nack");
+    }
 }

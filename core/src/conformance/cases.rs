@@ -5,6 +5,7 @@ use crate::channel::{Channel, Consumer, Producer, Subscription};
 use crate::error::{Error, Result};
 use crate::idempotency::{Claim, ClaimKey, IdempotencyStore, MemoryIdempotencyStore};
 use crate::message::{header, Message};
+use crate::redrive::RedriveOptions;
 use crate::runtime::{
     App, Batch, BatchFailure, BatchHandler, BindingState, Context, Handler, HandlerSpec,
     NonRetryable, RetryPolicy,
@@ -89,11 +90,16 @@ pub enum Case {
     /// and once resumed the binding handles it; stopped and started, likewise. Its health
     /// says what it does throughout.
     PausedBindingHoldsNothingAndResumes,
+    /// A redrive takes dead letters back to the group that failed them and to no other
+    /// group, each with its id, key and headers, the failure's headers gone and its redrives
+    /// counted; a dry run lists them and moves nothing; ids and a limit select; a purge
+    /// deletes.
+    RedriveTakesDeadLettersBackToTheirGroupOnly,
 }
 
 impl Case {
     /// Every case, in the order the suite lists them.
-    pub const ALL: [Case; 23] = [
+    pub const ALL: [Case; 24] = [
         Case::PublishSubscribeKeepsEverythingIntact,
         Case::ConcurrentPublishersAndConsumersLoseNothing,
         Case::DestinationsAreIsolated,
@@ -117,6 +123,7 @@ impl Case {
         Case::InvalidNamesAreRefused,
         Case::DuplicateMessageIdIsHandledOnce,
         Case::PausedBindingHoldsNothingAndResumes,
+        Case::RedriveTakesDeadLettersBackToTheirGroupOnly,
     ];
 }
 
@@ -146,6 +153,7 @@ pub(super) async fn run<C: Channel>(case: Case, channel: Arc<C>, config: SuiteCo
         Case::InvalidNamesAreRefused => suite.invalid_names().await,
         Case::DuplicateMessageIdIsHandledOnce => suite.duplicate_id().await,
         Case::PausedBindingHoldsNothingAndResumes => suite.pause_and_resume().await,
+        Case::RedriveTakesDeadLettersBackToTheirGroupOnly => suite.redrive().await,
     }
 }
 
@@ -1218,6 +1226,126 @@ impl<C: Channel> Suite<C> {
             let tries = calls.iter().filter(|call| call.contains(&n)).count();
             assert_eq!(tries, 3, "probe {n} is tried 3 times: {calls:?}");
         }
+    }
+
+    async fn redrive(&self) {
+        let (destination, failing, other) = (unique("redrive"), unique("g"), unique("g"));
+        let limit = self.config.timeout;
+        let mut failed = self.consumer(&destination, Some(&failing)).await;
+        let mut handled = self.consumer(&destination, Some(&other)).await;
+        let sent: Vec<Message> = (0..3)
+            .map(|n| {
+                probe(n)
+                    .with_key(format!("k{n}"))
+                    .with_header("tenant", "acme")
+            })
+            .collect();
+        let producer = expect(self.channel.producer(&destination).await, "a producer");
+        expect(producer.send_batch(sent.clone()).await, "sending");
+        // One group's handler had a bug: it dead-lettered all three; the other handled them.
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            let delivery = receive(&mut failed, limit, "a message to fail").await;
+            order.push(delivery.message().id().to_owned());
+            expect(
+                delivery.dead_letter("the handler had a bug", 3).await,
+                "dead-lettering",
+            );
+        }
+        for _ in 0..3 {
+            let delivery = receive(&mut handled, limit, "the other group's messages").await;
+            expect(delivery.ack().await, "ack");
+        }
+        let ids_of = |messages: &[Message]| -> Vec<String> {
+            messages.iter().map(|m| m.id().to_owned()).collect()
+        };
+        let sorted = |mut ids: Vec<String>| {
+            ids.sort();
+            ids
+        };
+        let redrive = |options: RedriveOptions| {
+            let (destination, failing) = (destination.clone(), failing.clone());
+            async move {
+                let redriven = self.channel.redrive(&destination, &failing, &options);
+                expect(within(limit, "a redrive", redriven).await, "redriving")
+            }
+        };
+
+        let listed = redrive(RedriveOptions::new().dry_run()).await;
+        assert_eq!(
+            sorted(ids_of(&listed)),
+            sorted(ids_of(&sent)),
+            "the dry run lists them all"
+        );
+        for dead in &listed {
+            assert_eq!(
+                dead.headers().get(header::DEAD_LETTER_ERROR),
+                Some("the handler had a bug")
+            );
+        }
+        // In the order they were dead-lettered, so that a log-based dead-letter queue
+        // (Kafka's) takes them from its front.
+        let moved = redrive(RedriveOptions::new().ids([order[0].clone()])).await;
+        assert_eq!(
+            ids_of(&moved),
+            vec![order[0].clone()],
+            "the one selected by id"
+        );
+        let back = receive(&mut failed, limit, "the redriven message").await;
+        let original = sent
+            .iter()
+            .find(|m| m.id() == order[0])
+            .expect("a message sent");
+        let message = back.message();
+        assert_eq!(message.id(), original.id());
+        assert_eq!(message.key(), original.key());
+        assert_eq!(message.payload(), original.payload());
+        assert_eq!(message.headers().get("tenant"), Some("acme"));
+        assert_eq!(message.headers().get(header::REDRIVE_COUNT), Some("1"));
+        assert_eq!(message.headers().get(header::DEAD_LETTER_ERROR), None);
+        expect(back.ack().await, "ack");
+
+        // Either of the other two: a partitioned queue (Kafka's) gives its partitions' heads
+        // in no fixed order.
+        let moved = ids_of(&redrive(RedriveOptions::new().limit(1)).await);
+        assert!(
+            moved.len() == 1 && order[1..].contains(&moved[0]),
+            "one of the two left, with a limit of one: {moved:?}"
+        );
+        let back = receive(&mut failed, limit, "the second redriven message").await;
+        assert_eq!(back.message().id(), moved[0]);
+        expect(back.ack().await, "ack");
+        let last = if moved[0] == order[1] {
+            &order[2]
+        } else {
+            &order[1]
+        };
+
+        let purged = within(
+            limit,
+            "a purge",
+            self.channel
+                .purge_dead_letters(&destination, Some(&failing), &RedriveOptions::new()),
+        )
+        .await;
+        assert_eq!(ids_of(&expect(purged, "purging")), vec![last.clone()]);
+        let left = redrive(RedriveOptions::new().dry_run()).await;
+        assert!(
+            left.is_empty(),
+            "dead letters left after the purge: {left:?}"
+        );
+        expect_nothing(
+            &mut handled,
+            self.config.quiet_period,
+            "no redriven message in the group that handled them",
+        )
+        .await;
+        expect_nothing(
+            &mut failed,
+            self.config.quiet_period,
+            "no more redriven messages",
+        )
+        .await;
     }
 
     async fn pause_and_resume(&self) {

@@ -98,6 +98,7 @@ macro_rules! conformance_tests {
             invalid_names_are_refused => InvalidNamesAreRefused,
             duplicate_message_id_is_handled_once => DuplicateMessageIdIsHandledOnce,
             paused_binding_holds_nothing_and_resumes => PausedBindingHoldsNothingAndResumes,
+            redrive_takes_dead_letters_back_to_their_group_only => RedriveTakesDeadLettersBackToTheirGroupOnly,
         );
     };
 }

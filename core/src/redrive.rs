@@ -1,0 +1,227 @@
+//! Dead letters taken back: moved to the group that failed them, listed, or purged, the
+//! same on every backend, from [`Channel::dead_letters`] and [`Channel::send_to_group`].
+
+use crate::channel::{Channel, Consumer};
+use crate::delivery::{as_delivered, Acknowledger, Delivery};
+use crate::error::{Error, Result};
+use crate::message::{header, Message};
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+/// Which dead letters a [`Channel::redrive`] or [`Channel::purge_dead_letters`] takes, and
+/// whether it only lists them. By default: all of them, for real.
+///
+/// ```
+/// use event_binder_core::RedriveOptions;
+/// use std::time::Duration;
+///
+/// let options = RedriveOptions::new()
+///     .ids(["0190a8c2-…-1", "0190a8c2-…-2"])
+///     .limit(10)
+///     .idle(Duration::from_secs(5))
+///     .dry_run();
+/// assert!(options.is_dry_run());
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedriveOptions {
+    ids: Option<BTreeSet<String>>,
+    limit: Option<usize>,
+    dry_run: bool,
+    idle: Duration,
+}
+
+impl RedriveOptions {
+    /// How long a receive of the dead letters may bring nothing before they count as all
+    /// taken, by default: 2 seconds (long enough for an SQS long poll, or a Kafka fetch once
+    /// the consumer has joined its group, which opening it waits for).
+    pub const DEFAULT_IDLE: Duration = Duration::from_secs(2);
+
+    /// Every dead letter, for real.
+    pub fn new() -> Self {
+        RedriveOptions {
+            ids: None,
+            limit: None,
+            dry_run: false,
+            idle: Self::DEFAULT_IDLE,
+        }
+    }
+
+    /// Only the dead letters with these message ids.
+    pub fn ids<I, S>(mut self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.ids = Some(ids.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// At most `limit` dead letters.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Lists what would be taken, and takes nothing.
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+
+    /// How long a receive may bring nothing before the dead letters count as all taken.
+    pub fn idle(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// Whether it only lists.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    fn selects(&self, id: &str) -> bool {
+        self.ids.as_ref().is_none_or(|ids| ids.contains(id))
+    }
+}
+
+impl Default for RedriveOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What is done with each dead letter taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Sent back to its group, then removed.
+    Redrive,
+    /// Removed.
+    Purge,
+}
+
+pub(crate) async fn take_dead_letters<C: Channel + ?Sized>(
+    channel: &C,
+    destination: &str,
+    group: Option<&str>,
+    options: &RedriveOptions,
+    take: Take,
+) -> Result<Vec<Message>> {
+    let redrive_to = match (take, group) {
+        (Take::Redrive, Some(group)) => Some(group),
+        (Take::Redrive, None) => {
+            return Err(Error::Unsupported(format!(
+                "the dead letters of {destination:?}'s anonymous subscriptions have no group to \
+                 go back to (an anonymous subscription ends with its consumer): list or purge them"
+            )))
+        }
+        (Take::Purge, _) => None,
+    };
+    // Whatever is not taken is held until the end: the consumer must be able to hold it.
+    let holding = options
+        .limit
+        .map_or(u16::MAX, |limit| u16::try_from(limit).unwrap_or(u16::MAX));
+    let mut dead_letters = channel
+        .dead_letters_holding(destination, group, holding.max(1))
+        .await?;
+    let mut taken = Vec::new();
+    let mut seen = HashSet::new();
+    // Deliveries left where they are (not selected, listed, or seen again), settled only
+    // when the run ends: handed back now, they would be received again at once.
+    let mut left = Vec::new();
+    let outcome = loop {
+        if options.limit.is_some_and(|limit| taken.len() >= limit) {
+            break Ok(());
+        }
+        let delivery = match tokio::time::timeout(options.idle, dead_letters.receive()).await {
+            Err(_) => break Ok(()),
+            Ok(Err(err)) => break Err(err),
+            Ok(Ok(delivery)) => delivery,
+        };
+        let message = delivery.message().clone();
+        if !seen.insert(message.shared_id().clone()) {
+            // Redriven and failed again while this ran, or handed round by the broker.
+            left.push(delivery);
+            break Ok(());
+        }
+        if !options.selects(message.id()) || options.dry_run {
+            if options.dry_run && options.selects(message.id()) {
+                taken.push(message);
+            }
+            left.push(delivery);
+            continue;
+        }
+        if let Some(group) = redrive_to {
+            if let Err(err) = channel
+                .send_to_group(destination, group, vec![redriven(&message)])
+                .await
+            {
+                left.push(delivery);
+                break Err(err);
+            }
+        }
+        // Sent: removed. Were the removal lost, the dead letter would be taken again, and its
+        // copy's id is the same.
+        if let Err(err) = delivery.ack().await {
+            break Err(err);
+        }
+        taken.push(message);
+    };
+    hand_back(left).await;
+    drop(dead_letters);
+    outcome.map(|()| taken)
+}
+
+/// The copy of a dead letter that goes back to its group: the message as it was sent, its
+/// redrives counted.
+fn redriven(dead_letter: &Message) -> Message {
+    // The failure's headers go: the copy has not failed yet.
+    let mut message = as_delivered(dead_letter.clone());
+    let headers = message.headers_mut();
+    let redrives = headers
+        .get(header::REDRIVE_COUNT)
+        .and_then(|count| count.parse::<u32>().ok())
+        .unwrap_or(0);
+    headers.insert(header::REDRIVE_COUNT, (redrives + 1).to_string());
+    message
+}
+
+/// Hands the dead letters left back to the broker, where they stay dead letters.
+async fn hand_back<A: Acknowledger>(left: Vec<Delivery<A>>) {
+    for delivery in left {
+        let id = delivery.message().shared_id().clone();
+        if let Err(err) = delivery.nack(None).await {
+            // Not settled, it comes back when the consumer closes all the same.
+            tracing::debug!(message_id = %id, error = %err, "handing a dead letter back failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redriven_copy_drops_the_failure_and_counts_its_redrives() {
+        let dead = Message::new("{}")
+            .with_key("k")
+            .with_header("tenant", "acme")
+            .with_header(header::DEAD_LETTER_ERROR, "boom")
+            .with_header(header::DEAD_LETTER_ATTEMPTS, "3")
+            .with_header(header::REDRIVE_COUNT, "1");
+        let copy = redriven(&dead);
+        assert_eq!(copy.id(), dead.id());
+        assert_eq!(copy.key(), Some("k"));
+        assert_eq!(copy.headers().get("tenant"), Some("acme"));
+        assert_eq!(copy.headers().get(header::DEAD_LETTER_ERROR), None);
+        assert_eq!(copy.headers().get(header::DEAD_LETTER_ATTEMPTS), None);
+        assert_eq!(copy.headers().get(header::REDRIVE_COUNT), Some("2"));
+    }
+
+    #[test]
+    fn options_select_by_id() {
+        let options = RedriveOptions::new().ids(["a"]);
+        assert!(options.selects("a"));
+        assert!(!options.selects("b"));
+        assert!(RedriveOptions::new().selects("anything"));
+    }
+}
