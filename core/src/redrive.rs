@@ -128,8 +128,13 @@ pub(crate) async fn take_dead_letters<C: Channel + ?Sized>(
     // Deliveries left where they are (not selected, listed, or seen again), settled only
     // when the run ends: handed back now, they would be received again at once.
     let mut left = Vec::new();
+    // Selected dead letters whose copies are sent together, then removed.
+    let mut batch = Vec::with_capacity(SEND_BATCH);
     let outcome = loop {
-        if options.limit.is_some_and(|limit| taken.len() >= limit) {
+        if options
+            .limit
+            .is_some_and(|limit| taken.len() + batch.len() >= limit)
+        {
             break Ok(());
         }
         let delivery = match tokio::time::timeout(options.idle, dead_letters.receive()).await {
@@ -137,38 +142,71 @@ pub(crate) async fn take_dead_letters<C: Channel + ?Sized>(
             Ok(Err(err)) => break Err(err),
             Ok(Ok(delivery)) => delivery,
         };
-        let message = delivery.message().clone();
+        let message = delivery.message();
         if !seen.insert(message.shared_id().clone()) {
             // Redriven and failed again while this ran, or handed round by the broker.
             left.push(delivery);
             break Ok(());
         }
-        if !options.selects(message.id()) || options.dry_run {
-            if options.dry_run && options.selects(message.id()) {
-                taken.push(message);
+        let selected = options.selects(message.id());
+        if !selected || options.dry_run {
+            if selected {
+                taken.push(message.clone());
             }
             left.push(delivery);
             continue;
         }
-        if let Some(group) = redrive_to {
-            if let Err(err) = channel
-                .send_to_group(destination, group, vec![redriven(&message)])
-                .await
+        batch.push(delivery);
+        if batch.len() == SEND_BATCH {
+            if let Err(err) =
+                send_and_remove(channel, destination, redrive_to, &mut batch, &mut taken).await
             {
-                left.push(delivery);
+                left.append(&mut batch);
                 break Err(err);
             }
         }
-        // Sent: removed. Were the removal lost, the dead letter would be taken again, and its
-        // copy's id is the same.
-        if let Err(err) = delivery.ack().await {
-            break Err(err);
-        }
-        taken.push(message);
     };
+    let outcome = match outcome {
+        Ok(()) => send_and_remove(channel, destination, redrive_to, &mut batch, &mut taken).await,
+        failed => failed,
+    };
+    left.append(&mut batch);
     hand_back(left).await;
     drop(dead_letters);
     outcome.map(|()| taken)
+}
+
+/// How many dead letters a redrive sends back in one [`Channel::send_to_group`].
+const SEND_BATCH: usize = 10;
+
+/// Sends the copies of `batch` back to `group` (none for a purge), then removes the dead
+/// letters, moving each removed one into `taken`. Were a removal lost, the dead letter
+/// would be taken again, and its copy's id is the same. What was not removed stays in
+/// `batch`.
+async fn send_and_remove<C: Channel + ?Sized, A: Acknowledger>(
+    channel: &C,
+    destination: &str,
+    group: Option<&str>,
+    batch: &mut Vec<Delivery<A>>,
+    taken: &mut Vec<Message>,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    if let Some(group) = group {
+        let copies = batch.iter().map(|d| redriven(d.message())).collect();
+        channel.send_to_group(destination, group, copies).await?;
+    }
+    let mut removal = Ok(());
+    for delivery in batch.drain(..) {
+        let message = delivery.message().clone();
+        match delivery.ack().await {
+            Ok(()) => taken.push(message),
+            // Its copy is sent: it stays a dead letter until the next run takes it again.
+            Err(err) => removal = removal.and(Err(err)),
+        }
+    }
+    removal
 }
 
 /// The copy of a dead letter that goes back to its group: the message as it was sent, its
