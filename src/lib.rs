@@ -46,6 +46,7 @@
 //! | `postgres` | no | `postgres::PostgresStore`: handled ids in PostgreSQL |
 //! | `redis` | no | `redis::RedisStore`: handled ids in Redis |
 //! | `http` | no | `http::Endpoints`: health, metrics and the bindings' switch over HTTP (axum) |
+//! | `otel` | no | W3C trace context (`traceparent`) through every broker, for OpenTelemetry through `tracing-opentelemetry` |
 
 mod any;
 
