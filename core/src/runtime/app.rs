@@ -951,16 +951,19 @@ pub(super) async fn run<W: Consume, C: Channel>(
         if stop_requested(&stop) || !*was_halted.borrow() {
             return;
         }
-        match cell.wanted() {
+        let keeps_consumer = match cell.wanted() {
             // Paused and resumed before the loop had halted: it goes on with its consumer.
-            BindingState::Running => consumer = Some(returned),
+            BindingState::Running => true,
             // Closing an anonymous subscription's consumer would delete its queue.
-            BindingState::Paused if cell.is_anonymous() => consumer = Some(returned),
-            _ => {
-                // Closed: what it had taken but not handled goes back to the group.
-                drop(returned);
-                cell.set_connected(false);
-            }
+            BindingState::Paused => cell.is_anonymous(),
+            BindingState::Stopped => false,
+        };
+        if keeps_consumer {
+            consumer = Some(returned);
+        } else {
+            // Closed: what it had taken but not handled goes back to the group.
+            drop(returned);
+            cell.set_connected(false);
         }
     }
 }
