@@ -14,7 +14,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 pids=()
-for broker in rabbitmq kafka sns-sqs postgres redis; do
+for broker in rabbitmq kafka sns-sqs postgres redis asyncapi; do
     scripts/$broker.sh &
     pids+=("$!")
 done

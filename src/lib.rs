@@ -46,7 +46,9 @@
 //! | `postgres` | no | `postgres::PostgresStore`: handled ids in PostgreSQL |
 //! | `redis` | no | `redis::RedisStore`: handled ids in Redis |
 //! | `http` | no | `http::Endpoints`: health, metrics and the bindings' switch over HTTP (axum) |
+//! | `config` | no | `Configuration`: handlers' destination, group, concurrency, retry and batch settings from a TOML or YAML file and `EVENT_BINDER_*` variables |
 //! | `otel` | no | W3C trace context (`traceparent`) through every broker, for OpenTelemetry through `tracing-opentelemetry` |
+//! | `asyncapi` | no | `App::asyncapi`: the AsyncAPI 3.0 document of an app's handlers, with the JSON Schema of each event type that implements `schemars::JsonSchema` |
 
 mod any;
 

@@ -48,7 +48,8 @@ pub(crate) fn expand(args: &TokenStream, item: TokenStream) -> syn::Result<Token
         .iter()
         .filter(|attr| attr.path().is_ident("cfg"))
         .collect();
-    let spec = spec(&args, ident);
+    let mut spec = spec(&args, ident);
+    spec.extend(payload_types(&args, &sig.inputs, ret, shape));
     let (params, bindings) = parameters(&sig.inputs);
     let checks = match shape {
         Shape::Single => checks(&args, &kind, ret, &sig.inputs),
@@ -156,6 +157,51 @@ fn spec(args: &Args, ident: &Ident) -> TokenStream {
         spec.extend(quote!(.batch(#size, #wait)));
     }
     spec
+}
+
+/// `.payload_type(…)`, and for a processor `.output_payload_type(…)`: the event type (a
+/// batch handler's `Vec` element type) and the published type, each with its JSON Schema
+/// where it has one (see [`payload_type`]).
+fn payload_types<'a>(
+    args: &Args,
+    inputs: impl IntoIterator<Item = &'a FnArg>,
+    ret: &Type,
+    shape: Shape,
+) -> TokenStream {
+    let krate = &args.krate;
+    let event = inputs.into_iter().next().and_then(|input| match input {
+        FnArg::Typed(PatType { ty, .. }) => match shape {
+            Shape::Single => Some(&**ty),
+            Shape::Batch => signature::vec_element(ty),
+        },
+        FnArg::Receiver(_) => None,
+    });
+    let mut tokens = TokenStream::new();
+    if let Some(event) = event {
+        let payload = payload_type(krate, event);
+        tokens.extend(quote!(.payload_type(#payload)));
+    }
+    let output = match (shape, &args.output) {
+        (Shape::Single, Some(_)) => signature::published_type(ret),
+        _ => None,
+    };
+    if let Some(output) = output {
+        let payload = payload_type(krate, output);
+        tokens.extend(quote!(.output_payload_type(#payload)));
+    }
+    tokens
+}
+
+/// The `PayloadType` of `ty`, with its JSON Schema when core's feature `asyncapi` is on and
+/// `ty` implements `JsonSchema`, by its name alone otherwise: method resolution picks
+/// `SchemaOf` on the probe where it is implemented, `NameOf` on a reference to it
+/// everywhere. The same tokens whatever the features, so a user's crate never needs to know.
+fn payload_type(krate: &syn::Path, ty: &Type) -> TokenStream {
+    quote! {{
+        #[allow(unused_imports)]
+        use #krate::__private::{NameOf as _, SchemaOf as _};
+        (&#krate::__private::SchemaProbe::<#ty>(::core::marker::PhantomData)).payload_type()
+    }}
 }
 
 /// The function's parameters, and the statements that bind them inside the future.
@@ -669,6 +715,49 @@ mod tests {
             "{code}"
         );
         assert!(!code.contains(".batch("), "{code}");
+    }
+
+    #[test]
+    fn the_spec_names_the_event_and_published_types() {
+        let probe = |ty: TokenStream| {
+            quote!((&::event_binder::__private::SchemaProbe::<#ty>(::core::marker::PhantomData))
+                .payload_type())
+            .to_string()
+        };
+        let code = expanded(
+            &quote!(destination = "orders", output = "invoices"),
+            quote!(
+                async fn bill(event: Order, ctx: Context) -> io::Result<Option<Invoice>> {
+                    todo!()
+                }
+            ),
+        );
+        assert!(code.contains(". payload_type ({"), "{code}");
+        assert!(code.contains(&probe(quote!(Order))), "{code}");
+        assert!(code.contains(". output_payload_type ({"), "{code}");
+        assert!(code.contains(&probe(quote!(Invoice))), "{code}");
+        // Resolution picks `SchemaOf` where it applies: both traits are in scope.
+        assert!(
+            code.contains(
+                &quote!(
+                    use ::event_binder::__private::{NameOf as _, SchemaOf as _};
+                )
+                .to_string()
+            ),
+            "{code}"
+        );
+
+        // A batch handler's events are the `Vec`'s elements; a sink publishes nothing.
+        let code = expanded(
+            &quote!(destination = "orders", batch = 8),
+            quote!(
+                async fn reserve(events: Vec<Order>) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(code.contains(&probe(quote!(Order))), "{code}");
+        assert!(!code.contains("output_payload_type"), "{code}");
     }
 
     #[test]

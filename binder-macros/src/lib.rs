@@ -129,6 +129,14 @@ mod signature;
 /// assert_eq!(bill.into_handler().spec(), &spec);
 /// ```
 ///
+/// The spec also names the event type (a batch handler's `Vec` element type) and, for a
+/// processor, the type it publishes (`T` of `Result<T, E>`, `Result<Option<T>, E>` or
+/// `Result<Events<T>, E>`). With event-binder's feature `asyncapi`, a type that implements
+/// `schemars::JsonSchema` comes with its JSON Schema, and `App::asyncapi` describes the app
+/// in an AsyncAPI 3.0 document; other types are documented as any JSON. Either way the
+/// function compiles the same. (Specs compare equal whatever their payload types: equality
+/// says where and how a handler runs, as above.)
+///
 /// The function is a free `async fn` (in a module, not in an `impl`; not generic) that takes
 /// the event by value, then up to 6 more arguments, in any order, each made from the
 /// delivery (core's `FromContext`):

@@ -69,9 +69,30 @@ pub(crate) fn check(sig: &Signature, shape: Shape) -> syn::Result<()> {
 
 /// The element type of a `Vec<T>` as written (`Vec<T>`, `std::vec::Vec<T>`), or `None`.
 pub(crate) fn vec_element(ty: &Type) -> Option<&Type> {
+    single_argument(ty, "Vec", true)
+}
+
+/// What a processor returning `ret` publishes, as written: `T` of `Result<T, E>` (any path
+/// ending in `Result`: `io::Result<T>` too), or of `Result<Option<T>, E>` and
+/// `Result<Events<T>, E>`, whose events are published one by one. `None` when the return
+/// type is not written so, or publishes nothing (`()`).
+pub(crate) fn published_type(ret: &Type) -> Option<&Type> {
+    let ok = single_argument(ret, "Result", false)?;
+    let published = single_argument(ok, "Option", true)
+        .or_else(|| single_argument(ok, "Events", true))
+        .unwrap_or(ok);
+    match published {
+        Type::Tuple(tuple) if tuple.elems.is_empty() => None,
+        published => Some(published),
+    }
+}
+
+/// The first type argument of `ty` when its path ends in `name` (and it has just one, if
+/// `only`).
+fn single_argument<'a>(ty: &'a Type, name: &str, only: bool) -> Option<&'a Type> {
     match ty {
-        Type::Group(group) => vec_element(&group.elem),
-        Type::Paren(paren) => vec_element(&paren.elem),
+        Type::Group(group) => single_argument(&group.elem, name, only),
+        Type::Paren(paren) => single_argument(&paren.elem, name, only),
         Type::Path(TypePath { qself: None, path }) => {
             let last = path.segments.last()?;
             let PathArguments::AngleBracketed(AngleBracketedGenericArguments { args, .. }) =
@@ -79,8 +100,11 @@ pub(crate) fn vec_element(ty: &Type) -> Option<&Type> {
             else {
                 return None;
             };
-            match (last.ident == "Vec", args.len(), args.first()) {
-                (true, 1, Some(GenericArgument::Type(element))) => Some(element),
+            if last.ident != name || (only && args.len() != 1) {
+                return None;
+            }
+            match args.first() {
+                Some(GenericArgument::Type(first)) => Some(first),
                 _ => None,
             }
         }
@@ -331,6 +355,24 @@ mod tests {
         ] {
             let message = batch_error(signature);
             assert!(message.contains(expected), "{signature}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_processor_publishes_the_ok_type_or_its_elements() {
+        for (ret, expected) in [
+            ("Result<Invoice, E>", Some("Invoice")),
+            ("std::io::Result<Invoice>", Some("Invoice")),
+            ("Result<Option<Invoice>, E>", Some("Invoice")),
+            ("Result<event_binder::Events<Invoice>, E>", Some("Invoice")),
+            ("Result<Vec<Invoice>, E>", Some("Vec < Invoice >")),
+            ("Result<(), E>", None),
+            ("MyResult", None),
+            ("impl Future", None),
+        ] {
+            let ty: Type = syn::parse_str(ret).unwrap();
+            let published = published_type(&ty).map(|ty| ty.to_token_stream().to_string());
+            assert_eq!(published.as_deref(), expected, "{ret}");
         }
     }
 

@@ -8,6 +8,10 @@
 //! - [`Publisher`]: typed publishing to destinations named at compile or run time.
 //! - [`Channel::redrive`] and [`Channel::purge_dead_letters`]: dead letters sent back to the
 //!   group that failed them, listed, or deleted, on every backend ([`RedriveOptions`]).
+//! - [`asyncapi`]: the event types of each handler and, with the cargo feature `asyncapi`,
+//!   the AsyncAPI 3.0 document of an app (`App::asyncapi`).
+//! - `Configuration` (cargo feature `config`): handlers' destination, group, concurrency,
+//!   retry and batch settings from a TOML or YAML file and `EVENT_BINDER_*` variables.
 //! - [`metrics`]: the runtime's metrics (through the `metrics` facade) and their names.
 //! - `conformance` (cargo feature `conformance`): the suite every backend must pass.
 //! - Tracing: a `process` span for every delivery and a `send` span for every publish
@@ -17,6 +21,7 @@
 //!
 //! Backend authors depend on this crate alone; applications use the `event-binder` facade.
 
+pub mod asyncapi;
 mod channel;
 mod codec;
 mod delivery;
@@ -35,6 +40,14 @@ mod url;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+/// The configuration library [`Configuration::from_figment`] takes, so that its version is
+/// always the one this crate uses.
+#[cfg(feature = "config")]
+pub use figment;
+#[cfg(feature = "config")]
+pub use runtime::Configuration;
+
+pub use asyncapi::PayloadType;
 pub use channel::{Capabilities, Channel, Consumer, Producer, Subscription};
 pub use codec::{Decode, Encode, Encoded, Raw};
 pub use delivery::{
@@ -57,6 +70,9 @@ pub use runtime::{
     IntoHandler, Key, MessageId, NoState, NonRetryable, OutputPolicy, Processor, ProvidedBy,
     RetryAfter, RetryPolicy, RunningApp, Sink, State, StateOf,
 };
+/// The JSON Schema crate of the `asyncapi` feature: derive `JsonSchema` with this version.
+#[cfg(feature = "asyncapi")]
+pub use schemars;
 pub use telemetry::write_trace_context;
 pub use tower_layer::{layer_fn, Layer};
 pub use tower_service::Service;
@@ -65,5 +81,6 @@ pub use url::{hide_secrets, is_secret_param, redact_url, ChannelUrl};
 /// Used by the code the `#[handler]` macro generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::asyncapi::{NameOf, SchemaOf, SchemaProbe};
     pub use crate::runtime::{Extractors, Merge, Route, Routed, RoutedFn};
 }

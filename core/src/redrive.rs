@@ -6,6 +6,8 @@ use crate::delivery::{as_delivered, Acknowledger, Delivery};
 use crate::error::{Error, Result};
 use crate::message::{header, Message};
 use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Which dead letters a [`Channel::redrive`] or [`Channel::purge_dead_letters`] takes, and
@@ -22,13 +24,17 @@ use std::time::Duration;
 ///     .dry_run();
 /// assert!(options.is_dry_run());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedriveOptions {
     ids: Option<BTreeSet<String>>,
     limit: Option<usize>,
     dry_run: bool,
     idle: Duration,
+    on_taken: Option<TakenReport>,
 }
+
+/// What [`RedriveOptions::on_taken`] calls.
+type TakenReport = Arc<dyn Fn(&Message) + Send + Sync>;
 
 impl RedriveOptions {
     /// How long a receive of the dead letters may bring nothing before they count as all
@@ -43,6 +49,7 @@ impl RedriveOptions {
             limit: None,
             dry_run: false,
             idle: Self::DEFAULT_IDLE,
+            on_taken: None,
         }
     }
 
@@ -74,13 +81,52 @@ impl RedriveOptions {
         self
     }
 
+    /// Calls `report` with each dead letter as it is taken (moved, deleted, or listed by a
+    /// dry run): the progress of a long run, which returns only at its end.
+    ///
+    /// ```
+    /// use event_binder_core::RedriveOptions;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let moved = Arc::new(AtomicUsize::new(0));
+    /// let counter = moved.clone();
+    /// let options = RedriveOptions::new().on_taken(move |_dead_letter| {
+    ///     counter.fetch_add(1, Ordering::Relaxed);
+    /// });
+    /// # let _ = options;
+    /// ```
+    pub fn on_taken(mut self, report: impl Fn(&Message) + Send + Sync + 'static) -> Self {
+        self.on_taken = Some(Arc::new(report));
+        self
+    }
+
     /// Whether it only lists.
     pub fn is_dry_run(&self) -> bool {
         self.dry_run
     }
 
+    fn taken(&self, taken: &mut Vec<Message>, dead_letter: Message) {
+        if let Some(report) = &self.on_taken {
+            report(&dead_letter);
+        }
+        taken.push(dead_letter);
+    }
+
     fn selects(&self, id: &str) -> bool {
         self.ids.as_ref().is_none_or(|ids| ids.contains(id))
+    }
+}
+
+impl fmt::Debug for RedriveOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedriveOptions")
+            .field("ids", &self.ids)
+            .field("limit", &self.limit)
+            .field("dry_run", &self.dry_run)
+            .field("idle", &self.idle)
+            .field("on_taken", &self.on_taken.as_ref().map(|_| "Fn(&Message)"))
+            .finish()
     }
 }
 
@@ -117,9 +163,11 @@ pub(crate) async fn take_dead_letters<C: Channel + ?Sized>(
         (Take::Purge, _) => None,
     };
     // Whatever is not taken is held until the end: the consumer must be able to hold it.
-    let holding = options
-        .limit
-        .map_or(u16::MAX, |limit| u16::try_from(limit).unwrap_or(u16::MAX));
+    // Only with no id to look for is everything received taken, up to the limit.
+    let holding = match (&options.ids, options.limit) {
+        (None, Some(limit)) => u16::try_from(limit).unwrap_or(u16::MAX),
+        _ => u16::MAX,
+    };
     let mut dead_letters = channel
         .dead_letters_holding(destination, group, holding.max(1))
         .await?;
@@ -131,44 +179,58 @@ pub(crate) async fn take_dead_letters<C: Channel + ?Sized>(
     // Selected dead letters whose copies are sent together, then removed.
     let mut batch = Vec::with_capacity(SEND_BATCH);
     let outcome = loop {
-        if options
+        let limit_reached = options
             .limit
-            .is_some_and(|limit| taken.len() + batch.len() >= limit)
-        {
-            break Ok(());
-        }
-        let delivery = match tokio::time::timeout(options.idle, dead_letters.receive()).await {
-            Err(_) => break Ok(()),
-            Ok(Err(err)) => break Err(err),
-            Ok(Ok(delivery)) => delivery,
+            .is_some_and(|limit| taken.len() + batch.len() >= limit);
+        let next = if limit_reached {
+            None
+        } else {
+            match tokio::time::timeout(options.idle, dead_letters.receive()).await {
+                Err(_) => None,
+                Ok(Err(err)) => break Err(err),
+                Ok(Ok(delivery)) => Some(delivery),
+            }
         };
-        let message = delivery.message();
-        if !seen.insert(message.shared_id().clone()) {
-            // Redriven and failed again while this ran, or handed round by the broker.
-            left.push(delivery);
+        // Whether the run ends once the batch is sent.
+        let ends = match next {
+            None => true,
+            Some(delivery) => {
+                let message = delivery.message();
+                if !seen.insert(message.shared_id().clone()) {
+                    // Redriven and failed again while this ran, or handed round by the broker.
+                    left.push(delivery);
+                    true
+                } else {
+                    let selected = options.selects(message.id());
+                    if !selected || options.dry_run {
+                        if selected {
+                            options.taken(&mut taken, message.clone());
+                        }
+                        left.push(delivery);
+                        continue;
+                    }
+                    batch.push(delivery);
+                    if batch.len() < SEND_BATCH {
+                        continue;
+                    }
+                    false
+                }
+            }
+        };
+        let sent = send_and_remove(
+            channel,
+            destination,
+            redrive_to,
+            options,
+            &mut batch,
+            &mut taken,
+        );
+        if let Err(err) = sent.await {
+            break Err(err);
+        }
+        if ends {
             break Ok(());
         }
-        let selected = options.selects(message.id());
-        if !selected || options.dry_run {
-            if selected {
-                taken.push(message.clone());
-            }
-            left.push(delivery);
-            continue;
-        }
-        batch.push(delivery);
-        if batch.len() == SEND_BATCH {
-            if let Err(err) =
-                send_and_remove(channel, destination, redrive_to, &mut batch, &mut taken).await
-            {
-                left.append(&mut batch);
-                break Err(err);
-            }
-        }
-    };
-    let outcome = match outcome {
-        Ok(()) => send_and_remove(channel, destination, redrive_to, &mut batch, &mut taken).await,
-        failed => failed,
     };
     left.append(&mut batch);
     hand_back(left).await;
@@ -187,6 +249,7 @@ async fn send_and_remove<C: Channel + ?Sized, A: Acknowledger>(
     channel: &C,
     destination: &str,
     group: Option<&str>,
+    options: &RedriveOptions,
     batch: &mut Vec<Delivery<A>>,
     taken: &mut Vec<Message>,
 ) -> Result<()> {
@@ -201,7 +264,7 @@ async fn send_and_remove<C: Channel + ?Sized, A: Acknowledger>(
     for delivery in batch.drain(..) {
         let message = delivery.message().clone();
         match delivery.ack().await {
-            Ok(()) => taken.push(message),
+            Ok(()) => options.taken(taken, message),
             // Its copy is sent: it stays a dead letter until the next run takes it again.
             Err(err) => removal = removal.and(Err(err)),
         }

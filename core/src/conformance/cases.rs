@@ -13,6 +13,7 @@ use crate::runtime::{
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -1283,6 +1284,22 @@ impl<C: Channel> Suite<C> {
                 Some("the handler had a bug")
             );
         }
+        // One looked for by id past others, with a limit of one: the others are held
+        // meanwhile, and each one taken is reported as it is.
+        let reported = Arc::new(AtomicUsize::new(0));
+        let counter = reported.clone();
+        let found = redrive(
+            RedriveOptions::new()
+                .ids([order[1].clone()])
+                .limit(1)
+                .dry_run()
+                .on_taken(move |_| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }),
+        )
+        .await;
+        assert_eq!(ids_of(&found), vec![order[1].clone()], "the one looked for");
+        assert_eq!(reported.load(Ordering::Relaxed), 1, "reported as taken");
         // In the order they were dead-lettered, so that a log-based dead-letter queue
         // (Kafka's) takes them from its front.
         let moved = redrive(RedriveOptions::new().ids([order[0].clone()])).await;

@@ -2,6 +2,8 @@
 
 use super::batch::{limits_of, BatchHandler, BatchService, BatchWorker, IntoBatchHandler};
 use super::bindings::{BindingCell, BindingState, Bindings, EndsBinding, Health};
+#[cfg(feature = "config")]
+use super::config::Configuration;
 use super::context::{Context, Extensions, Shared};
 use super::extract::ProvidedBy;
 use super::failure::Disposition;
@@ -81,6 +83,9 @@ pub struct App<C, L = Identity, St = ()> {
     missed_layer: Option<String>,
     /// What [`State`](crate::State) arguments get.
     state: St,
+    /// Applied at start, to the handlers registered by then.
+    #[cfg(feature = "config")]
+    configuration: Option<Configuration>,
 }
 
 /// The defaults, the same for every channel (`App::DEFAULT_CONCURRENCY` names them with no
@@ -108,6 +113,8 @@ impl<C: Channel> App<C> {
             layer: Identity::new(),
             missed_layer: None,
             state: (),
+            #[cfg(feature = "config")]
+            configuration: None,
         }
     }
 }
@@ -227,6 +234,8 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
             layer,
             missed_layer: self.missed_layer,
             state,
+            #[cfg(feature = "config")]
+            configuration: self.configuration,
         }
     }
 
@@ -247,6 +256,37 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
     /// them back to the broker (they are delivered again, not lost).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Overrides the app's and its handlers' settings with a [`Configuration`] (a file,
+    /// the environment) when the app [starts](Self::start), whenever the handlers are
+    /// registered; a later call replaces an earlier one. A binding that names no handler is
+    /// refused then, and what the overrides make of the app passes the same checks as
+    /// settings made in code.
+    ///
+    /// ```
+    /// # async fn demo(channel: impl event_binder_core::Channel) -> event_binder_core::Result<()> {
+    /// use event_binder_core::figment::Figment;
+    /// use event_binder_core::{App, Configuration, Context, Handler, HandlerSpec};
+    ///
+    /// let configuration =
+    ///     Configuration::from_figment(Figment::new().merge(("bindings.bill.group", "billing-v2")))?;
+    /// let running = App::new(channel)
+    ///     .configure(configuration)
+    ///     .handler(Handler::from_fn(
+    ///         HandlerSpec::new("bill", "orders").group("billing"),
+    ///         |_order: serde_json::Value, _ctx: Context| async { Ok::<_, std::io::Error>(()) },
+    ///     ))
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(running.bindings().status("bill")?.group.as_deref(), Some("billing-v2"));
+    /// # running.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "config")]
+    pub fn configure(mut self, configuration: Configuration) -> Self {
+        self.configuration = Some(configuration);
         self
     }
 
@@ -274,7 +314,11 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
     /// invalid names, a zero concurrency, an invalid [`RetryPolicy`], a processor without
     /// an output (or an output without a processor), or two handlers on one destination
     /// and group (they would split its messages between them).
-    pub async fn start(self) -> Result<RunningApp> {
+    pub async fn start(
+        #[cfg_attr(not(feature = "config"), allow(unused_mut))] mut self,
+    ) -> Result<RunningApp> {
+        #[cfg(feature = "config")]
+        self.apply_configuration()?;
         self.validate()?;
         let shared = Arc::new(Shared {
             publisher: Some(self.publisher.clone()),
@@ -372,6 +416,31 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
         running.shutdown().await
     }
 
+    /// Takes in the [`Configuration`]'s overrides, before [`validate`](Self::validate)
+    /// checks what they make of the app.
+    #[cfg(feature = "config")]
+    fn apply_configuration(&mut self) -> Result<()> {
+        let Some(configuration) = self.configuration.take() else {
+            return Ok(());
+        };
+        self.concurrency = configuration.concurrency().unwrap_or(self.concurrency);
+        self.shutdown_timeout = configuration
+            .shutdown_timeout()
+            .unwrap_or(self.shutdown_timeout);
+        let handlers: Vec<_> = self
+            .handlers
+            .iter()
+            .map(|handler| (handler.spec(), handler.is_batch()))
+            .collect();
+        let specs = configuration.apply(&handlers, self.retry)?;
+        self.handlers = std::mem::take(&mut self.handlers)
+            .into_iter()
+            .zip(specs)
+            .map(|(handler, spec)| handler.with_spec(spec))
+            .collect();
+        Ok(())
+    }
+
     fn validate(&self) -> Result<()> {
         self.retry.validate()?;
         if let Some(name) = &self.missed_layer {
@@ -444,6 +513,31 @@ impl<C: Channel, L, St: Send + Sync + 'static> App<C, L, St> {
             }
         }
         Ok(())
+    }
+
+    /// The AsyncAPI 3.0 document of the handlers registered so far (see
+    /// [`asyncapi::Document`](crate::asyncapi::Document)): serve it, or check it in CI with
+    /// AsyncAPI's tools.
+    ///
+    /// ```
+    /// # async fn demo(channel: impl event_binder_core::Channel) {
+    /// use event_binder_core::asyncapi::Info;
+    /// use event_binder_core::{App, Context, Handler, HandlerSpec};
+    ///
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct OrderPlaced { order_id: u64 }
+    ///
+    /// let app = App::new(channel).handler(Handler::from_fn(
+    ///     HandlerSpec::new("bill", "orders").group("billing").payload::<OrderPlaced>(),
+    ///     |_order: OrderPlaced, _ctx: Context| async { Ok::<_, std::io::Error>(()) },
+    /// ));
+    /// let doc = app.asyncapi(Info::new("billing", "1.0.0"));
+    /// println!("{}", doc.to_json());
+    /// # }
+    /// ```
+    #[cfg(feature = "asyncapi")]
+    pub fn asyncapi(&self, info: crate::asyncapi::Info) -> crate::asyncapi::Document {
+        crate::asyncapi::Document::from_specs(info, self.handlers.iter().map(|h| h.spec()))
     }
 }
 
@@ -818,6 +912,10 @@ trait Registered<C: Channel>: Send {
     /// Whether it takes its messages in batches.
     fn is_batch(&self) -> bool;
 
+    /// The same handler with another spec.
+    #[cfg(feature = "config")]
+    fn with_spec(self: Box<Self>, spec: HandlerSpec) -> Box<dyn Registered<C>>;
+
     /// The binding's consume loop, to be spawned.
     fn bind(
         self: Box<Self>,
@@ -840,6 +938,11 @@ impl<C: Channel, S: HandlerService, R: 'static> Registered<C> for Handler<S, R> 
 
     fn is_batch(&self) -> bool {
         false
+    }
+
+    #[cfg(feature = "config")]
+    fn with_spec(self: Box<Self>, spec: HandlerSpec) -> Box<dyn Registered<C>> {
+        Box::new(Handler::with_spec(*self, spec))
     }
 
     fn bind(
@@ -1209,6 +1312,11 @@ impl<C: Channel, S: BatchService> Registered<C> for BatchHandler<S> {
 
     fn is_batch(&self) -> bool {
         true
+    }
+
+    #[cfg(feature = "config")]
+    fn with_spec(self: Box<Self>, spec: HandlerSpec) -> Box<dyn Registered<C>> {
+        Box::new(BatchHandler::with_spec(*self, spec))
     }
 
     fn bind(

@@ -3,6 +3,7 @@
 use super::context::Context;
 use super::extract::{Extractors, NoState};
 use super::retry::RetryPolicy;
+use crate::asyncapi::{PayloadType, Payloads};
 use crate::codec::{Decode, Encode};
 use crate::error::{BoxError, Error, Result};
 use crate::message::Message;
@@ -47,6 +48,8 @@ pub struct HandlerSpec {
     through_broker: Option<bool>,
     timeout: Option<Duration>,
     batch: Option<(usize, Duration)>,
+    /// The types of the events it reads and, for a processor, of those it publishes.
+    payloads: Payloads,
 }
 
 impl HandlerSpec {
@@ -66,12 +69,21 @@ impl HandlerSpec {
             through_broker: None,
             timeout: None,
             batch: None,
+            payloads: Payloads::default(),
         }
     }
 
     /// Joins a group (durable, shares the work with the group's other members).
     pub fn group(mut self, group: impl Into<Arc<str>>) -> Self {
         self.group = Some(group.into());
+        self
+    }
+
+    /// Reads another destination, as a binding's `destination` in a
+    /// [`Configuration`](crate::Configuration) says.
+    #[cfg(feature = "config")]
+    pub(crate) fn with_destination(mut self, destination: impl Into<Arc<str>>) -> Self {
+        self.destination = destination.into();
         self
     }
 
@@ -208,6 +220,64 @@ impl HandlerSpec {
             policy.through_broker = through_broker;
         }
         policy
+    }
+
+    /// The type of the events it reads, for its documentation (the AsyncAPI document of
+    /// the cargo feature `asyncapi`). `#[handler]` sets it from the function's event type.
+    ///
+    /// ```
+    /// use event_binder_core::{HandlerSpec, PayloadType};
+    ///
+    /// let spec = HandlerSpec::new("audit", "orders").payload_type(PayloadType::named::<String>());
+    /// assert_eq!(spec.event_type().map(PayloadType::type_name), Some("alloc::string::String"));
+    /// ```
+    pub fn payload_type(mut self, payload: PayloadType) -> Self {
+        self.payloads.event = Some(payload);
+        self
+    }
+
+    /// The type of the events a processor publishes to its [`output`](Self::output).
+    /// `#[handler]` sets it from the `Ok` type its function returns (the element type of an
+    /// `Option` or of [`Events`]).
+    pub fn output_payload_type(mut self, payload: PayloadType) -> Self {
+        self.payloads.output = Some(payload);
+        self
+    }
+
+    /// The type of the events it reads, with its JSON Schema: what
+    /// [`payload_type`](Self::payload_type) sets, from a type that implements
+    /// [`schemars::JsonSchema`].
+    ///
+    /// ```
+    /// use event_binder_core::HandlerSpec;
+    ///
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct OrderPlaced { order_id: u64 }
+    ///
+    /// let spec = HandlerSpec::new("audit", "orders").payload::<OrderPlaced>();
+    /// assert!(spec.event_type().is_some_and(|payload| payload.has_schema()));
+    /// ```
+    #[cfg(feature = "asyncapi")]
+    pub fn payload<E: schemars::JsonSchema>(self) -> Self {
+        self.payload_type(PayloadType::of::<E>())
+    }
+
+    /// The type of the events a processor publishes, with its JSON Schema: what
+    /// [`output_payload_type`](Self::output_payload_type) sets, from a type that implements
+    /// [`schemars::JsonSchema`].
+    #[cfg(feature = "asyncapi")]
+    pub fn output_payload<O: schemars::JsonSchema>(self) -> Self {
+        self.output_payload_type(PayloadType::of::<O>())
+    }
+
+    /// The type of the events it reads, if declared.
+    pub fn event_type(&self) -> Option<&PayloadType> {
+        self.payloads.event.as_ref()
+    }
+
+    /// The type of the events a processor publishes, if declared.
+    pub fn output_event_type(&self) -> Option<&PayloadType> {
+        self.payloads.output.as_ref()
     }
 }
 

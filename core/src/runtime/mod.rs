@@ -3,6 +3,8 @@
 mod app;
 mod batch;
 mod bindings;
+#[cfg(feature = "config")]
+mod config;
 mod context;
 mod extract;
 mod failure;
@@ -16,6 +18,8 @@ pub use batch::{
     IntoBatchHandler,
 };
 pub use bindings::{BindingState, BindingStatus, Bindings, Health};
+#[cfg(feature = "config")]
+pub use config::Configuration;
 pub use context::Context;
 pub use extract::{
     Attempt, Extractors, FromContext, Key, Merge, MessageId, NoState, ProvidedBy, State, StateOf,
