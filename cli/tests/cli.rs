@@ -58,6 +58,10 @@ async fn run_with(url: Option<&str>, args: &[&str], input: &str) -> Output {
         .expect("waiting for event-binder")
 }
 
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -106,7 +110,7 @@ async fn reading(tail: &mut Child) {
 
 /// A whole session on one broker: provision, publish, tail as a group and anonymously,
 /// then dead letters listed, shown, redriven and purged.
-async fn session(url: &str) {
+async fn session(url: &str, idle: &str) {
     let destination = format!("cli-{}", unique());
     let dest = destination.as_str();
     succeeds(url, &["provision", dest, "billing"], "").await;
@@ -160,12 +164,22 @@ async fn session(url: &str) {
     let tailed = text(&output.stdout);
     assert!(tailed.contains(late.trim()), "{tailed}");
 
-    dead_letters(url, &format!("{dest}-dl")).await;
+    dead_letters(url, &format!("{dest}-dl"), idle).await;
 }
 
 /// Three messages dead-lettered by the group's handler (the test's own consumer), then
 /// every dead-letters command on them.
-async fn dead_letters(url: &str, dest: &str) {
+async fn dead_letters(url: &str, dest: &str, idle: &str) {
+    // Every dead-letters command, with how long the dead letters may bring nothing before
+    // all count as seen.
+    let dl = |args: &[&str]| -> Vec<String> {
+        ["dead-letters"]
+            .iter()
+            .chain(args)
+            .chain(&["--idle", idle])
+            .map(|arg| (*arg).to_owned())
+            .collect()
+    };
     succeeds(url, &["provision", dest, "billing"], "").await;
     let published = succeeds(url, &["publish", dest], "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n").await;
     let ids: Vec<&str> = published.lines().collect();
@@ -185,7 +199,7 @@ async fn dead_letters(url: &str, dest: &str) {
             .expect("dead-lettering");
     }
 
-    let listed = succeeds(url, &["dead-letters", "list", dest, "billing"], "").await;
+    let listed = succeeds(url, &strs(&dl(&["list", dest, "billing"])), "").await;
     let rows: Vec<&str> = listed.lines().collect();
     assert!(rows[0].starts_with("ID "), "{listed}");
     assert_eq!(rows.len(), 4, "a header and three rows: {listed}");
@@ -197,7 +211,7 @@ async fn dead_letters(url: &str, dest: &str) {
         assert!(row.contains("boom: the handler failed"), "{row}");
     }
 
-    let shown = succeeds(url, &["dead-letters", "show", dest, "billing", ids[1]], "").await;
+    let shown = succeeds(url, &strs(&dl(&["show", dest, "billing", ids[1]])), "").await;
     assert!(
         shown.starts_with(&format!("id:       {}\n", ids[1])),
         "{shown}"
@@ -210,7 +224,7 @@ async fn dead_letters(url: &str, dest: &str) {
     assert!(shown.contains("\"n\": 2"), "{shown}");
     let unknown = fails(
         Some(url),
-        &["dead-letters", "show", dest, "billing", "no-such-id"],
+        &strs(&dl(&["show", dest, "billing", "no-such-id"])),
         "",
     )
     .await;
@@ -218,7 +232,7 @@ async fn dead_letters(url: &str, dest: &str) {
 
     let redriven = succeeds(
         url,
-        &["dead-letters", "redrive", dest, "billing", "--id", ids[0]],
+        &strs(&dl(&["redrive", dest, "billing", "--id", ids[0]])),
         "",
     )
     .await;
@@ -237,11 +251,11 @@ async fn dead_letters(url: &str, dest: &str) {
     delivery.ack().await.expect("ack");
     drop(consumer);
 
-    let refused = fails(Some(url), &["dead-letters", "purge", dest, "billing"], "").await;
+    let refused = fails(Some(url), &strs(&dl(&["purge", dest, "billing"])), "").await;
     assert!(refused.contains("--yes"), "{refused}");
     let would = succeeds(
         url,
-        &["dead-letters", "purge", dest, "billing", "--dry-run"],
+        &strs(&dl(&["purge", dest, "billing", "--dry-run"])),
         "",
     )
     .await;
@@ -250,35 +264,31 @@ async fn dead_letters(url: &str, dest: &str) {
         3,
         "the two left, in a table: {would}"
     );
-    let purged = succeeds(
-        url,
-        &["dead-letters", "purge", dest, "billing", "--yes"],
-        "",
-    )
-    .await;
+    let purged = succeeds(url, &strs(&dl(&["purge", dest, "billing", "--yes"])), "").await;
     let mut purged: Vec<&str> = purged.lines().collect();
     purged.sort_unstable();
     let mut left = vec![ids[1], ids[2]];
     left.sort_unstable();
     assert_eq!(purged, left);
-    let listed = succeeds(url, &["dead-letters", "list", dest, "billing"], "").await;
+    let listed = succeeds(url, &strs(&dl(&["list", dest, "billing"])), "").await;
     assert_eq!(listed.lines().count(), 1, "only the table's head: {listed}");
     channel.close().await.expect("closing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_session() {
-    session(RABBITMQ).await;
+    session(RABBITMQ, "2s").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_session() {
-    session(&kafka()).await;
+    session(&kafka(), "2s").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sns_sqs_session() {
-    session(SNS_SQS).await;
+    // Moto, shared with the other SNS+SQS tests, can take seconds to answer a receive.
+    session(SNS_SQS, "6s").await;
 }
 
 /// A line of stdin that is not JSON publishes nothing, not even the lines before it: the

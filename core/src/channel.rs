@@ -26,6 +26,12 @@ pub struct Capabilities {
     /// (without this, the delay is waited out holding one of the consumer's prefetch
     /// slots). Retries through the broker need it.
     pub delayed_redelivery: bool,
+    /// A message published while its destination has no group and no subscription is kept
+    /// for the groups that join later (Kafka: the topic holds it, and a new group starts at
+    /// the earliest offset). Without this it reaches nobody: accepted and dropped, or
+    /// refused with an error (RabbitMQ's mandatory publish); provision the groups
+    /// ([`Channel::provision`]) before publishing where it matters.
+    pub keeps_messages_without_groups: bool,
 }
 
 impl Capabilities {
@@ -44,6 +50,7 @@ impl Capabilities {
             max_message_size: None,
             counts_deliveries: false,
             delayed_redelivery: false,
+            keeps_messages_without_groups: false,
         }
     }
 
@@ -68,6 +75,12 @@ impl Capabilities {
     /// Declares delayed redelivery.
     pub fn delayed_redelivery(mut self, yes: bool) -> Self {
         self.delayed_redelivery = yes;
+        self
+    }
+
+    /// Declares that messages published before any group exists are kept for later groups.
+    pub fn keeps_messages_without_groups(mut self, yes: bool) -> Self {
+        self.keeps_messages_without_groups = yes;
         self
     }
 

@@ -2,6 +2,7 @@
 //! reached the way an application reaches it, through `AnyChannel::connect(url)`; the store
 //! conformance suite against the idempotency stores.
 
+mod broken;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod memory;

@@ -222,7 +222,8 @@ impl Channel for KafkaChannel {
 
     /// Ordering by key (a key's records share a partition, read in offset order; see the
     /// crate documentation for what redeliveries do); durable groups; the configured
-    /// largest message.
+    /// largest message; messages published before any group exists are kept (the topic
+    /// holds them, and a new group starts at the earliest offset).
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .ordering_by_key(true)
@@ -230,6 +231,7 @@ impl Channel for KafkaChannel {
             .max_message_size(self.inner.config.max_message_size)
             .counts_deliveries(true)
             .delayed_redelivery(true)
+            .keeps_messages_without_groups(true)
     }
 
     /// Creates the topic (and, with a group, its dead-letter topic). A group needs nothing

@@ -2,13 +2,15 @@
 
 use crate::GROUP_HEADER;
 use bytes::Bytes;
-use event_binder_core::{header, time_from_millis, Headers, Message};
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
+use event_binder_core::{header, time_from_millis, Error, Headers, Message, Result};
+use rdkafka::message::{Header, Headers as _, Message as KafkaMessage, OwnedHeaders};
 
 /// The record headers of a message: its headers, plus `message-id` and `content-type`, and
 /// [`GROUP_HEADER`] when it is addressed to one `group` only. A [`GROUP_HEADER`] among the
 /// message's own headers is left out: addressing is the backend's, never the sender's.
-pub(crate) fn record_headers(message: &Message, group: Option<&str>) -> OwnedHeaders {
+/// A header name holding a NUL character is refused: librdkafka ends a header key there
+/// on reading, so the header would arrive under another name (`message-id`, say).
+pub(crate) fn record_headers(message: &Message, group: Option<&str>) -> Result<OwnedHeaders> {
     let mut headers = OwnedHeaders::new_with_capacity(message.headers().len() + 3);
     // First, so that a consumer of another group skips the record at its first header.
     if let Some(group) = group {
@@ -18,6 +20,14 @@ pub(crate) fn record_headers(message: &Message, group: Option<&str>) -> OwnedHea
         });
     }
     for (name, value) in message.headers().iter() {
+        if name.contains('\0') {
+            return Err(Error::InvalidName {
+                kind: "header",
+                name: name.to_owned(),
+                reason: "a Kafka record header key ends at its first NUL character when read"
+                    .to_owned(),
+            });
+        }
         if name != header::MESSAGE_ID && name != header::CONTENT_TYPE && name != GROUP_HEADER {
             headers = headers.insert(Header {
                 key: name,
@@ -35,7 +45,7 @@ pub(crate) fn record_headers(message: &Message, group: Option<&str>) -> OwnedHea
             value: Some(content_type.as_bytes()),
         });
     }
-    headers
+    Ok(headers)
 }
 
 /// The record timestamp of a message, in milliseconds since the Unix epoch.
@@ -52,7 +62,9 @@ pub(crate) fn record_timestamp(message: &Message) -> i64 {
 /// anonymous): it is addressed (by [`GROUP_HEADER`]) to another group. A record addressed
 /// to `group` is its message, without that header. The check rides on the one pass over
 /// the headers the conversion makes anyway, and returns before the payload is copied.
-pub(crate) fn message_from(record: &BorrowedMessage<'_>, group: Option<&str>) -> Option<Message> {
+///
+/// Generic over the record type so that the fuzz targets can feed it `OwnedMessage`s.
+pub(crate) fn message_from(record: &impl KafkaMessage, group: Option<&str>) -> Option<Message> {
     let mut id = None;
     let mut content_type = None;
     let mut headers = Headers::new();
@@ -105,4 +117,22 @@ pub(crate) fn message_from(record: &BorrowedMessage<'_>, group: Option<&str>) ->
         message = message.with_content_type(content_type);
     }
     Some(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_name_with_a_nul_is_refused() {
+        // Found by fuzz/fuzz_targets/kafka_headers.rs: the header `'\0` came back as `'`.
+        let message = Message::new("x").with_header("message-id\0forged", "id");
+        let err = record_headers(&message, None).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidName { kind: "header", .. }),
+            "{err}"
+        );
+        let message = Message::new("x").with_header("a", "\0 in a value travels");
+        assert!(record_headers(&message, None).is_ok());
+    }
 }

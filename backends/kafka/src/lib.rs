@@ -31,7 +31,7 @@
 //! | dead letters of anonymous subscriptions | one topic per destination, `{prefix}{destination}..dlq` (and its group) |
 //! | payload | the record value, untouched (no envelope) |
 //! | key | the record key (same key, same partition, same order) |
-//! | headers | record headers, UTF-8 |
+//! | headers | record headers, UTF-8; a name holding a NUL character is refused ([`Error::InvalidName`](event_binder_core::Error::InvalidName)): librdkafka would end it there on reading |
 //! | message id | the record header `message-id` |
 //! | content type | the record header `content-type` |
 //! | timestamp | the record timestamp (milliseconds) |
@@ -132,6 +132,29 @@ pub use channel::KafkaChannel;
 pub use config::KafkaConfig;
 pub use consumer::{KafkaAcknowledger, KafkaConsumer};
 pub use producer::KafkaProducer;
+
+/// The conversion between messages and Kafka records, for the fuzz targets in `fuzz/` only
+/// (cargo feature `fuzzing`): not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use event_binder_core::{Message, Result};
+    use rdkafka::message::OwnedHeaders;
+
+    /// The message a record carries for a consumer of `group`, as the consumer makes it;
+    /// `None` when the record is addressed to another group.
+    pub fn message_from(record: &impl rdkafka::Message, group: Option<&str>) -> Option<Message> {
+        crate::convert::message_from(record, group)
+    }
+
+    /// The record headers and timestamp a message is produced with, addressed to `group`.
+    pub fn record_parts(message: &Message, group: Option<&str>) -> Result<(OwnedHeaders, i64)> {
+        Ok((
+            crate::convert::record_headers(message, group)?,
+            crate::convert::record_timestamp(message),
+        ))
+    }
+}
 
 /// The URL scheme this backend serves: `kafka`.
 pub const SCHEME: &str = "kafka";

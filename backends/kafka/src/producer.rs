@@ -44,7 +44,7 @@ fn enqueue(
     inner.check_open()?;
     let mut record = FutureRecord::<str, [u8]>::to(topic)
         .payload(message.payload().as_ref())
-        .headers(record_headers(message, group))
+        .headers(record_headers(message, group)?)
         .timestamp(record_timestamp(message));
     if let Some(key) = message.key() {
         record = record.key(key);

@@ -128,7 +128,10 @@ impl Bus {
                 .durable_groups(true)
                 .max_message_size(config.max_message_size)
                 .counts_deliveries(true)
-                .delayed_redelivery(true),
+                .delayed_redelivery(true)
+                // A message sent while no group or subscription exists is dropped: an
+                // in-process event nobody listens to.
+                .keeps_messages_without_groups(false),
             shared: Arc::new(Shared {
                 config,
                 closed: AtomicBool::new(false),

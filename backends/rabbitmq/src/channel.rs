@@ -202,6 +202,8 @@ impl Channel for RabbitChannel {
             .max_message_size(self.link.config.max_message_size)
             .counts_deliveries(true)
             .delayed_redelivery(true)
+            // An exchange with no queue bound returns a mandatory publish: `send` fails.
+            .keeps_messages_without_groups(false)
     }
 
     /// True for groups, on both queue types: every retry through a delay queue counts, the

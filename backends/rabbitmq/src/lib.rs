@@ -241,5 +241,63 @@ pub use config::{QueueType, RabbitConfig};
 pub use consumer::{RabbitAcknowledger, RabbitConsumer};
 pub use producer::RabbitProducer;
 
+/// The conversion between messages and AMQP (basic properties, header table), for the fuzz
+/// targets in `fuzz/` only (cargo feature `fuzzing`): not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::Bytes;
+    use event_binder_core::{Message, Result};
+    use lapin::BasicProperties;
+
+    /// The message of a delivery, as the consumer makes it.
+    pub fn decode(
+        exchange: &str,
+        routing_key: &str,
+        properties: &BasicProperties,
+        body: Vec<u8>,
+    ) -> Message {
+        crate::convert::decode(exchange, routing_key, properties, body)
+    }
+
+    /// The attempt of a delivery, as the consumer counts it: `counts_deliveries` for a
+    /// quorum queue.
+    pub fn attempt(
+        properties: &BasicProperties,
+        redelivered: bool,
+        counts_deliveries: bool,
+    ) -> u32 {
+        use crate::convert;
+        let count = counts_deliveries
+            .then(|| convert::delivery_count(properties))
+            .flatten();
+        convert::earlier_deliveries(properties).saturating_add(convert::attempt(redelivered, count))
+    }
+
+    /// What `basic.publish` gets for a message: routing key, properties and body.
+    pub fn encode(
+        message: &Message,
+        routing_key: Option<&str>,
+    ) -> Result<(String, BasicProperties, Bytes)> {
+        let outgoing = crate::convert::encode(message, routing_key)?;
+        Ok((
+            outgoing.routing_key.as_str().to_owned(),
+            outgoing.properties,
+            outgoing.payload,
+        ))
+    }
+
+    /// The properties of the copy of a message handed back with a delay.
+    pub fn encode_delayed(
+        message: &Message,
+        delay_queue: &str,
+        attempt: u32,
+        delay_millis: u32,
+    ) -> Result<BasicProperties> {
+        crate::convert::encode_delayed(message, delay_queue, attempt, delay_millis)
+            .map(|outgoing| outgoing.properties)
+    }
+}
+
 /// The URL schemes this backend serves: `amqp` and `amqps`.
 pub const SCHEMES: [&str; 2] = ["amqp", "amqps"];

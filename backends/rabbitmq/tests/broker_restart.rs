@@ -5,10 +5,9 @@
 //! Needs RabbitMQ on 127.0.0.1:5672 (`scripts/rabbitmq.sh`) and `rabbitmqctl` with the
 //! rights to stop and start it; fails, never skips, without them.
 
-use async_trait::async_trait;
+use event_binder_core::conformance::CountingStore;
 use event_binder_core::{
-    App, Channel, Claim, ClaimKey, Context, Error, Handler, HandlerSpec, IdempotencyStore,
-    MemoryIdempotencyStore, Message, Producer, RetryPolicy,
+    App, Channel, Context, Error, Handler, HandlerSpec, Message, Producer, RetryPolicy,
 };
 use event_binder_rabbitmq::{RabbitChannel, RabbitConfig};
 use serde::Deserialize;
@@ -71,46 +70,6 @@ impl Tally {
                 self.distinct()
             );
         }
-    }
-}
-
-/// The in-memory idempotency store, counting how often each message id was delivered:
-/// the deliveries beyond the first are the duplicates the restart caused, which the store
-/// keeps from reaching the handler.
-#[derive(Debug, Default)]
-struct CountingStore {
-    inner: MemoryIdempotencyStore,
-    deliveries: Mutex<HashMap<String, u32>>,
-}
-
-impl CountingStore {
-    fn duplicates(&self) -> usize {
-        let deliveries = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
-        deliveries
-            .values()
-            .map(|n| (*n as usize).saturating_sub(1))
-            .sum()
-    }
-}
-
-#[async_trait]
-impl IdempotencyStore for CountingStore {
-    async fn begin(&self, key: ClaimKey<'_>) -> event_binder_core::Result<Claim> {
-        *self
-            .deliveries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.id.to_owned())
-            .or_default() += 1;
-        self.inner.begin(key).await
-    }
-
-    async fn complete(&self, key: ClaimKey<'_>) -> event_binder_core::Result<()> {
-        self.inner.complete(key).await
-    }
-
-    async fn abandon(&self, key: ClaimKey<'_>) -> event_binder_core::Result<()> {
-        self.inner.abandon(key).await
     }
 }
 

@@ -61,6 +61,9 @@ pub(crate) struct Inner {
     publishers: Mutex<HashMap<String, PublishQueue>>,
     /// The settlers of the consumers (acks, nacks, visibility), to flush on close.
     settlers: Mutex<Vec<Settler>>,
+    /// The consumers' pollers: `close` lets each finish the receive it has in flight, whose
+    /// messages it releases, before the settlers are flushed.
+    pollers: Mutex<Vec<JoinHandle<()>>>,
     /// `true` once the channel is closed.
     closed: watch::Sender<bool>,
 }
@@ -279,6 +282,13 @@ impl Inner {
             .clone()
     }
 
+    /// Remembers a consumer's poller, so that `close` waits for its last receive.
+    pub(crate) fn register_poller(&self, task: JoinHandle<()>) {
+        let mut pollers = lock(&self.pollers);
+        pollers.retain(|poller| !poller.is_finished());
+        pollers.push(task);
+    }
+
     /// Remembers a consumer's settler, so that `close` sends what it holds.
     pub(crate) fn register_settler(
         &self,
@@ -474,6 +484,7 @@ impl SnsSqsChannel {
                 subscriptions: Mutex::new(HashSet::new()),
                 publishers: Mutex::new(HashMap::new()),
                 settlers: Mutex::new(Vec::new()),
+                pollers: Mutex::new(Vec::new()),
                 closed,
             }),
         })
@@ -537,6 +548,8 @@ impl Channel for SnsSqsChannel {
             .max_message_size(MAX_MESSAGE_SIZE)
             .counts_deliveries(true)
             .delayed_redelivery(true)
+            // A topic with no queue subscribed accepts a publish and delivers it to nobody.
+            .keeps_messages_without_groups(false)
     }
 
     /// FIFO destinations keep the order of each key; standard ones keep none.
@@ -630,7 +643,8 @@ impl Channel for SnsSqsChannel {
     /// Closes the channel: queued publishes are sent and pending acknowledgements
     /// (deletes, visibility changes) flushed; sends and receives fail with
     /// [`Error::ShutDown`] from then on. Messages a consumer has received and not handed
-    /// out are released when it is dropped.
+    /// out are released when it is dropped; what a receive in flight brings is released
+    /// before this returns, which can take the receive's wait time.
     async fn close(&self) -> Result<()> {
         self.inner.closed.send_replace(true);
         let publishers: Vec<PublishQueue> = lock(&self.inner.publishers)
@@ -639,6 +653,16 @@ impl Channel for SnsSqsChannel {
             .collect();
         for publisher in publishers {
             publisher.finish().await;
+        }
+        // A receive in flight brings messages that nobody will take: its poller releases
+        // them (through the settler) before the settlers are flushed, or they would stay
+        // invisible for a visibility timeout after this process is gone. It takes at most
+        // the receive's wait time.
+        let pollers: Vec<JoinHandle<()>> = lock(&self.inner.pollers).drain(..).collect();
+        for poller in pollers {
+            if let Err(err) = poller.await {
+                tracing::warn!(%err, "the poller of an SQS queue failed");
+            }
         }
         let settlers: Vec<Settler> = lock(&self.inner.settlers).drain(..).collect();
         for settler in settlers {

@@ -102,20 +102,7 @@ impl QueueLink {
             tracing::warn!(queue = %self.queue.url, "SQS returned a message without a receipt handle");
             return None;
         };
-        let attributes: HashMap<String, String> = message
-            .message_attributes
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let text = value.string_value.or_else(|| {
-                    value.binary_value.map(|blob| {
-                        use base64::Engine as _;
-                        base64::engine::general_purpose::STANDARD.encode(blob.into_inner())
-                    })
-                })?;
-                Some((name, text))
-            })
-            .collect();
+        let attributes = convert::attribute_texts(message.message_attributes.unwrap_or_default());
         let system = message.attributes.unwrap_or_default();
         let attempt = system
             .get(&MessageSystemAttributeName::ApproximateReceiveCount)
@@ -403,7 +390,11 @@ impl SqsConsumer {
         ));
         let (deliveries_tx, deliveries) =
             mpsc::channel(usize::from(subscription.prefetch_count()).max(1));
-        tokio::spawn(poll(link.clone(), deliveries_tx, inner.closed()));
+        inner.register_poller(tokio::spawn(poll(
+            link.clone(),
+            deliveries_tx,
+            inner.closed(),
+        )));
         Ok(SqsConsumer {
             subscription,
             link,
@@ -516,11 +507,16 @@ async fn poll(
         match answer {
             Ok(output) => {
                 failures = 0;
+                // Once the channel is closed, nothing takes them: dropped, they are
+                // released.
+                let closing = *closed.borrow();
                 for message in output.messages.unwrap_or_default() {
                     if let Some(delivery) = link.delivery(message, received_at) {
                         // Refused only when the consumer has gone: the delivery is dropped,
                         // which releases its message.
-                        let _ = deliveries.try_send(Ok(delivery));
+                        if !closing {
+                            let _ = deliveries.try_send(Ok(delivery));
+                        }
                     }
                 }
             }

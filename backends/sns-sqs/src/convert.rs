@@ -208,6 +208,24 @@ fn fifo_id(text: &str) -> String {
     }
 }
 
+/// The text of each message attribute as SQS hands it over: a String one as it is, a Binary
+/// one in base64; one of any other data type with neither value is left out.
+pub(crate) fn attribute_texts(
+    attributes: HashMap<String, aws_sdk_sqs::types::MessageAttributeValue>,
+) -> HashMap<String, String> {
+    attributes
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let text = value.string_value.or_else(|| {
+                value
+                    .binary_value
+                    .map(|blob| base64::engine::general_purpose::STANDARD.encode(blob.into_inner()))
+            })?;
+            Some((name, text))
+        })
+        .collect()
+}
+
 /// Decodes a received SQS message. `fallback_id` (the SQS message id) stands in for a
 /// missing `message-id` attribute, so messages from foreign producers get a stable id.
 pub(crate) fn decode(

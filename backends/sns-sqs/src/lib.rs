@@ -118,5 +118,39 @@ pub use consumer::{SqsAcknowledger, SqsConsumer};
 pub use producer::SnsProducer;
 pub use requests::RequestCounts;
 
+/// The conversion between messages and SQS bodies and message attributes, for the fuzz
+/// targets in `fuzz/` only (cargo feature `fuzzing`): not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
+    use event_binder_core::{Message, Result};
+    use std::collections::HashMap;
+
+    /// The message SQS hands over, decoded as the consumer does (`SqsLink::delivery`): String
+    /// attributes as they are, Binary ones in base64, other data types with neither dropped;
+    /// `receipt` stands in for a missing message id.
+    pub fn decode(message: &aws_sdk_sqs::types::Message, receipt: &str) -> Message {
+        let attributes =
+            crate::convert::attribute_texts(message.message_attributes.clone().unwrap_or_default());
+        let sent = message.attributes.as_ref().and_then(|system| {
+            crate::convert::sent_millis(system.get(&MessageSystemAttributeName::SentTimestamp))
+        });
+        crate::convert::decode(
+            message.body.as_deref(),
+            &attributes,
+            message.message_id.as_deref().unwrap_or(receipt),
+            sent,
+        )
+    }
+
+    /// The body and message attributes a message is sent with.
+    pub fn encode(message: &Message) -> Result<(String, HashMap<String, MessageAttributeValue>)> {
+        let encoded = crate::convert::Encoded::new(message)?;
+        let attributes = encoded.sqs_attributes();
+        Ok((encoded.body, attributes))
+    }
+}
+
 /// The URL scheme this backend serves: `sns-sqs`.
 pub const SCHEME: &str = "sns-sqs";

@@ -1,5 +1,8 @@
 //! The cases. Each makes its own names, asserts real outcomes and bounds every wait.
 
+mod lifecycle;
+mod semantics;
+
 use super::support::{expect_nothing, receive, unique, within, Recorder, SuiteConfig};
 use crate::channel::{Channel, Consumer, Producer, Subscription};
 use crate::error::{Error, Result};
@@ -96,11 +99,81 @@ pub enum Case {
     /// counted; a dry run lists them and moves nothing; ids and a limit select; a purge
     /// deletes.
     RedriveTakesDeadLettersBackToTheirGroupOnly,
+    /// Twice, a group's consumer takes 8 messages, acknowledges 4 and closes holding the other
+    /// 4; the group's next consumer opens (before the close, where groups are not durable) and
+    /// more messages are published. The last consumer gets every message not acknowledged,
+    /// once, and none that was.
+    ContinuesAfterAConsumerCloses,
+    /// Consumers waiting in `receive` (a group's and an anonymous one on each of 4
+    /// destinations) and a producer sending without pause, while the channel is closed twice at
+    /// once and half the consumers are dropped at that moment: both closes succeed, everything
+    /// ends in time without a panic, and the consumers left and the producer end with
+    /// [`Error::ShutDown`].
+    ConsumersAndChannelCloseConcurrently,
+    /// After [`Channel::close`]: a `receive` waiting at the close, `receive` on open consumers
+    /// (group and anonymous), `send` and `send_batch`, and opening producers, consumers and
+    /// dead-letter consumers, provisioning and `send_to_group` (names known or new) fail with
+    /// [`Error::ShutDown`] within the timeout (no hang); closing again succeeds.
+    ClosedChannelFailsWithShutDown,
+    /// `receive` is cancel safe: while up to 200 messages arrive in bursts, `receive` futures
+    /// are dropped after one poll, after up to 3 ms or after 200 ms, over and over; every
+    /// message arrives once, and (where deliveries are counted) at its first attempt: a
+    /// delivery lost in a dropped future and given again would come with a higher one.
+    DroppedReceiveLosesNothing,
+    /// Producers dropped right after their sends returned (one after `send`s on the case's
+    /// task, four on tasks of their own, by `send` and `send_batch`): every message they sent
+    /// arrives, once, and a producer of the destination that stayed open still sends.
+    MessagesSentBeforeAProducerIsDroppedArrive,
+    /// Twenty destinations, each with a consumer of a group of its own opened at once, and
+    /// twenty producers publishing at once: each consumer gets exactly its destination's
+    /// messages, once each.
+    ManyDestinationsAtOnce,
+    /// Through an [`App`], a handler failing 0, 1 or 2 times for each of 20 messages (within
+    /// its 3 attempts) handles every one in the end, each called once per failure plus once,
+    /// none dead-lettered; the binding stays healthy and handles the messages sent after the
+    /// errors.
+    ContinuesAfterRepeatedHandlerErrors,
+    /// What the handler's [`Context`](crate::Context) tells (id, payload, key, headers,
+    /// destination, group, and an attempt counting each call: 1, 2, 3 for a message failing
+    /// twice) is what was sent and how it is delivered, in a group and, with no group, on an
+    /// anonymous subscription.
+    MessageContextIsPreserved,
+    /// A nack with a delay of 1.5 s (not whole seconds) is delivered again, with a higher
+    /// attempt, no earlier than the delay, and a message sent meanwhile arrives first: the
+    /// consumer holds nothing for the delayed one. Where
+    /// [`Capabilities::delayed_redelivery`](crate::Capabilities) is not claimed, the case
+    /// says so and checks only that the message comes back.
+    NackDelayIsHonoured,
+    /// A message whose consumers go away without settling it, as when it crashes the
+    /// process, 3 times, is dead-lettered on its next delivery by an [`App`] whose
+    /// `max_deliveries` is the attempt it last came with (dead-letter attempts 0, the reason
+    /// saying how often it came), the handler never called, while a first delivery with
+    /// `max_deliveries` 1 is handled. A backend whose count after such redeliveries stays at
+    /// 2 ("redelivered", as on RabbitMQ classic queues) is said so and checked with
+    /// `max_deliveries` 1; one whose count does not outlive the consumer (as Kafka's, kept by
+    /// the consumer) is said so, and checked only to deliver and handle the message.
+    MaxDeliveriesStopsAMessageThatKeepsComingBack,
+    /// A processor's outputs reach its output destination with name-based (UUID v5) ids
+    /// derived from the input's id, as [`Context::derive_output`](crate::Context::derive_output)
+    /// tells, the same again when another app handles the same input again, the input's key,
+    /// and the input's id as their `causation-id`.
+    ProcessorOutputsHaveDerivedIds,
+    /// An anonymous subscription's dead letters outlive it: they are kept in the
+    /// destination's anonymous dead letters (`group` `None`), listed, purged by id and read
+    /// there, intact, with the failure's headers and no group named.
+    AnonymousDeadLettersAreKept,
+    /// A message published to a destination that no group and no subscription reads yet is
+    /// kept for a group made later where
+    /// [`Capabilities::keeps_messages_without_groups`](crate::Capabilities) is claimed
+    /// (the group receives it); otherwise it is accepted or refused, and a group made later
+    /// does not receive it (a message of the same key sent once the group exists comes
+    /// first, and nothing more).
+    PublishingWithNoGroupIsDecided,
 }
 
 impl Case {
     /// Every case, in the order the suite lists them.
-    pub const ALL: [Case; 24] = [
+    pub const ALL: [Case; 37] = [
         Case::PublishSubscribeKeepsEverythingIntact,
         Case::ConcurrentPublishersAndConsumersLoseNothing,
         Case::DestinationsAreIsolated,
@@ -125,6 +198,19 @@ impl Case {
         Case::DuplicateMessageIdIsHandledOnce,
         Case::PausedBindingHoldsNothingAndResumes,
         Case::RedriveTakesDeadLettersBackToTheirGroupOnly,
+        Case::ContinuesAfterAConsumerCloses,
+        Case::ConsumersAndChannelCloseConcurrently,
+        Case::ClosedChannelFailsWithShutDown,
+        Case::DroppedReceiveLosesNothing,
+        Case::MessagesSentBeforeAProducerIsDroppedArrive,
+        Case::ManyDestinationsAtOnce,
+        Case::ContinuesAfterRepeatedHandlerErrors,
+        Case::MessageContextIsPreserved,
+        Case::NackDelayIsHonoured,
+        Case::MaxDeliveriesStopsAMessageThatKeepsComingBack,
+        Case::ProcessorOutputsHaveDerivedIds,
+        Case::AnonymousDeadLettersAreKept,
+        Case::PublishingWithNoGroupIsDecided,
     ];
 }
 
@@ -155,6 +241,19 @@ pub(super) async fn run<C: Channel>(case: Case, channel: Arc<C>, config: SuiteCo
         Case::DuplicateMessageIdIsHandledOnce => suite.duplicate_id().await,
         Case::PausedBindingHoldsNothingAndResumes => suite.pause_and_resume().await,
         Case::RedriveTakesDeadLettersBackToTheirGroupOnly => suite.redrive().await,
+        Case::ContinuesAfterAConsumerCloses => suite.continues_after_consumer_close().await,
+        Case::ConsumersAndChannelCloseConcurrently => suite.concurrent_close().await,
+        Case::ClosedChannelFailsWithShutDown => suite.closed_channel_shut_down().await,
+        Case::DroppedReceiveLosesNothing => suite.dropped_receive().await,
+        Case::MessagesSentBeforeAProducerIsDroppedArrive => suite.producer_dropped().await,
+        Case::ManyDestinationsAtOnce => suite.many_destinations().await,
+        Case::ContinuesAfterRepeatedHandlerErrors => suite.repeated_handler_errors().await,
+        Case::MessageContextIsPreserved => suite.message_context().await,
+        Case::NackDelayIsHonoured => suite.nack_delay().await,
+        Case::MaxDeliveriesStopsAMessageThatKeepsComingBack => suite.max_deliveries().await,
+        Case::ProcessorOutputsHaveDerivedIds => suite.processor_output_ids().await,
+        Case::AnonymousDeadLettersAreKept => suite.anonymous_dead_letters().await,
+        Case::PublishingWithNoGroupIsDecided => suite.no_group_publish().await,
     }
 }
 

@@ -8,6 +8,12 @@
 //! refuses or lacks it honestly, never by doing nothing. Every case makes its own
 //! randomly named destinations and groups, so cases can share a broker.
 //!
+//! The suite is checked in turn: [`broken`] wraps a working channel so that it makes one
+//! mistake a backend could make (drops messages, acknowledges on receive, loses headers,
+//! …), and [`broken_backend_tests!`](crate::broken_backend_tests) requires every case to
+//! fail against at least one such backend. [`proxy`] puts a TCP proxy that cuts, delays and
+//! blackholes connections between a client and its broker.
+//!
 //! ```no_run
 //! // tests/conformance.rs of a backend crate
 //! use event_binder_core::conformance::SuiteConfig;
@@ -23,13 +29,17 @@
 //! # fn main() {}
 //! ```
 
+pub mod broken;
 mod cases;
+mod counting;
+pub mod proxy;
 pub mod stores;
 mod support;
 #[cfg(feature = "otel")]
 pub mod traces;
 
 pub use cases::Case;
+pub use counting::CountingStore;
 pub use support::SuiteConfig;
 
 use crate::channel::Channel;
@@ -72,9 +82,29 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!($connect, $crate::conformance::SuiteConfig::default());
     };
     ($connect:expr, $config:expr) => {
-        $crate::__conformance_cases!(
-            $connect,
-            $config,
+        $crate::__for_each_conformance_case!(__conformance_cases, $connect, $config);
+    };
+}
+
+/// Expands to one `#[test]` per conformance [`Case`](crate::conformance::Case), each
+/// checking that the case fails against a [`Broken`](crate::conformance::broken::Broken)
+/// channel from `connect` (a function or closure that can be called again and again):
+/// [`must_catch`](crate::conformance::broken::must_catch).
+#[macro_export]
+macro_rules! broken_backend_tests {
+    ($connect:expr) => {
+        $crate::__for_each_conformance_case!(__broken_backend_cases, $connect);
+    };
+}
+
+/// Calls the macro `$then` with `$args` and then the list of every case: the one place the
+/// cases' test names are written.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __for_each_conformance_case {
+    ($then:ident, $($args:expr),*) => {
+        $crate::$then!(
+            $($args),*,
             publish_subscribe_keeps_everything_intact => PublishSubscribeKeepsEverythingIntact,
             concurrent_publishers_and_consumers_lose_nothing => ConcurrentPublishersAndConsumersLoseNothing,
             destinations_are_isolated => DestinationsAreIsolated,
@@ -99,7 +129,36 @@ macro_rules! conformance_tests {
             duplicate_message_id_is_handled_once => DuplicateMessageIdIsHandledOnce,
             paused_binding_holds_nothing_and_resumes => PausedBindingHoldsNothingAndResumes,
             redrive_takes_dead_letters_back_to_their_group_only => RedriveTakesDeadLettersBackToTheirGroupOnly,
+            continues_after_a_consumer_closes => ContinuesAfterAConsumerCloses,
+            consumers_and_channel_close_concurrently => ConsumersAndChannelCloseConcurrently,
+            closed_channel_fails_with_shut_down => ClosedChannelFailsWithShutDown,
+            dropped_receive_loses_nothing => DroppedReceiveLosesNothing,
+            messages_sent_before_a_producer_is_dropped_arrive => MessagesSentBeforeAProducerIsDroppedArrive,
+            many_destinations_at_once => ManyDestinationsAtOnce,
+            continues_after_repeated_handler_errors => ContinuesAfterRepeatedHandlerErrors,
+            message_context_is_preserved => MessageContextIsPreserved,
+            nack_delay_is_honoured => NackDelayIsHonoured,
+            max_deliveries_stops_a_message_that_keeps_coming_back => MaxDeliveriesStopsAMessageThatKeepsComingBack,
+            processor_outputs_have_derived_ids => ProcessorOutputsHaveDerivedIds,
+            anonymous_dead_letters_are_kept => AnonymousDeadLettersAreKept,
+            publishing_with_no_group_is_decided => PublishingWithNoGroupIsDecided,
         );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __broken_backend_cases {
+    ($connect:expr, $($name:ident => $case:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::conformance::broken::must_catch(
+                    $connect,
+                    $crate::conformance::Case::$case,
+                );
+            }
+        )*
     };
 }
 
