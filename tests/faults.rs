@@ -428,6 +428,19 @@ async fn kafka_loses_nothing_through_cuts_delays_and_blackholes() {
     through_faults(&url, ProxyFaults(proxy), 2, UNBOUNDED).await;
 }
 
+/// Starts a moto server of the test's own, on a free port.
+async fn start_moto() -> Started {
+    let port = free_port();
+    let port_text = port.to_string();
+    Started::start(
+        &moto_server(),
+        &["-H", "127.0.0.1", "-p", &port_text],
+        &[],
+        port,
+    )
+    .await
+}
+
 /// A broker killed with SIGKILL and started again, down for up to a second each time.
 struct Restarts(Started);
 
@@ -475,15 +488,8 @@ async fn create_bucket(port: u16, bucket: &str) {
 /// a broker killed with SIGKILL comes back with everything it had acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_loses_nothing_across_broker_restarts() {
-    let s3_port = free_port();
-    let s3_port_text = s3_port.to_string();
-    let _s3 = Started::start(
-        &moto_server(),
-        &["-H", "127.0.0.1", "-p", &s3_port_text],
-        &[],
-        s3_port,
-    )
-    .await;
+    let s3 = start_moto().await;
+    let s3_port = s3.port;
     create_bucket(s3_port, "tansu").await;
     let endpoint = format!("http://127.0.0.1:{s3_port}");
     let port = free_port();
@@ -507,16 +513,8 @@ async fn kafka_loses_nothing_across_broker_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sns_sqs_loses_nothing_through_cuts_delays_and_blackholes() {
     // An emulator of the test's own: the faults must not slow the one the other tests share.
-    let port = free_port();
-    let port_text = port.to_string();
-    let _emulator = Started::start(
-        &moto_server(),
-        &["-H", "127.0.0.1", "-p", &port_text],
-        &[],
-        port,
-    )
-    .await;
-    let proxy = FaultProxy::start(&format!("127.0.0.1:{port}"))
+    let emulator = start_moto().await;
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{}", emulator.port))
         .await
         .expect("the proxy");
     let url = format!(

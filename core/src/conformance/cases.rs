@@ -169,11 +169,16 @@ pub enum Case {
     /// does not receive it (a message of the same key sent once the group exists comes
     /// first, and nothing more).
     PublishingWithNoGroupIsDecided,
+    /// Header names and values a foreign client may send (a NUL in a name or a value,
+    /// non-ASCII, spaces, upper case, an empty value) either arrive exactly as sent, each on
+    /// its message, or are refused by the send: never renamed, cut or dropped on the way,
+    /// and never taken for another header (a name cut at its NUL could replace the id).
+    UncommonHeadersArriveIntactOrAreRefused,
 }
 
 impl Case {
     /// Every case, in the order the suite lists them.
-    pub const ALL: [Case; 37] = [
+    pub const ALL: [Case; 38] = [
         Case::PublishSubscribeKeepsEverythingIntact,
         Case::ConcurrentPublishersAndConsumersLoseNothing,
         Case::DestinationsAreIsolated,
@@ -211,6 +216,7 @@ impl Case {
         Case::ProcessorOutputsHaveDerivedIds,
         Case::AnonymousDeadLettersAreKept,
         Case::PublishingWithNoGroupIsDecided,
+        Case::UncommonHeadersArriveIntactOrAreRefused,
     ];
 }
 
@@ -254,6 +260,7 @@ pub(super) async fn run<C: Channel>(case: Case, channel: Arc<C>, config: SuiteCo
         Case::ProcessorOutputsHaveDerivedIds => suite.processor_output_ids().await,
         Case::AnonymousDeadLettersAreKept => suite.anonymous_dead_letters().await,
         Case::PublishingWithNoGroupIsDecided => suite.no_group_publish().await,
+        Case::UncommonHeadersArriveIntactOrAreRefused => suite.uncommon_headers().await,
     }
 }
 

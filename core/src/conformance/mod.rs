@@ -142,6 +142,7 @@ macro_rules! __for_each_conformance_case {
             processor_outputs_have_derived_ids => ProcessorOutputsHaveDerivedIds,
             anonymous_dead_letters_are_kept => AnonymousDeadLettersAreKept,
             publishing_with_no_group_is_decided => PublishingWithNoGroupIsDecided,
+            uncommon_headers_arrive_intact_or_are_refused => UncommonHeadersArriveIntactOrAreRefused,
         );
     };
 }

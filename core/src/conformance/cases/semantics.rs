@@ -683,6 +683,66 @@ impl<C: Channel> Suite<C> {
     }
 
     /// [`Case::PublishingWithNoGroupIsDecided`](super::Case::PublishingWithNoGroupIsDecided).
+    /// [`Case::UncommonHeadersArriveIntactOrAreRefused`](super::Case::UncommonHeadersArriveIntactOrAreRefused).
+    pub(super) async fn uncommon_headers(&self) {
+        let (destination, group) = (unique("headers"), unique("g"));
+        let backend = self.channel.backend();
+        let mut consumer = self.consumer(&destination, Some(&group)).await;
+        let producer = expect(
+            self.channel.producer(&destination).await,
+            "opening a producer",
+        );
+        // What foreign clients send, or what a careless encoding would turn into another
+        // header: cut at the NUL, `message-id\0x` would replace the message's id.
+        let headers = [
+            ("name\0with-nul", "v"),
+            ("message-id\0x", "shadow"),
+            ("ünïcödé-名前", "välue"),
+            ("with space", "v"),
+            ("Upper-Case", "v"),
+            ("x", "value\0with-nul"),
+            ("x", ""),
+        ];
+        let mut carried = HashMap::new();
+        let mut refused = Vec::new();
+        for (n, (name, value)) in (0..).zip(headers) {
+            let message = probe(n).with_header(name, value);
+            match producer.send(message.clone()).await {
+                Ok(()) => {
+                    carried.insert(message.id().to_owned(), (name, value));
+                }
+                Err(err) => {
+                    println!("{backend}: header {name:?} = {value:?} refused: {err}");
+                    refused.push(message.id().to_owned());
+                }
+            }
+        }
+        println!(
+            "{backend}: {} of {} uncommon headers carried",
+            carried.len(),
+            headers.len()
+        );
+        let mut arrived = 0;
+        while arrived < carried.len() {
+            let delivery = receive(&mut consumer, self.config.timeout, "a message sent").await;
+            let message = delivery.message();
+            assert!(
+                !refused.iter().any(|id| id == message.id()),
+                "{backend} refused a message and delivered it all the same: {message:?}"
+            );
+            let Some((name, value)) = carried.get(message.id()) else {
+                panic!("a message nobody sent, or with another id: {message:?}");
+            };
+            assert_eq!(
+                message.headers().get(name),
+                Some(*value),
+                "header {name:?} is carried, so it must arrive as sent: {message:?}"
+            );
+            arrived += 1;
+            expect(delivery.ack().await, "ack");
+        }
+    }
+
     pub(super) async fn no_group_publish(&self) {
         let (destination, group) = (unique("nobody"), unique("late"));
         let kept = self.channel.capabilities().keeps_messages_without_groups;
