@@ -21,12 +21,12 @@ use event_binder::{
     AnyChannel, App, Channel, Context, Handler, HandlerSpec, Message, Producer, RetryPolicy,
 };
 use event_binder_core::conformance::proxy::FaultProxy;
-use event_binder_core::conformance::CountingStore;
+use event_binder_core::conformance::{CountingStore, Recorder};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
@@ -43,40 +43,6 @@ const LIMIT: Duration = Duration::from_secs(420);
 #[derive(Debug, Deserialize)]
 struct Numbered {
     n: u64,
-}
-
-/// The distinct messages handled, and a way to wait for their count.
-#[derive(Debug, Default)]
-struct Handled {
-    numbers: Mutex<HashSet<u64>>,
-    changed: Notify,
-}
-
-impl Handled {
-    fn record(&self, n: u64) {
-        self.numbers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(n);
-        self.changed.notify_waiters();
-    }
-
-    fn count(&self) -> usize {
-        self.numbers.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Waits until `count` distinct messages were handled.
-    async fn wait_for(&self, count: usize) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.count() >= count {
-                return;
-            }
-            changed.await;
-        }
-    }
 }
 
 fn random_below(bound: u64) -> u64 {
@@ -176,7 +142,7 @@ async fn through_faults(url: &str, mut faults: impl Faults, least: usize, ahead:
         .provision(&destination, Some("counter"))
         .await
         .expect("provisioning the group");
-    let handled = Arc::new(Handled::default());
+    let handled = Recorder::<u64>::new();
     let handler = {
         let handled = handled.clone();
         Handler::from_fn(
@@ -213,7 +179,10 @@ async fn through_faults(url: &str, mut faults: impl Faults, least: usize, ahead:
             .map(|n| Message::new(format!(r#"{{"n":{n}}}"#)).with_content_type("application/json"))
             .collect();
         for (sent, batch) in messages.chunks(BATCH).enumerate() {
-            handled.wait_for((sent * BATCH).saturating_sub(ahead)).await;
+            let room = (sent * BATCH).saturating_sub(ahead);
+            handled
+                .wait_for(LIMIT, "room to send", |handled| handled.len() >= room)
+                .await;
             // A send that fails may have reached the broker in part: sent again with the
             // same ids, what arrives twice is skipped by the idempotency store.
             while let Err(err) = producer.send_batch(batch.to_vec()).await {
@@ -226,7 +195,11 @@ async fn through_faults(url: &str, mut faults: impl Faults, least: usize, ahead:
             progress.send_replace(sent + 1);
         }
         drop(progress);
-        handled.wait_for(MESSAGES as usize).await;
+        handled
+            .wait_for(LIMIT, "every message", |handled| {
+                handled.len() >= MESSAGES as usize
+            })
+            .await;
     };
     let bounded = async {
         let finished = timeout(LIMIT, run).await;
@@ -234,12 +207,12 @@ async fn through_faults(url: &str, mut faults: impl Faults, least: usize, ahead:
         finished
     };
     let (finished, injected) = tokio::join!(bounded, inject(&mut faults, sent, &stop));
-    let lost = MESSAGES as usize - handled.count();
+    let lost = MESSAGES as usize - handled.distinct();
     println!(
         "{}: {} messages handled in {:?} through {injected:?} ({}); {} sends failed and \
          were sent again; {} messages delivered more than once; {lost} not handled",
         channel.backend(),
-        handled.count(),
+        handled.distinct(),
         started.elapsed(),
         faults.report(),
         failed_sends,

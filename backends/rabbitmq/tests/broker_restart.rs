@@ -5,18 +5,16 @@
 //! Needs RabbitMQ on 127.0.0.1:5672 (`scripts/rabbitmq.sh`) and `rabbitmqctl` with the
 //! rights to stop and start it; fails, never skips, without them.
 
-use event_binder_core::conformance::CountingStore;
+use event_binder_core::conformance::{CountingStore, Recorder};
 use event_binder_core::{
     App, Channel, Context, Error, Handler, HandlerSpec, Message, Producer, RetryPolicy,
 };
 use event_binder_rabbitmq::{RabbitChannel, RabbitConfig};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::{timeout, Instant};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -28,49 +26,6 @@ const LIMIT: Duration = Duration::from_secs(180);
 #[derive(Debug, Deserialize)]
 struct Numbered {
     n: u64,
-}
-
-/// How often each message was handled, and a way to wait for a count.
-#[derive(Debug, Default)]
-struct Tally {
-    handled: Mutex<HashMap<u64, u32>>,
-    changed: Notify,
-}
-
-impl Tally {
-    fn record(&self, n: u64) {
-        *self.lock().entry(n).or_default() += 1;
-        self.changed.notify_waiters();
-    }
-
-    fn distinct(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
-        self.handled.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits until `done` holds, failing the test after `limit`.
-    async fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&Self) -> bool) {
-        let waiting = async {
-            loop {
-                let changed = self.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if done(self) {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        if timeout(limit, waiting).await.is_err() {
-            panic!(
-                "timed out after {limit:?} waiting for {what}; {} distinct messages handled",
-                self.distinct()
-            );
-        }
-    }
 }
 
 /// Runs `rabbitmqctl` with these arguments, failing the test if it cannot.
@@ -156,7 +111,7 @@ async fn every_message_is_handled_across_a_broker_restart() {
         .await
         .expect("provisioning the group");
 
-    let tally = Arc::new(Tally::default());
+    let tally = Recorder::<u64>::new();
     let handler = {
         let tally = tally.clone();
         Handler::from_fn(
@@ -224,8 +179,8 @@ async fn every_message_is_handled_across_a_broker_restart() {
         .expect("opening the probe's producer");
 
     tally
-        .wait_for(LIMIT, "the flow to be under way", |tally| {
-            tally.distinct() >= 1_000 && sent.load(Ordering::SeqCst) >= 2_000
+        .wait_for(LIMIT, "the flow to be under way", |handled| {
+            handled.len() >= 1_000 && sent.load(Ordering::SeqCst) >= 2_000
         })
         .await;
     let stopped_at = Instant::now();
@@ -251,7 +206,7 @@ async fn every_message_is_handled_across_a_broker_restart() {
         .wait_for(
             LIMIT,
             "every message to be handled after the restart",
-            |tally| tally.distinct() == usize::try_from(MESSAGES).unwrap_or(usize::MAX),
+            |handled| handled.len() == usize::try_from(MESSAGES).unwrap_or(usize::MAX),
         )
         .await;
     timeout(LIMIT, publishing)
@@ -261,9 +216,9 @@ async fn every_message_is_handled_across_a_broker_restart() {
         .expect("publishing through the restart");
     app.shutdown().await.expect("shutting the app down");
 
-    let handled = tally.lock().clone();
+    let handled = tally.snapshot();
     let missing: Vec<u64> = (0..MESSAGES).filter(|n| !handled.contains_key(n)).collect();
-    let duplicates: Vec<(u64, u32)> = handled
+    let duplicates: Vec<(u64, usize)> = handled
         .iter()
         .filter(|(_, count)| **count > 1)
         .map(|(n, count)| (*n, *count))

@@ -40,7 +40,7 @@ pub mod traces;
 
 pub use cases::Case;
 pub use counting::CountingStore;
-pub use support::SuiteConfig;
+pub use support::{Recorder, SuiteConfig};
 
 use crate::channel::Channel;
 use crate::error::Result;

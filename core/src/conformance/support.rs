@@ -87,40 +87,67 @@ pub(crate) async fn expect_nothing(consumer: &mut impl Consumer, quiet: Duration
     }
 }
 
-/// Counts events per key and wakes waiters on every change.
+/// Counts events per key (how often each message was handled, say) and wakes waiters on
+/// every change: what a test records from its handlers and waits on, with a bound.
+///
+/// ```
+/// # async fn demo() {
+/// use event_binder_core::conformance::Recorder;
+/// use std::time::Duration;
+///
+/// let handled = Recorder::<u64>::new();
+/// let recording = handled.clone(); // moved into the handler, which calls:
+/// recording.record(7);
+/// handled
+///     .wait_for(Duration::from_secs(5), "message 7", |counts| counts.contains_key(&7))
+///     .await;
+/// assert_eq!((handled.count(&7), handled.distinct()), (1, 1));
+/// # }
+/// ```
 #[derive(Debug, Default)]
-pub(crate) struct Recorder<K> {
+pub struct Recorder<K> {
     counts: Mutex<HashMap<K, usize>>,
     changed: Notify,
 }
 
 impl<K: std::hash::Hash + Eq + Clone + Debug> Recorder<K> {
-    pub(crate) fn new() -> Arc<Self> {
+    /// An empty recorder, shared.
+    pub fn new() -> Arc<Self> {
         Arc::new(Recorder {
             counts: Mutex::new(HashMap::new()),
             changed: Notify::new(),
         })
     }
 
-    pub(crate) fn record(&self, key: K) {
+    /// Counts one event of `key`.
+    pub fn record(&self, key: K) {
         *self.lock().entry(key).or_default() += 1;
         self.changed.notify_waiters();
     }
 
-    pub(crate) fn count(&self, key: &K) -> usize {
+    /// How many events `key` had.
+    pub fn count(&self, key: &K) -> usize {
         self.lock().get(key).copied().unwrap_or_default()
     }
 
-    pub(crate) fn total(&self) -> usize {
+    /// How many events were recorded, all keys together.
+    pub fn total(&self) -> usize {
         self.lock().values().sum()
     }
 
-    pub(crate) fn snapshot(&self) -> HashMap<K, usize> {
+    /// How many keys had at least one event.
+    pub fn distinct(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> HashMap<K, usize> {
         self.lock().clone()
     }
 
-    /// Waits until `done` holds for the counts, failing the test after `limit`.
-    pub(crate) async fn wait_for(
+    /// Waits until `done` holds for the counts, failing the test (a panic naming `what`)
+    /// after `limit`.
+    pub async fn wait_for(
         &self,
         limit: Duration,
         what: &str,
