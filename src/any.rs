@@ -374,6 +374,10 @@ impl Consumer for AnyConsumer {
             })
         )
     }
+
+    async fn backlog(&mut self) -> Result<Option<u64>> {
+        dispatch!(AnyConsumer, self, consumer => consumer.backlog().await)
+    }
 }
 
 /// Settles a delivery of an [`AnyConsumer`]: the backend's own acknowledger, in the variant

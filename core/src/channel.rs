@@ -429,4 +429,24 @@ pub trait Consumer: Send + Debug + 'static {
     fn try_receive(&mut self) -> Option<Result<Delivery<Self::Acknowledger>>> {
         None
     }
+
+    /// How many messages this consumer's queue holds that are not settled yet: waiting
+    /// to be handed out, waiting out a redelivery delay, or handed to a consumer of the
+    /// subscription and not yet acked or nacked, as far as the broker reports them. `Ok(None)`
+    /// when the backend cannot tell (the default). Each backend says what it counts.
+    ///
+    /// Once everything received has been settled, a backlog of 0 means nothing more is on
+    /// its way: what tests wait on instead of watching a quiet period, and a group's lag
+    /// for an operator.
+    ///
+    /// ```
+    /// # async fn demo(mut consumer: impl event_binder_core::Consumer) -> event_binder_core::Result<()> {
+    /// if let Some(waiting) = consumer.backlog().await? {
+    ///     println!("{waiting} messages still to handle");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn backlog(&mut self) -> impl Future<Output = Result<Option<u64>>> + Send {
+        async { Ok(None) }
+    }
 }

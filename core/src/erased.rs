@@ -321,6 +321,10 @@ impl Consumer for BoxConsumer {
     fn try_receive(&mut self) -> Option<Result<Delivery>> {
         self.0.try_receive()
     }
+
+    async fn backlog(&mut self) -> Result<Option<u64>> {
+        self.0.backlog().await
+    }
 }
 
 /// [`Consumer`] made object safe.
@@ -328,6 +332,7 @@ trait ErasedConsumer: Send + fmt::Debug {
     fn subscription(&self) -> &Subscription;
     fn receive(&mut self) -> BoxFuture<'_, Result<Delivery>>;
     fn try_receive(&mut self) -> Option<Result<Delivery>>;
+    fn backlog(&mut self) -> BoxFuture<'_, Result<Option<u64>>>;
 }
 
 impl<C: Consumer> ErasedConsumer for C {
@@ -341,6 +346,10 @@ impl<C: Consumer> ErasedConsumer for C {
 
     fn try_receive(&mut self) -> Option<Result<Delivery>> {
         Consumer::try_receive(self).map(|received| received.map(Delivery::erase))
+    }
+
+    fn backlog(&mut self) -> BoxFuture<'_, Result<Option<u64>>> {
+        Box::pin(Consumer::backlog(self))
     }
 }
 

@@ -31,6 +31,7 @@ use event_binder_core::{
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message as _;
+use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -87,6 +88,11 @@ pub struct KafkaConsumer {
     read_ahead: Arc<ReadAhead>,
     /// The poller thread, joined when the consumer is dropped.
     poller: Option<std::thread::JoinHandle<()>>,
+    /// Where an anonymous consumer was assigned each partition (its end then): where it
+    /// starts reading. Empty for the others, which start at the group's committed offset.
+    assigned_at: HashMap<i32, i64>,
+    /// How long a metadata or offset request may take (the connect timeout).
+    request_timeout: Duration,
 }
 
 /// Where the dead letters of a consumer's deliveries go.
@@ -135,13 +141,14 @@ impl KafkaConsumer {
             })
             .map_err(|err| error::creation("creating a consumer", &err, &secrets))?;
         let client = Arc::new(client);
-        if commits {
+        let assigned_at = if commits {
             client.subscribe(&[&topic]).map_err(|err| {
                 error::broker(&format!("subscribing to topic {topic}"), &err, &secrets)
             })?;
+            HashMap::new()
         } else {
-            assign_at_end(&inner, &client, &topic).await?;
-        }
+            assign_at_end(&inner, &client, &topic).await?
+        };
         let (sender, records) = mpsc::unbounded_channel();
         let read_ahead = Arc::new(ReadAhead::default());
         let poller = Poller {
@@ -182,6 +189,8 @@ impl KafkaConsumer {
             taken: VecDeque::new(),
             read_ahead,
             poller: Some(poller),
+            assigned_at,
+            request_timeout: inner.config.connect_timeout,
         };
         if role == Role::DeadLetters {
             // Time to reach the coordinator, plus time for a member already in the group to
@@ -315,33 +324,35 @@ impl Drop for KafkaConsumer {
 
 /// Assigns every partition of `topic` at its high watermark, read now: whatever is
 /// published once this returns is seen, nothing before.
-async fn assign_at_end(inner: &Inner, client: &Arc<Client>, topic: &str) -> Result<()> {
+/// Assigns every partition of `topic` at its current end; returns those ends.
+async fn assign_at_end(
+    inner: &Inner,
+    client: &Arc<Client>,
+    topic: &str,
+) -> Result<HashMap<i32, i64>> {
     let client = client.clone();
     let topic_name = topic.to_owned();
     let timeout = inner.config.connect_timeout;
     let assigned = tokio::task::spawn_blocking(move || {
         let metadata = client.fetch_metadata(Some(&topic_name), timeout)?;
         let mut assignment = TopicPartitionList::new();
-        for partition in metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic_name)
-            .flat_map(|t| t.partitions())
-        {
-            let (_, high) = client.fetch_watermarks(&topic_name, partition.id(), timeout)?;
-            assignment.add_partition_offset(&topic_name, partition.id(), Offset::Offset(high))?;
+        let mut ends = HashMap::new();
+        for partition in partitions_of(&metadata, &topic_name) {
+            let (_, high) = client.fetch_watermarks(&topic_name, partition, timeout)?;
+            assignment.add_partition_offset(&topic_name, partition, Offset::Offset(high))?;
+            ends.insert(partition, high);
         }
         client.assign(&assignment)?;
-        Ok::<usize, rdkafka::error::KafkaError>(assignment.count())
+        Ok::<_, rdkafka::error::KafkaError>(ends)
     })
     .await
     .map_err(|err| Error::broker(BACKEND, format!("assigning topic {topic} failed: {err}")))?;
     match assigned {
-        Ok(0) => Err(Error::broker(
+        Ok(ends) if ends.is_empty() => Err(Error::broker(
             BACKEND,
             format!("topic {topic} has no partitions in the cluster's metadata"),
         )),
-        Ok(_) => Ok(()),
+        Ok(ends) => Ok(ends),
         Err(err) => Err(error::broker(
             &format!("assigning the partitions of topic {topic} at their end"),
             &err,
@@ -503,6 +514,54 @@ impl Poller {
     }
 }
 
+/// The partitions of `topic` in `metadata`.
+fn partitions_of<'a>(metadata: &'a Metadata, topic: &'a str) -> impl Iterator<Item = i32> + 'a {
+    metadata
+        .topics()
+        .iter()
+        .filter(move |t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+        .map(|partition| partition.id())
+}
+
+/// What [`KafkaConsumer::backlog`] counts, with blocking requests.
+fn backlog(
+    client: &Client,
+    tracker: &Tracker,
+    assigned_at: &HashMap<i32, i64>,
+    timeout: Duration,
+) -> KafkaResult<u64> {
+    let topic = tracker.topic.as_str();
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = partitions_of(&metadata, topic).collect();
+    let committed = if tracker.commits {
+        let mut list = TopicPartitionList::new();
+        for &partition in &partitions {
+            list.add_partition(topic, partition);
+        }
+        client.committed_offsets(list, timeout)?
+    } else {
+        TopicPartitionList::new()
+    };
+    let mut total = 0u64;
+    for partition in partitions {
+        let (low, high) = client.fetch_watermarks(topic, partition, timeout)?;
+        let group = committed
+            .find_partition(topic, partition)
+            .and_then(|element| match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            });
+        let start = tracker
+            .position(partition)
+            .or(group)
+            .or_else(|| assigned_at.get(&partition).copied())
+            .unwrap_or(low);
+        total = total.saturating_add(u64::try_from(high - start.max(low)).unwrap_or(0));
+    }
+    Ok(total)
+}
+
 impl Consumer for KafkaConsumer {
     type Acknowledger = KafkaAcknowledger;
 
@@ -552,6 +611,32 @@ impl Consumer for KafkaConsumer {
                 },
             }
         }
+    }
+
+    /// For each partition of the topic, its end (high watermark) less where the
+    /// subscription stands: this consumer's own position (below the first record it read
+    /// and has not settled) in a partition it holds; the group's committed offset in the
+    /// others (the start of the partition where the group committed none); for an
+    /// anonymous subscription, where it was assigned. Records read ahead, handed out, or
+    /// waiting to be redelivered count until acked; records addressed to another group
+    /// count until a consumer of the group passes them.
+    async fn backlog(&mut self) -> Result<Option<u64>> {
+        let (client, tracker) = (self.client.clone(), self.tracker.clone());
+        let assigned_at = self.assigned_at.clone();
+        let timeout = self.request_timeout;
+        let counted =
+            tokio::task::spawn_blocking(move || backlog(&client, &tracker, &assigned_at, timeout))
+                .await
+                .map_err(|err| {
+                    Error::broker(BACKEND, format!("counting the backlog failed: {err}"))
+                })?;
+        counted.map(Some).map_err(|err| {
+            error::broker(
+                &format!("counting the backlog of topic {}", self.topic),
+                &err,
+                &self.dead_letters.inner.secrets(),
+            )
+        })
     }
 
     /// What `receive` would return now, in the same order, without waiting: `None` when it
@@ -657,6 +742,14 @@ impl Tracker {
             wake: Notify::new(),
             joined: watch::Sender::new(false),
         }
+    }
+
+    /// The position of a partition this consumer holds: everything below it is handled.
+    fn position(&self, partition: i32) -> Option<i64> {
+        self.lock()
+            .partitions
+            .get(&partition)
+            .map(Partition::position)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

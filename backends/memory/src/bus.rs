@@ -500,6 +500,16 @@ impl Destination {
         })
     }
 
+    /// Queued (delayed ones included) plus in-flight messages of a consumer's queue. Fails
+    /// once the bus is closed.
+    pub(crate) fn backlog(&self, slot: SlotRef) -> Result<usize> {
+        self.shared.check_open()?;
+        lock(&self.state)
+            .get(slot)
+            .map(Queue::len)
+            .ok_or_else(shut_down)
+    }
+
     /// Ends an in-flight delivery's count, under the destination lock.
     fn settled(&self) {
         self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);

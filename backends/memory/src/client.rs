@@ -247,6 +247,13 @@ impl Consumer for MemoryConsumer {
         }
     }
 
+    /// Exact: the messages of this consumer's queue (its group's, its anonymous
+    /// subscription's or its dead-letter queue) waiting, delayed and in flight.
+    async fn backlog(&mut self) -> Result<Option<u64>> {
+        let waiting = self.destination.backlog(self.slot)?;
+        Ok(Some(u64::try_from(waiting).unwrap_or(u64::MAX)))
+    }
+
     /// Cancel safe: a message leaves its queue only in the synchronous step that returns it.
     async fn receive(&mut self) -> Result<Delivery<MemoryAcknowledger>> {
         // Fast path: a message is there, no need to register as a waiter.

@@ -234,6 +234,7 @@ impl Channel for RabbitChannel {
         self.admin
             .declare(Declaration::Topology(&names, role), &what)
             .await
+            .map(drop)
     }
 
     async fn producer(&self, destination: &str) -> Result<RabbitProducer> {

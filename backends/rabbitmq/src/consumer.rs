@@ -6,7 +6,7 @@ use crate::error::{Failure, BACKEND};
 use crate::link::Link;
 use crate::names::Names;
 use crate::pool::{ConfirmPool, Target};
-use crate::topology::{self, short, Role};
+use crate::topology::{self, short, Declaration, Role};
 use event_binder_core::{
     shorten_dead_letter_error, Acknowledger, Consumer, DeadLetterFailed, Delivery, Error, Message,
     Origin, Result, Subscription,
@@ -260,6 +260,29 @@ impl Consumer for RabbitConsumer {
     /// What lapin has buffered for the session, taken as `receive` takes it; `None` when
     /// nothing is buffered, or when the session is being opened again (`receive` waits
     /// for it).
+    /// The messages ready in a group's or dead-letter queue (a passive declaration's
+    /// `message_count`) and in the delay queues this consumer handed messages back to. Not
+    /// counted, as AMQP does not report them: messages handed to a consumer and not yet
+    /// acknowledged (they count again once they return), and those in delay queues only
+    /// other consumers used. An anonymous subscription's server-named queue is replaced
+    /// when its consumer reconnects: it cannot tell (`None`).
+    async fn backlog(&mut self) -> Result<Option<u64>> {
+        self.check_open()?;
+        let names = &self.source.names;
+        let queue = match self.source.role {
+            Role::Group => names.queue.as_deref().unwrap_or_default(),
+            Role::DeadLetters => names.dead_letters.as_str(),
+            Role::Anonymous | Role::Destination => return Ok(None),
+        };
+        let what = format!("counting the messages of queue {queue:?}");
+        let pool = &self.dead_letters.pool;
+        let mut total = u64::from(pool.declare(Declaration::Count(queue), &what).await?);
+        if let Some(delays) = &self.source.delays {
+            total += delays.backlog().await?;
+        }
+        Ok(Some(total))
+    }
+
     fn try_receive(&mut self) -> Option<Result<Delivery<RabbitAcknowledger>>> {
         if let Err(closed) = self.check_open() {
             return Some(Err(closed));

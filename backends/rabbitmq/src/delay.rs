@@ -99,6 +99,20 @@ impl DelayQueues {
         published
     }
 
+    /// The messages ready in the delay queues this consumer has published to.
+    pub(crate) async fn backlog(&self) -> Result<u64> {
+        let used: Vec<u8> = (0..BUCKETS)
+            .filter(|&bucket| self.lock()[usize::from(bucket)].is_some())
+            .collect();
+        let mut total = 0;
+        for bucket in used {
+            let name = names::delay_queue(&self.queue, bucket);
+            let what = format!("counting the messages of delay queue {name:?}");
+            total += u64::from(self.pool.declare(Declaration::Count(&name), &what).await?);
+        }
+        Ok(total)
+    }
+
     /// Whether the delay queue of `bucket` must be declared: at its first use, after a
     /// failed publish, and, when queues expire ([`RabbitConfig::queue_expires`](crate::RabbitConfig::queue_expires)),
     /// once half their expiry has passed since the last declaration. The broker counts a

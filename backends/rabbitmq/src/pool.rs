@@ -143,17 +143,18 @@ impl ConfirmPool {
         Ok(())
     }
 
-    /// Declares `declaration` on a channel of the pool.
-    pub(crate) async fn declare(&self, declaration: Declaration<'_>, what: &str) -> Result<()> {
+    /// Declares `declaration` on a channel of the pool; returns what
+    /// [`Declaration::run`] does.
+    pub(crate) async fn declare(&self, declaration: Declaration<'_>, what: &str) -> Result<u32> {
         let deadline = Instant::now() + self.link.config.send_timeout;
         let mut failures = 0;
         let mut stale = 0;
         loop {
             let lease = self.lease(stale, deadline, what).await?;
             match declaration.run(&lease.channel, &self.link.config).await {
-                Ok(()) => {
+                Ok(count) => {
                     self.give_back(lease);
-                    return Ok(());
+                    return Ok(count);
                 }
                 Err(Failure::Refused(err)) => return Err(err),
                 Err(Failure::Lost(err)) => {

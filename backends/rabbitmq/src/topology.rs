@@ -4,6 +4,7 @@ use crate::config::{QueueType, RabbitConfig};
 use crate::error::Failure;
 use crate::names::Names;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::ExchangeKind;
 use std::time::Duration;
@@ -44,20 +45,26 @@ pub(crate) enum Declaration<'a> {
     Topology(&'a Names, Role),
     /// One delay queue (see [`declare_delay_queue`]).
     Delay(&'a DelayQueue),
+    /// Nothing: a passive declaration of a queue, for its ready messages (see [`count`]).
+    Count(&'a str),
 }
 
 impl Declaration<'_> {
-    /// Declares it on `channel`.
+    /// Declares it on `channel`; returns the ready messages of the queue a
+    /// [`Count`](Self::Count) names, 0 for the others.
     pub(crate) async fn run(
         self,
         channel: &lapin::Channel,
         config: &RabbitConfig,
-    ) -> Result<(), Failure> {
+    ) -> Result<u32, Failure> {
         match self {
             Declaration::Topology(names, role) => {
-                declare(channel, names, role, config).await.map(drop)
+                declare(channel, names, role, config).await.map(|_| 0)
             }
-            Declaration::Delay(queue) => declare_delay_queue(channel, queue, config).await,
+            Declaration::Delay(queue) => declare_delay_queue(channel, queue, config)
+                .await
+                .map(|()| 0),
+            Declaration::Count(queue) => count(channel, queue).await,
         }
     }
 }
@@ -152,6 +159,32 @@ pub(crate) async fn declare(
         .await
         .map_err(|err| declaring_queue(err, &names.dead_letters, config.queue_type))?;
     Ok(Some(queue))
+}
+
+/// The messages ready in `queue` (not those handed to a consumer and not yet
+/// acknowledged: AMQP does not report them). A queue that does not exist holds none; the
+/// broker closes the channel that asked.
+pub(crate) async fn count(channel: &lapin::Channel, queue: &str) -> Result<u32, Failure> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(short(queue), passive, FieldTable::default())
+        .await
+    {
+        Ok(declared) => Ok(declared.message_count()),
+        Err(err) if is_not_found(&err) => Ok(0),
+        Err(err) => Err(Failure::from_lapin(
+            err,
+            &format!("counting the messages of queue {queue:?}"),
+        )),
+    }
+}
+
+fn is_not_found(err: &lapin::Error) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
 /// Declares a delay queue: a durable quorum queue whose expired messages (each has its own

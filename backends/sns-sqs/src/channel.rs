@@ -127,6 +127,40 @@ impl Inner {
         Ok(queue)
     }
 
+    /// The messages a queue holds that are not deleted: visible, received and not deleted
+    /// yet (in flight, or waiting out a nack's delay as their visibility timeout), and
+    /// delayed. SQS reports each count as approximate.
+    pub(crate) async fn backlog(&self, url: &str) -> Result<u64> {
+        self.check_open()?;
+        const COUNTS: [QueueAttributeName; 3] = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
+        let what = || format!("reading the message counts of SQS queue {url}");
+        let output = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .set_attribute_names(Some(COUNTS.to_vec()))
+            .send()
+            .await
+            .map_err(|err| self.request_error(&what(), err))?;
+        let attributes = output.attributes();
+        COUNTS.iter().try_fold(0u64, |total, name| {
+            let count = attributes
+                .and_then(|attributes| attributes.get(name))
+                .and_then(|count| count.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Error::broker(
+                        BACKEND,
+                        format!("{}: no count {} in the answer", what(), name.as_str()),
+                    )
+                })?;
+            Ok(total.saturating_add(count))
+        })
+    }
+
     /// Creates a queue (or finds it) and reads its URL and ARN, without remembering it.
     pub(crate) async fn create_queue(&self, name: &str) -> Result<Queue> {
         self.check_open()?;

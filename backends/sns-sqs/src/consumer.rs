@@ -429,6 +429,18 @@ impl Consumer for SqsConsumer {
         }
     }
 
+    /// The queue's approximate counts (`GetQueueAttributes`) added up: messages visible,
+    /// not visible (in this consumer's buffer, handed out and not settled, or waiting out
+    /// a nack's delay) and delayed. Settling is batched, so an ack shows here once its
+    /// batch is sent.
+    async fn backlog(&mut self) -> Result<Option<u64>> {
+        self.link
+            .inner
+            .backlog(&self.link.queue.url)
+            .await
+            .map(Some)
+    }
+
     /// What the poller has already received into the consumer's buffer, taken as
     /// `receive` takes it; `None` when the buffer is empty.
     fn try_receive(&mut self) -> Option<Result<Delivery<SqsAcknowledger>>> {

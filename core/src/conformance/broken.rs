@@ -56,11 +56,13 @@ pub enum Breakage {
     IgnoresClose,
     /// Invalid destination and group names are turned into valid ones instead of refused.
     AcceptsInvalidNames,
+    /// A consumer's backlog reads 0 whatever its queue holds.
+    HidesItsBacklog,
 }
 
 impl Breakage {
     /// Every breakage, the ones most cases catch first.
-    pub const ALL: [Breakage; 12] = [
+    pub const ALL: [Breakage; 13] = [
         Breakage::DropsEveryTenthMessage,
         Breakage::AcksOnReceive,
         Breakage::SendsEveryFifthMessageTwice,
@@ -73,6 +75,7 @@ impl Breakage {
         Breakage::ClaimsALimitItDoesNotEnforce,
         Breakage::IgnoresClose,
         Breakage::AcceptsInvalidNames,
+        Breakage::HidesItsBacklog,
     ];
 }
 
@@ -312,6 +315,13 @@ impl<C: Channel> Consumer for BrokenConsumer<C> {
     async fn receive(&mut self) -> Result<Delivery<Self::Acknowledger>> {
         let delivery = self.inner.receive().await?;
         broken(self.breakage, delivery).await
+    }
+
+    async fn backlog(&mut self) -> Result<Option<u64>> {
+        match self.breakage {
+            Breakage::HidesItsBacklog => Ok(Some(0)),
+            _ => self.inner.backlog().await,
+        }
     }
 }
 

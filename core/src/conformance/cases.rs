@@ -174,11 +174,17 @@ pub enum Case {
     /// its message, or are refused by the send: never renamed, cut or dropped on the way,
     /// and never taken for another header (a name cut at its NUL could replace the id).
     UncommonHeadersArriveIntactOrAreRefused,
+    /// A group's [`backlog`](crate::Consumer::backlog), where the backend can tell, counts
+    /// the messages sent and not yet received (all three, or two where the broker pushed
+    /// one to the consumer and does not count it), and once they are settled, nothing but
+    /// one waiting out a nack's delay (where delayed redelivery is claimed). What the other
+    /// cases wait on to know that nothing more will arrive.
+    BacklogCountsWhatIsNotSettled,
 }
 
 impl Case {
     /// Every case, in the order the suite lists them.
-    pub const ALL: [Case; 38] = [
+    pub const ALL: [Case; 39] = [
         Case::PublishSubscribeKeepsEverythingIntact,
         Case::ConcurrentPublishersAndConsumersLoseNothing,
         Case::DestinationsAreIsolated,
@@ -217,6 +223,7 @@ impl Case {
         Case::AnonymousDeadLettersAreKept,
         Case::PublishingWithNoGroupIsDecided,
         Case::UncommonHeadersArriveIntactOrAreRefused,
+        Case::BacklogCountsWhatIsNotSettled,
     ];
 }
 
@@ -261,6 +268,7 @@ pub(super) async fn run<C: Channel>(case: Case, channel: Arc<C>, config: SuiteCo
         Case::AnonymousDeadLettersAreKept => suite.anonymous_dead_letters().await,
         Case::PublishingWithNoGroupIsDecided => suite.no_group_publish().await,
         Case::UncommonHeadersArriveIntactOrAreRefused => suite.uncommon_headers().await,
+        Case::BacklogCountsWhatIsNotSettled => suite.backlog().await,
     }
 }
 
@@ -392,7 +400,7 @@ impl<C: Channel> Suite<C> {
             "never delivered: {:?}",
             expected.keys()
         );
-        expect_nothing(&mut consumer, self.config.quiet_period, "no more messages").await;
+        expect_nothing(&mut consumer, &self.config, "no more messages").await;
     }
 
     async fn concurrent_lose_nothing(&self) {
@@ -480,7 +488,7 @@ impl<C: Channel> Suite<C> {
                 .await;
             let want = ids_of(sent);
             assert_eq!(ids, want, "{name} received another destination's messages");
-            expect_nothing(consumer, self.config.quiet_period, "no more messages").await;
+            expect_nothing(consumer, &self.config, "no more messages").await;
         }
     }
 
@@ -512,12 +520,7 @@ impl<C: Channel> Suite<C> {
         let third = receive(&mut consumer, self.config.timeout, "the delayed redelivery").await;
         assert_eq!(third.message().id(), message.id());
         expect(third.ack().await, "ack");
-        expect_nothing(
-            &mut consumer,
-            self.config.quiet_period,
-            "nothing after the ack",
-        )
-        .await;
+        expect_nothing(&mut consumer, &self.config, "nothing after the ack").await;
     }
 
     async fn fresh_consumer_gets_all(&self) {
@@ -556,7 +559,7 @@ impl<C: Channel> Suite<C> {
             ids, want,
             "messages were lost or duplicated after failing consumers"
         );
-        expect_nothing(&mut fresh, self.config.quiet_period, "no more messages").await;
+        expect_nothing(&mut fresh, &self.config, "no more messages").await;
     }
 
     async fn every_group_gets_all(&self) {
@@ -583,15 +586,20 @@ impl<C: Channel> Suite<C> {
         let received = Recorder::<String>::new();
         let per_consumer = Recorder::<usize>::new();
         let mut tasks = Vec::new();
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         for member in 0..3 {
             let mut consumer = self.consumer(&destination, Some(&group)).await;
             let (received, per_consumer) = (received.clone(), per_consumer.clone());
+            let mut stopping = stopping.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let delivery = consumer
-                        .receive()
-                        .await
-                        .unwrap_or_else(|e| panic!("receive: {e}"));
+                    let delivery = tokio::select! {
+                        biased;
+                        _ = stopping.wait_for(|stop| *stop) => return consumer,
+                        received = consumer.receive() => {
+                            received.unwrap_or_else(|e| panic!("receive: {e}"))
+                        }
+                    };
                     received.record(delivery.message().id().to_owned());
                     per_consumer.record(member);
                     delivery.ack().await.unwrap_or_else(|e| panic!("ack: {e}"));
@@ -607,9 +615,11 @@ impl<C: Channel> Suite<C> {
                 |seen| seen.len() == messages.len(),
             )
             .await;
-        tokio::time::sleep(self.config.quiet_period).await;
-        for task in &tasks {
-            task.abort();
+        stop.send_replace(true);
+        for task in tasks {
+            let consumer = within(self.config.timeout, "a member to stop", task).await;
+            let mut consumer = consumer.expect("a member's task panicked");
+            expect_nothing(&mut consumer, &self.config, "nothing more in the group").await;
         }
         let duplicates: Vec<_> = received
             .snapshot()
@@ -669,12 +679,7 @@ impl<C: Channel> Suite<C> {
             ids, want,
             "an anonymous subscription saw messages from before it started"
         );
-        expect_nothing(
-            &mut consumer,
-            self.config.quiet_period,
-            "nothing from before",
-        )
-        .await;
+        expect_nothing(&mut consumer, &self.config, "nothing from before").await;
         drop(consumer);
 
         let between = probe(10);
@@ -696,7 +701,7 @@ impl<C: Channel> Suite<C> {
             "a dropped anonymous subscription left messages behind"
         );
         expect(delivery.ack().await, "ack");
-        expect_nothing(&mut second, self.config.quiet_period, "nothing left behind").await;
+        expect_nothing(&mut second, &self.config, "nothing left behind").await;
     }
 
     async fn unsettled_returns(&self) {
@@ -719,7 +724,7 @@ impl<C: Channel> Suite<C> {
         assert_eq!(again.message().id(), message.id());
         assert_eq!(again.message().payload(), message.payload());
         expect(again.ack().await, "ack");
-        expect_nothing(&mut next, self.config.quiet_period, "nothing after the ack").await;
+        expect_nothing(&mut next, &self.config, "nothing after the ack").await;
     }
 
     async fn dead_letter_keeps_message(&self) {
@@ -759,7 +764,7 @@ impl<C: Channel> Suite<C> {
         expect(dead.ack().await, "ack of the dead letter");
         expect_nothing(
             &mut consumer,
-            self.config.quiet_period,
+            &self.config,
             "the dead-lettered message to stay gone",
         )
         .await;
@@ -844,12 +849,7 @@ impl<C: Channel> Suite<C> {
             3,
             "the dead-lettered message was handled again"
         );
-        expect_nothing(
-            &mut dead_letters,
-            self.config.quiet_period,
-            "a single dead letter",
-        )
-        .await;
+        expect_nothing(&mut dead_letters, &self.config, "a single dead letter").await;
     }
 
     async fn undecodable(&self) {
@@ -1463,16 +1463,11 @@ impl<C: Channel> Suite<C> {
         );
         expect_nothing(
             &mut handled,
-            self.config.quiet_period,
+            &self.config,
             "no redriven message in the group that handled them",
         )
         .await;
-        expect_nothing(
-            &mut failed,
-            self.config.quiet_period,
-            "no more redriven messages",
-        )
-        .await;
+        expect_nothing(&mut failed, &self.config, "no more redriven messages").await;
     }
 
     async fn pause_and_resume(&self) {
@@ -1673,8 +1668,9 @@ impl<C: Channel> Suite<C> {
                 seen.len() == total as usize
             })
             .await;
-        tokio::time::sleep(self.config.quiet_period).await;
         expect(second.shutdown().await, "second shutdown");
+        let mut after = self.consumer(&destination, Some(&group)).await;
+        expect_nothing(&mut after, &self.config, "nothing left in the group").await;
         let twice: Vec<_> = finished
             .snapshot()
             .into_iter()
@@ -1743,12 +1739,7 @@ impl<C: Channel> Suite<C> {
             "a refused message was delivered"
         );
         expect(delivery.ack().await, "ack");
-        expect_nothing(
-            &mut consumer,
-            self.config.quiet_period,
-            "nothing from refused sends",
-        )
-        .await;
+        expect_nothing(&mut consumer, &self.config, "nothing from refused sends").await;
     }
 
     async fn invalid_names(&self) {

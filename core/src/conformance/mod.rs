@@ -143,6 +143,7 @@ macro_rules! __for_each_conformance_case {
             anonymous_dead_letters_are_kept => AnonymousDeadLettersAreKept,
             publishing_with_no_group_is_decided => PublishingWithNoGroupIsDecided,
             uncommon_headers_arrive_intact_or_are_refused => UncommonHeadersArriveIntactOrAreRefused,
+            backlog_counts_what_is_not_settled => BacklogCountsWhatIsNotSettled,
         );
     };
 }

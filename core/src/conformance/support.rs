@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// How the suite runs against one backend. Cases are never skipped; a slow emulator gets a
 /// smaller message count for the heavy cases.
@@ -18,7 +19,9 @@ pub struct SuiteConfig {
     /// The longest wait for anything expected to happen. Default 30 s.
     pub timeout: Duration,
     /// How long a case watches for something that must not happen (a leaked or duplicated
-    /// message) after everything expected has arrived. Default 300 ms.
+    /// message) after everything expected has arrived, where the backend cannot tell its
+    /// [`backlog`](crate::Consumer::backlog); where it can, the case waits for an empty
+    /// backlog instead. Default 300 ms.
     pub quiet_period: Duration,
 }
 
@@ -77,9 +80,78 @@ pub(crate) async fn receive<Co: Consumer>(
         .unwrap_or_else(|err| panic!("receive failed while waiting for {what}: {err}"))
 }
 
-/// Fails the test if a delivery arrives within `quiet`.
-pub(crate) async fn expect_nothing(consumer: &mut impl Consumer, quiet: Duration, what: &str) {
-    if let Ok(received) = tokio::time::timeout(quiet, consumer.receive()).await {
+/// How long a check for "nothing more" waits for a delivery between two readings of the
+/// backlog.
+const BETWEEN_READINGS: Duration = Duration::from_millis(25);
+
+/// Fails the test if anything more arrives: checked until the consumer's
+/// [`backlog`](Consumer::backlog) reads 0 twice in a row with no delivery in between, where
+/// the backend can tell (a backlog that stays above 0 with nothing arriving fails after
+/// the timeout); watched for the quiet period where it cannot, which the output says.
+/// Everything received must have been settled first.
+pub(crate) async fn expect_nothing(consumer: &mut impl Consumer, config: &SuiteConfig, what: &str) {
+    let deadline = Instant::now() + config.timeout;
+    let mut empty_readings = 0;
+    loop {
+        refuse_deliveries(consumer, BETWEEN_READINGS, what).await;
+        match consumer.backlog().await {
+            Ok(Some(0)) => {
+                empty_readings += 1;
+                if empty_readings == 2 {
+                    return;
+                }
+            }
+            Ok(Some(left)) => {
+                empty_readings = 0;
+                assert!(
+                    Instant::now() < deadline,
+                    "expected {what}, but after {:?} the queue still holds {left} messages \
+                     and none arrived",
+                    config.timeout
+                );
+            }
+            Ok(None) => {
+                println!(
+                    "{what}: the backlog of {:?} cannot be told; watched for {:?} instead",
+                    consumer.subscription(),
+                    config.quiet_period
+                );
+                return refuse_deliveries(consumer, config.quiet_period, what).await;
+            }
+            Err(err) => panic!("expected {what}, but reading the backlog failed: {err}"),
+        }
+    }
+}
+
+/// Reads the consumer's backlog until `wanted` accepts it, and returns it; `None` where
+/// the backend cannot tell. Fails the test if no reading is accepted within the timeout.
+pub(crate) async fn backlog_until(
+    consumer: &mut impl Consumer,
+    config: &SuiteConfig,
+    what: &str,
+    wanted: impl Fn(u64) -> bool,
+) -> Option<u64> {
+    let deadline = Instant::now() + config.timeout;
+    loop {
+        let backlog = consumer
+            .backlog()
+            .await
+            .unwrap_or_else(|err| panic!("reading the backlog for {what} failed: {err}"))?;
+        if wanted(backlog) {
+            return Some(backlog);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {:?} waiting for a backlog of {what}; the last reading: {backlog}",
+            config.timeout
+        );
+        tokio::time::sleep(BETWEEN_READINGS).await;
+    }
+}
+
+/// Fails the test if a delivery arrives within `wait`.
+async fn refuse_deliveries(consumer: &mut impl Consumer, wait: Duration, what: &str) {
+    if let Ok(received) = tokio::time::timeout(wait, consumer.receive()).await {
         match received {
             Ok(delivery) => panic!("expected {what}, but received {delivery:?}"),
             Err(err) => panic!("expected {what}, but receive failed: {err}"),

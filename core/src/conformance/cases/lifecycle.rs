@@ -103,7 +103,7 @@ impl<C: Channel> Suite<C> {
         }
         super::expect_nothing(
             &mut current,
-            self.config.quiet_period,
+            &self.config,
             "nothing more once every message was acknowledged",
         )
         .await;
@@ -442,7 +442,7 @@ impl<C: Channel> Suite<C> {
         assert!(cut > 0, "no receive was dropped: the case tested nothing");
         super::expect_nothing(
             &mut consumer,
-            self.config.quiet_period,
+            &self.config,
             "nothing more once every message was acknowledged",
         )
         .await;
@@ -522,7 +522,7 @@ impl<C: Channel> Suite<C> {
             ids_of(&sent),
             "messages of dropped producers were lost"
         );
-        super::expect_nothing(&mut consumer, self.config.quiet_period, "no more messages").await;
+        super::expect_nothing(&mut consumer, &self.config, "no more messages").await;
     }
 
     /// [`Case::ManyDestinationsAtOnce`](super::Case::ManyDestinationsAtOnce).
@@ -536,9 +536,11 @@ impl<C: Channel> Suite<C> {
         let received = Recorder::<(usize, String)>::new();
         let mut consumers = Vec::new();
         let mut opened = Vec::new();
+        let (stop, stopping) = watch::channel(false);
         for (index, (destination, group)) in names.iter().cloned().enumerate() {
             let (channel, received) = (self.channel.clone(), received.clone());
             let (open, is_open) = oneshot::channel();
+            let mut stopping = stopping.clone();
             opened.push(is_open);
             consumers.push(tokio::spawn(async move {
                 let subscription = Subscription::new(destination.as_str()).group(group);
@@ -549,14 +551,16 @@ impl<C: Channel> Suite<C> {
                     }
                     Err(err) => {
                         let _ = open.send(Err(err));
-                        return;
+                        return None;
                     }
                 };
                 loop {
-                    let delivery = consumer
-                        .receive()
-                        .await
-                        .unwrap_or_else(|err| panic!("receive on {destination}: {err}"));
+                    let delivery = tokio::select! {
+                        biased;
+                        _ = stopping.wait_for(|stop| *stop) => return Some(consumer),
+                        received = consumer.receive() => received
+                            .unwrap_or_else(|err| panic!("receive on {destination}: {err}")),
+                    };
                     let id = if delivery.destination() == destination {
                         delivery.message().id().to_owned()
                     } else {
@@ -604,11 +608,19 @@ impl<C: Channel> Suite<C> {
                 |seen| expected.iter().all(|key| seen.contains_key(key)),
             )
             .await;
-        // Watching for strays and duplicates, which would come after the expected ones.
-        tokio::time::sleep(self.config.quiet_period).await;
-        for consumer in &consumers {
-            assert!(!consumer.is_finished(), "a consumer task stopped early");
-            consumer.abort();
+        // Strays and duplicates would come after the expected ones.
+        stop.send_replace(true);
+        for (consumer, (destination, _)) in consumers.into_iter().zip(&names) {
+            let consumer = within(self.config.timeout, "a consumer to stop", consumer).await;
+            let mut consumer = consumer
+                .expect("a consumer task panicked")
+                .expect("every consumer opened");
+            super::expect_nothing(
+                &mut consumer,
+                &self.config,
+                &format!("nothing more on {destination}"),
+            )
+            .await;
         }
         let seen = received.snapshot();
         let strays: Vec<_> = seen.keys().filter(|key| !expected.contains(key)).collect();

@@ -2,7 +2,9 @@
 
 use super::{expect, fast_retries, probe, Probe, Suite};
 use crate::channel::{Channel, Producer, Subscription};
-use crate::conformance::support::{expect_nothing, receive, unique, within, Recorder};
+use crate::conformance::support::{
+    backlog_until, expect_nothing, receive, unique, within, Recorder,
+};
 use crate::idempotency::MemoryIdempotencyStore;
 use crate::message::{header, Message};
 use crate::redrive::RedriveOptions;
@@ -799,9 +801,58 @@ impl<C: Channel> Suite<C> {
         expect(delivery.ack().await, "ack");
         expect_nothing(
             &mut consumer,
-            self.config.quiet_period,
+            &self.config,
             "nothing more in the group made later",
         )
         .await;
+    }
+
+    /// [`Case::BacklogCountsWhatIsNotSettled`](super::Case::BacklogCountsWhatIsNotSettled).
+    pub(super) async fn backlog(&self) {
+        let (destination, group) = (unique("backlog"), unique("g"));
+        let backend = self.channel.backend();
+        expect(
+            self.channel.provision(&destination, Some(&group)).await,
+            "provision",
+        );
+        let sent: Vec<Message> = (0..3).map(probe).collect();
+        self.send_all(&destination, &sent).await;
+        let subscription = Subscription::new(destination.as_str())
+            .group(group.as_str())
+            .prefetch(1);
+        let mut consumer = expect(
+            self.channel.consumer(&subscription).await,
+            "opening a consumer",
+        );
+        // Three waiting; two where the broker has pushed one to the consumer already and
+        // does not count what it handed out (AMQP).
+        let waiting = backlog_until(&mut consumer, &self.config, "3 messages sent", |n| {
+            (2..=3).contains(&n)
+        })
+        .await;
+        let delays = self.channel.capabilities().delayed_redelivery;
+        for n in 0..sent.len() {
+            let delivery = receive(&mut consumer, self.config.timeout, "a message sent").await;
+            if delays && n == sent.len() - 1 {
+                // Longer than the check below lasts: it is counted while it waits.
+                let delay = self.config.timeout * 2;
+                expect(delivery.nack(Some(delay)).await, "nack with a delay");
+            } else {
+                expect(delivery.ack().await, "ack");
+            }
+        }
+        let Some(waiting) = waiting else {
+            println!("{backend}: the backlog of a group cannot be told");
+            return;
+        };
+        let left = u64::from(delays);
+        backlog_until(
+            &mut consumer,
+            &self.config,
+            &format!("{left} once the others were acked"),
+            |n| n == left,
+        )
+        .await;
+        println!("{backend}: a backlog of {waiting} with 3 sent, {left} once settled");
     }
 }
