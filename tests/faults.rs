@@ -4,7 +4,9 @@
 //!
 //! - A TCP proxy between the app and its broker cuts connections (mid-frame too), delays
 //!   bytes and blackholes them, on RabbitMQ, Kafka and SNS+SQS. The in-memory backend has no
-//!   connection to cut.
+//!   connection: the same faults are done to its calls (`conformance::interrupt`), a cut
+//!   taking back every delivery not yet settled and failing the next send after it went
+//!   through.
 //! - Kafka's broker is killed with SIGKILL and started again, several times mid-stream.
 //!
 //! Each run but RabbitMQ's starts brokers of its own (the tansu and moto that
@@ -15,11 +17,18 @@
 //! queue for each receive, so on SNS+SQS at most 200 messages are sent ahead of those handled
 //! (with 10,000 queued it answers a request a second: the run would measure the emulator).
 
-#![cfg(all(feature = "rabbitmq", feature = "kafka", feature = "sns-sqs"))]
+#![cfg(all(
+    feature = "memory",
+    feature = "rabbitmq",
+    feature = "kafka",
+    feature = "sns-sqs"
+))]
 
+use event_binder::memory::MemoryChannel;
 use event_binder::{
     AnyChannel, App, Channel, Context, Handler, HandlerSpec, Message, Producer, RetryPolicy,
 };
+use event_binder_core::conformance::interrupt::{Interrupter, Interruptible};
 use event_binder_core::conformance::proxy::FaultProxy;
 use event_binder_core::conformance::{CountingStore, Recorder};
 use serde::Deserialize;
@@ -69,10 +78,56 @@ trait Faults {
     fn report(&self) -> String;
 }
 
-/// A proxy's cuts, delays and blackholes in turn, each at a random point of the flow.
-struct ProxyFaults(FaultProxy);
+/// What cuts, delays and blackholes a connection: the TCP proxy, or the interrupter of a
+/// channel without one.
+trait Breaks {
+    fn cut(&self);
+    fn delay(&self, delay: Duration);
+    fn blackhole(&self, on: bool);
+    /// What the report says of it.
+    fn report(&self) -> String;
+}
 
-impl Faults for ProxyFaults {
+impl Breaks for FaultProxy {
+    fn cut(&self) {
+        FaultProxy::cut(self);
+    }
+
+    fn delay(&self, delay: Duration) {
+        FaultProxy::delay(self, delay);
+    }
+
+    fn blackhole(&self, on: bool) {
+        FaultProxy::blackhole(self, on);
+    }
+
+    fn report(&self) -> String {
+        format!("{} connections", self.connections())
+    }
+}
+
+impl Breaks for Interrupter {
+    fn cut(&self) {
+        Interrupter::cut(self);
+    }
+
+    fn delay(&self, delay: Duration) {
+        Interrupter::delay(self, delay);
+    }
+
+    fn blackhole(&self, on: bool) {
+        Interrupter::blackhole(self, on);
+    }
+
+    fn report(&self) -> String {
+        format!("{} cuts of the channel's calls", self.cuts())
+    }
+}
+
+/// Cuts, delays and blackholes in turn, each at a random point of the flow.
+struct ProxyFaults<B>(B);
+
+impl<B: Breaks> Faults for ProxyFaults<B> {
     async fn inject(&mut self, turn: usize) -> &'static str {
         let proxy = &self.0;
         match turn % 4 {
@@ -101,7 +156,7 @@ impl Faults for ProxyFaults {
     }
 
     fn report(&self) -> String {
-        format!("{} connections", self.0.connections())
+        self.0.report()
     }
 }
 
@@ -131,12 +186,20 @@ async fn inject<F: Faults>(
     injected
 }
 
-/// The run on one backend, at `url`, under `faults`, which must inject at least `least` of
-/// each kind it has; never more than `ahead` messages are sent ahead of those handled.
-async fn through_faults(url: &str, mut faults: impl Faults, least: usize, ahead: usize) {
-    let channel = AnyChannel::connect(url)
+async fn connect(url: &str) -> AnyChannel {
+    AnyChannel::connect(url)
         .await
-        .unwrap_or_else(|err| panic!("connecting through the proxy: {err}"));
+        .unwrap_or_else(|err| panic!("connecting through the proxy: {err}"))
+}
+
+/// The run on one backend's `channel` under `faults`, which must inject at least `least`
+/// of each kind it has; never more than `ahead` messages are sent ahead of those handled.
+async fn through_faults<C: Channel + Clone>(
+    channel: C,
+    mut faults: impl Faults,
+    least: usize,
+    ahead: usize,
+) {
     let destination = format!("faults-{}", unique());
     channel
         .provision(&destination, Some("counter"))
@@ -240,7 +303,15 @@ async fn rabbitmq_loses_nothing_through_cuts_delays_and_blackholes() {
         "amqp://guest:guest@{}/%2f?heartbeat=2&reconnect_initial_ms=20&reconnect_max_ms=500&send_timeout_ms=60000",
         proxy.addr()
     );
-    through_faults(&url, ProxyFaults(proxy), 2, UNBOUNDED).await;
+    through_faults(connect(&url).await, ProxyFaults(proxy), 2, UNBOUNDED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_loses_nothing_through_cuts_delays_and_blackholes() {
+    let (channel, interrupter) = Interruptible::new(MemoryChannel::new());
+    // A few batches ahead at most: sent all at once, the messages would be handled before
+    // the first fault.
+    through_faults(Arc::new(channel), ProxyFaults(interrupter), 2, 200).await;
 }
 
 /// A program the project's scripts installed under `EVENT_BINDER_CACHE` (by default
@@ -398,7 +469,7 @@ async fn kafka_loses_nothing_through_cuts_delays_and_blackholes() {
         .expect("the proxy");
     let _broker = start_tansu(port, &proxy.addr().to_string(), "memory://tansu/", &[]).await;
     let url = format!("kafka://{}?connect_timeout_ms=10000", proxy.addr());
-    through_faults(&url, ProxyFaults(proxy), 2, UNBOUNDED).await;
+    through_faults(connect(&url).await, ProxyFaults(proxy), 2, UNBOUNDED).await;
 }
 
 /// Starts a moto server of the test's own, on a free port.
@@ -480,7 +551,7 @@ async fn kafka_loses_nothing_across_broker_restarts() {
     )
     .await;
     let url = format!("kafka://127.0.0.1:{port}?connect_timeout_ms=10000");
-    through_faults(&url, Restarts(broker), 2, UNBOUNDED).await;
+    through_faults(connect(&url).await, Restarts(broker), 2, UNBOUNDED).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,5 +566,5 @@ async fn sns_sqs_loses_nothing_through_cuts_delays_and_blackholes() {
         proxy.addr()
     );
     // moto scans a whole queue for each receive: a long one slows it to a crawl.
-    through_faults(&url, ProxyFaults(proxy), 2, 200).await;
+    through_faults(connect(&url).await, ProxyFaults(proxy), 2, 200).await;
 }

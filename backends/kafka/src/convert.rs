@@ -4,6 +4,7 @@ use crate::GROUP_HEADER;
 use bytes::Bytes;
 use event_binder_core::{header, time_from_millis, Error, Headers, Message, Result};
 use rdkafka::message::{Header, Headers as _, Message as KafkaMessage, OwnedHeaders};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// The record headers of a message: its headers, plus `message-id` and `content-type`, and
 /// [`GROUP_HEADER`] when it is addressed to one `group` only. A [`GROUP_HEADER`] among the
@@ -57,6 +58,9 @@ pub(crate) fn record_timestamp(message: &Message) -> i64 {
 /// event-binder (no `message-id` header) gets the id `{topic}/{partition}/{offset}`, the
 /// same on every read; one without a `content-type` header has none (JSON is assumed).
 /// Header values that are not UTF-8 are read lossily; a header without a value is empty.
+/// A header whose key is not UTF-8 cannot be read at all (rdkafka panics reading it, and
+/// offers no way to the key's bytes): it is left out, with a warning, and the rest of the
+/// record is read, rather than the poison pill stopping the consumer.
 ///
 /// `None` when the record is not for the reader, a consumer of `group` (`None`:
 /// anonymous): it is addressed (by [`GROUP_HEADER`]) to another group. A record addressed
@@ -69,7 +73,22 @@ pub(crate) fn message_from(record: &impl KafkaMessage, group: Option<&str>) -> O
     let mut content_type = None;
     let mut headers = Headers::new();
     if let Some(record_headers) = record.headers() {
-        for Header { key, value } in record_headers.iter() {
+        for index in 0..record_headers.count() {
+            let read = catch_unwind(AssertUnwindSafe(|| record_headers.try_get(index)));
+            let Header { key, value } = match read {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        topic = record.topic(),
+                        partition = record.partition(),
+                        offset = record.offset(),
+                        index,
+                        "kafka: a record header whose key is not UTF-8 was left out"
+                    );
+                    continue;
+                }
+            };
             if key == GROUP_HEADER {
                 if !matches!((group, value), (Some(group), Some(value)) if group.as_bytes() == value)
                 {

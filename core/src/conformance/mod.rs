@@ -12,7 +12,8 @@
 //! mistake a backend could make (drops messages, acknowledges on receive, loses headers,
 //! …), and [`broken_backend_tests!`](crate::broken_backend_tests) requires every case to
 //! fail against at least one such backend. [`proxy`] puts a TCP proxy that cuts, delays and
-//! blackholes connections between a client and its broker.
+//! blackholes connections between a client and its broker; [`interrupt`] does the same to
+//! a channel's calls, for the in-memory backend, which has no connection.
 //!
 //! ```no_run
 //! // tests/conformance.rs of a backend crate
@@ -32,6 +33,7 @@
 pub mod broken;
 mod cases;
 mod counting;
+pub mod interrupt;
 pub mod proxy;
 pub mod stores;
 mod support;
