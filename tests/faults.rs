@@ -28,9 +28,9 @@ use event_binder::memory::MemoryChannel;
 use event_binder::{
     AnyChannel, App, Channel, Context, Handler, HandlerSpec, Message, Producer, RetryPolicy,
 };
-use event_binder_core::conformance::interrupt::{Interrupter, Interruptible};
+use event_binder_core::conformance::interrupt::Interruptible;
 use event_binder_core::conformance::proxy::FaultProxy;
-use event_binder_core::conformance::{CountingStore, Recorder};
+use event_binder_core::conformance::{CountingStore, FaultSwitch, Recorder};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
@@ -78,58 +78,25 @@ trait Faults {
     fn report(&self) -> String;
 }
 
-/// What cuts, delays and blackholes a connection: the TCP proxy, or the interrupter of a
-/// channel without one.
-trait Breaks {
-    fn cut(&self);
-    fn delay(&self, delay: Duration);
-    fn blackhole(&self, on: bool);
-    /// What the report says of it.
-    fn report(&self) -> String;
+/// Cuts, delays and blackholes in turn, each at a random point of the flow: a TCP proxy's
+/// (kept running here), or a channel's calls'.
+struct Switched {
+    switch: FaultSwitch,
+    proxy: Option<FaultProxy>,
 }
 
-impl Breaks for FaultProxy {
-    fn cut(&self) {
-        FaultProxy::cut(self);
-    }
-
-    fn delay(&self, delay: Duration) {
-        FaultProxy::delay(self, delay);
-    }
-
-    fn blackhole(&self, on: bool) {
-        FaultProxy::blackhole(self, on);
-    }
-
-    fn report(&self) -> String {
-        format!("{} connections", self.connections())
+impl Switched {
+    fn proxy(proxy: FaultProxy) -> Self {
+        Switched {
+            switch: proxy.switch(),
+            proxy: Some(proxy),
+        }
     }
 }
 
-impl Breaks for Interrupter {
-    fn cut(&self) {
-        Interrupter::cut(self);
-    }
-
-    fn delay(&self, delay: Duration) {
-        Interrupter::delay(self, delay);
-    }
-
-    fn blackhole(&self, on: bool) {
-        Interrupter::blackhole(self, on);
-    }
-
-    fn report(&self) -> String {
-        format!("{} cuts of the channel's calls", self.cuts())
-    }
-}
-
-/// Cuts, delays and blackholes in turn, each at a random point of the flow.
-struct ProxyFaults<B>(B);
-
-impl<B: Breaks> Faults for ProxyFaults<B> {
+impl Faults for Switched {
     async fn inject(&mut self, turn: usize) -> &'static str {
-        let proxy = &self.0;
+        let proxy = &self.switch;
         match turn % 4 {
             0 | 2 => {
                 proxy.cut();
@@ -151,12 +118,15 @@ impl<B: Breaks> Faults for ProxyFaults<B> {
     }
 
     async fn clear(&mut self) {
-        self.0.delay(Duration::ZERO);
-        self.0.blackhole(false);
+        self.switch.delay(Duration::ZERO);
+        self.switch.blackhole(false);
     }
 
     fn report(&self) -> String {
-        self.0.report()
+        match &self.proxy {
+            Some(proxy) => format!("{} connections", proxy.connections()),
+            None => format!("{} cuts of the channel's calls", self.switch.cuts()),
+        }
     }
 }
 
@@ -303,15 +273,19 @@ async fn rabbitmq_loses_nothing_through_cuts_delays_and_blackholes() {
         "amqp://guest:guest@{}/%2f?heartbeat=2&reconnect_initial_ms=20&reconnect_max_ms=500&send_timeout_ms=60000",
         proxy.addr()
     );
-    through_faults(connect(&url).await, ProxyFaults(proxy), 2, UNBOUNDED).await;
+    through_faults(connect(&url).await, Switched::proxy(proxy), 2, UNBOUNDED).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_loses_nothing_through_cuts_delays_and_blackholes() {
-    let (channel, interrupter) = Interruptible::new(MemoryChannel::new());
+    let (channel, switch) = Interruptible::new(MemoryChannel::new());
+    let faults = Switched {
+        switch,
+        proxy: None,
+    };
     // A few batches ahead at most: sent all at once, the messages would be handled before
     // the first fault.
-    through_faults(Arc::new(channel), ProxyFaults(interrupter), 2, 200).await;
+    through_faults(Arc::new(channel), faults, 2, 200).await;
 }
 
 /// A program the project's scripts installed under `EVENT_BINDER_CACHE` (by default
@@ -469,7 +443,7 @@ async fn kafka_loses_nothing_through_cuts_delays_and_blackholes() {
         .expect("the proxy");
     let _broker = start_tansu(port, &proxy.addr().to_string(), "memory://tansu/", &[]).await;
     let url = format!("kafka://{}?connect_timeout_ms=10000", proxy.addr());
-    through_faults(connect(&url).await, ProxyFaults(proxy), 2, UNBOUNDED).await;
+    through_faults(connect(&url).await, Switched::proxy(proxy), 2, UNBOUNDED).await;
 }
 
 /// Starts a moto server of the test's own, on a free port.
@@ -566,5 +540,5 @@ async fn sns_sqs_loses_nothing_through_cuts_delays_and_blackholes() {
         proxy.addr()
     );
     // moto scans a whole queue for each receive: a long one slows it to a crawl.
-    through_faults(connect(&url).await, ProxyFaults(proxy), 2, 200).await;
+    through_faults(connect(&url).await, Switched::proxy(proxy), 2, 200).await;
 }

@@ -3,6 +3,7 @@
 //! the in-memory backend, whose broker is the process, is put through the same faults as
 //! the others; it works in front of any channel.
 
+use super::switch::{FaultSwitch, Faults};
 use crate::channel::{Capabilities, Channel, Consumer, Producer, Subscription};
 use crate::delivery::{Acknowledger, DeadLetterFailed, Delivery};
 use crate::error::{Error, Result};
@@ -12,16 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// What the calls go through now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Faults {
-    /// Bumped by each cut: a delivery handed out under an older value can no longer be
-    /// settled.
-    cuts: u64,
-    delay: Duration,
-    blackhole: bool,
-}
 
 impl Faults {
     /// Whether a call would have to wait now.
@@ -56,41 +47,15 @@ fn cut(backend: &'static str, what: &str) -> Error {
     )
 }
 
-/// Makes the faults of an [`Interruptible`] channel, as [`FaultProxy`](super::proxy::FaultProxy)
-/// makes them on a connection. Once every clone is dropped, calls go through without
-/// waiting (what was cut stays cut).
-#[derive(Debug, Clone)]
-pub struct Interrupter {
-    faults: Arc<watch::Sender<Faults>>,
-}
-
-impl Interrupter {
-    /// Cuts the connection now: every delivery handed out before can no longer be settled
-    /// (its ack, nack or dead letter fails, and the message goes back to its queue, as a
-    /// broker takes back what a lost connection held), and the first send that completes
-    /// after the cut fails, though its messages went through (a confirm lost on the way).
-    pub fn cut(&self) {
-        self.faults.send_modify(|faults| faults.cuts += 1);
-    }
-
-    /// Holds each receive, send and settlement this long first (zero: no delay).
-    pub fn delay(&self, delay: Duration) {
-        self.faults.send_modify(|faults| faults.delay = delay);
-    }
-
-    /// While on, receives, sends and settlements wait; they go on once it is off.
-    pub fn blackhole(&self, on: bool) {
-        self.faults.send_modify(|faults| faults.blackhole = on);
-    }
-
-    /// How many cuts were made.
-    pub fn cuts(&self) -> u64 {
-        self.faults.borrow().cuts
-    }
-}
-
-/// A channel whose calls go through the faults its [`Interrupter`] makes, and otherwise
-/// work as `C`'s do.
+/// A channel whose calls go through the faults its [`FaultSwitch`] makes, and otherwise
+/// work as `C`'s do:
+/// - a cut: every delivery handed out before it can no longer be settled (its ack, nack or
+///   dead letter fails, and the message goes back to its queue, as a broker takes back what
+///   a lost connection held), a delivery on its way to a receive is taken back, and the
+///   first send completed after it fails, though its messages went through (a confirm lost
+///   on the way);
+/// - a delay holds each receive, send and settlement;
+/// - a blackhole holds them all until it is lifted.
 ///
 /// ```
 /// # async fn demo(channel: impl event_binder_core::Channel) -> event_binder_core::Result<()> {
@@ -98,11 +63,11 @@ impl Interrupter {
 /// use event_binder_core::{Channel, Producer};
 /// use std::time::Duration;
 ///
-/// let (channel, interrupter) = Interruptible::new(channel);
+/// let (channel, faults) = Interruptible::new(channel);
 /// let producer = channel.producer("orders").await?;
-/// interrupter.delay(Duration::from_millis(20));
+/// faults.delay(Duration::from_millis(20));
 /// producer.send(event_binder_core::Message::new("late")).await?;
-/// interrupter.cut();
+/// faults.cut();
 /// assert!(producer.send(event_binder_core::Message::new("sent")).await.is_err());
 /// # Ok(()) }
 /// ```
@@ -115,18 +80,15 @@ pub struct Interruptible<C> {
 }
 
 impl<C: Channel> Interruptible<C> {
-    /// `inner`, and what interrupts it.
-    pub fn new(inner: C) -> (Self, Interrupter) {
-        let (faults, watching) = watch::channel(Faults::default());
+    /// `inner`, and the switch of its faults.
+    pub fn new(inner: C) -> (Self, FaultSwitch) {
+        let (switch, faults) = FaultSwitch::new();
         let channel = Interruptible {
             inner,
-            faults: watching,
+            faults,
             failed_send: Arc::default(),
         };
-        let interrupter = Interrupter {
-            faults: Arc::new(faults),
-        };
-        (channel, interrupter)
+        (channel, switch)
     }
 
     fn consumer_of(&self, inner: C::Consumer) -> InterruptibleConsumer<C::Consumer> {

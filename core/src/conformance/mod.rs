@@ -37,12 +37,14 @@ pub mod interrupt;
 pub mod proxy;
 pub mod stores;
 mod support;
+mod switch;
 #[cfg(feature = "otel")]
 pub mod traces;
 
 pub use cases::Case;
 pub use counting::CountingStore;
 pub use support::{Recorder, SuiteConfig};
+pub use switch::FaultSwitch;
 
 use crate::channel::Channel;
 use crate::error::Result;

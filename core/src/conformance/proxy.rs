@@ -10,18 +10,19 @@
 //! let proxy = FaultProxy::start("127.0.0.1:5672").await?;
 //! let url = format!("amqp://guest:guest@{}/%2f", proxy.addr());
 //! // … connect to `url`, send and receive …
-//! proxy.cut(); // every open connection closes now
-//! proxy.delay(Duration::from_millis(50)); // each chunk of bytes waits 50 ms
-//! proxy.blackhole(true); // bytes stop flowing, connections stay open
-//! proxy.blackhole(false);
+//! let faults = proxy.switch();
+//! faults.cut(); // every open connection closes now
+//! faults.delay(Duration::from_millis(50)); // each chunk of bytes waits 50 ms
+//! faults.blackhole(true); // bytes stop flowing, connections stay open
+//! faults.blackhole(false);
 //! # Ok(()) }
 //! ```
 
+use super::switch::{FaultSwitch, Faults};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,18 +34,9 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct FaultProxy {
     addr: SocketAddr,
-    faults: watch::Sender<Faults>,
+    switch: FaultSwitch,
     accepted: Arc<AtomicUsize>,
     accepting: JoinHandle<()>,
-}
-
-/// What the proxy does to the bytes now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Faults {
-    /// Bumped by each cut: a connection opened under an older value closes.
-    cuts: u64,
-    delay: Duration,
-    blackhole: bool,
 }
 
 impl FaultProxy {
@@ -52,7 +44,7 @@ impl FaultProxy {
     pub async fn start(upstream: &str) -> io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (faults, watching) = watch::channel(Faults::default());
+        let (switch, watching) = FaultSwitch::new();
         let accepted = Arc::new(AtomicUsize::new(0));
         let upstream = upstream.to_owned();
         let count = accepted.clone();
@@ -66,7 +58,7 @@ impl FaultProxy {
         });
         Ok(FaultProxy {
             addr,
-            faults,
+            switch,
             accepted,
             accepting,
         })
@@ -82,20 +74,11 @@ impl FaultProxy {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    /// Closes every open connection now, wherever its bytes are; new ones are accepted.
-    pub fn cut(&self) {
-        self.faults.send_modify(|faults| faults.cuts += 1);
-    }
-
-    /// Holds each chunk of bytes this long before passing it on (zero: no delay).
-    pub fn delay(&self, delay: Duration) {
-        self.faults.send_modify(|faults| faults.delay = delay);
-    }
-
-    /// While on, no byte passes either way and no connection closes, as when packets are
-    /// dropped; what was held flows on once it is off.
-    pub fn blackhole(&self, on: bool) {
-        self.faults.send_modify(|faults| faults.blackhole = on);
+    /// What cuts (every open connection closes, wherever its bytes are; new ones are
+    /// accepted), delays (each chunk of bytes) and blackholes (no byte passes either way,
+    /// and no connection closes) the proxy's connections.
+    pub fn switch(&self) -> FaultSwitch {
+        self.switch.clone()
     }
 }
 
@@ -184,6 +167,7 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// An upstream that echoes what it reads.
@@ -218,7 +202,7 @@ mod tests {
             round_trip(&mut stream, b"hello").await.expect("echo"),
             b"hello"
         );
-        proxy.cut();
+        proxy.switch().cut();
         let mut rest = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
             .await
@@ -242,12 +226,12 @@ mod tests {
             round_trip(&mut stream, b"warm").await.expect("echo"),
             b"warm"
         );
-        proxy.blackhole(true);
+        proxy.switch().blackhole(true);
         stream.write_all(b"held").await.expect("write");
         let mut back = [0; 4];
         let held = tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut back));
         assert!(held.await.is_err(), "nothing passes a blackhole");
-        proxy.blackhole(false);
+        proxy.switch().blackhole(false);
         stream.read_exact(&mut back).await.expect("the held bytes");
         assert_eq!(&back, b"held");
     }
@@ -258,7 +242,7 @@ mod tests {
             .await
             .expect("proxy");
         let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
-        proxy.delay(Duration::from_millis(100));
+        proxy.switch().delay(Duration::from_millis(100));
         let started = tokio::time::Instant::now();
         assert_eq!(
             round_trip(&mut stream, b"slow").await.expect("echo"),
