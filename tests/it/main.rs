@@ -3,6 +3,7 @@
 //! conformance suite against the idempotency stores.
 
 mod broken;
+mod interrupt;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod memory;
