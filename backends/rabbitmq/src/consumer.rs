@@ -257,22 +257,25 @@ impl Consumer for RabbitConsumer {
         }
     }
 
-    /// What lapin has buffered for the session, taken as `receive` takes it; `None` when
-    /// nothing is buffered, or when the session is being opened again (`receive` waits
-    /// for it).
-    /// The messages ready in a group's or dead-letter queue (a passive declaration's
+    /// The messages ready in the queue the consumer reads (a passive declaration's
     /// `message_count`) and in the delay queues this consumer handed messages back to. Not
     /// counted, as AMQP does not report them: messages handed to a consumer and not yet
-    /// acknowledged (they count again once they return), and those in delay queues only
-    /// other consumers used. An anonymous subscription's server-named queue is replaced
-    /// when its consumer reconnects: it cannot tell (`None`).
+    /// acknowledged (they count again once they return), those in delay queues only other
+    /// consumers used, and an anonymous subscription's deliveries waiting out a delay (they
+    /// wait in the consumer, unacknowledged). An anonymous subscription's server-named queue
+    /// is replaced when its consumer reconnects: while it is being opened again, the
+    /// backlog cannot be told (`None`).
     async fn backlog(&mut self) -> Result<Option<u64>> {
         self.check_open()?;
         let names = &self.source.names;
         let queue = match self.source.role {
             Role::Group => names.queue.as_deref().unwrap_or_default(),
             Role::DeadLetters => names.dead_letters.as_str(),
-            Role::Anonymous | Role::Destination => return Ok(None),
+            Role::Anonymous => match &self.session {
+                Some(session) => session.queue.as_str(),
+                None => return Ok(None),
+            },
+            Role::Destination => return Ok(None),
         };
         let what = format!("counting the messages of queue {queue:?}");
         let pool = &self.dead_letters.pool;
@@ -283,6 +286,9 @@ impl Consumer for RabbitConsumer {
         Ok(Some(total))
     }
 
+    /// What lapin has buffered for the session, taken as `receive` takes it; `None` when
+    /// nothing is buffered, or when the session is being opened again (`receive` waits
+    /// for it).
     fn try_receive(&mut self) -> Option<Result<Delivery<RabbitAcknowledger>>> {
         if let Err(closed) = self.check_open() {
             return Some(Err(closed));

@@ -14,13 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-impl Faults {
-    /// Whether a call would have to wait now.
-    fn hold(&self) -> bool {
-        self.blackhole || !self.delay.is_zero()
-    }
-}
-
 /// Waits until the faults on now let a call through (a blackhole lifted, then the delay);
 /// returns the cuts made so far.
 async fn pass(faults: &watch::Receiver<Faults>) -> u64 {
@@ -29,7 +22,7 @@ async fn pass(faults: &watch::Receiver<Faults>) -> u64 {
         .wait_for(|faults| !faults.blackhole)
         .await
         .map(|now| *now);
-    // An error: the interrupter is gone, and no fault will be made or lifted any more.
+    // An error: the switch is gone, and no fault will be made or lifted any more.
     let Ok(now) = lifted else {
         return faults.borrow().cuts;
     };

@@ -15,6 +15,13 @@ pub(crate) struct Faults {
     pub(crate) blackhole: bool,
 }
 
+impl Faults {
+    /// Whether a call would have to wait now.
+    pub(crate) fn hold(&self) -> bool {
+        self.blackhole || !self.delay.is_zero()
+    }
+}
+
 /// Cuts, delays and blackholes: what a [`FaultProxy`](super::proxy::FaultProxy) does to its
 /// connections, or an [`Interruptible`](super::interrupt::Interruptible) channel to its calls.
 /// Clones switch the same faults. Once every clone is dropped, nothing waits any more (what
