@@ -323,8 +323,7 @@ impl Drop for KafkaConsumer {
 }
 
 /// Assigns every partition of `topic` at its high watermark, read now: whatever is
-/// published once this returns is seen, nothing before.
-/// Assigns every partition of `topic` at its current end; returns those ends.
+/// published once this returns is seen, nothing before. Returns those watermarks.
 async fn assign_at_end(
     inner: &Inner,
     client: &Arc<Client>,
