@@ -178,23 +178,31 @@ pub struct InterruptibleProducer<P> {
     backend: &'static str,
 }
 
+impl<P: Producer> InterruptibleProducer<P> {
+    /// What a send that completed reports: failed, for the first after a cut.
+    fn confirmed(&self, sent: Result<()>) -> Result<()> {
+        sent?;
+        let cuts = self.faults.borrow().cuts;
+        if self.failed_send.fetch_max(cuts, Ordering::SeqCst) < cuts {
+            return Err(cut(self.backend, "sending"));
+        }
+        Ok(())
+    }
+}
+
 impl<P: Producer> Producer for InterruptibleProducer<P> {
     fn destination(&self) -> &str {
         self.inner.destination()
     }
 
     async fn send(&self, message: Message) -> Result<()> {
-        self.send_batch(vec![message]).await
+        pass(&self.faults).await;
+        self.confirmed(self.inner.send(message).await)
     }
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
         pass(&self.faults).await;
-        self.inner.send_batch(messages).await?;
-        let cuts = self.faults.borrow().cuts;
-        if self.failed_send.fetch_max(cuts, Ordering::SeqCst) < cuts {
-            return Err(cut(self.backend, "sending"));
-        }
-        Ok(())
+        self.confirmed(self.inner.send_batch(messages).await)
     }
 }
 
